@@ -1,0 +1,138 @@
+"""Configuration: defaults from the JSON schema, type coercion of `--config k=v` strings, validation.
+
+Snakemake merges config.yaml, any `--configfile` and `--config k=v` before the workflow sees them; the
+Snakefile calls `validate_config` on the merged result, so a typo or a wrong type anywhere stops the run
+with one message naming every offending key (DESIGN.md, Known traps: nested values from `--config` arrive
+as strings, so validation happens after merging and coerces them first).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names every offending key."""
+
+
+@lru_cache(maxsize=1)
+def load_schema() -> dict:
+    with open(SCHEMA_PATH) as f:
+        return yaml.safe_load(f)
+
+
+def _types(node: dict) -> list[str]:
+    t = node.get("type", [])
+    return [t] if isinstance(t, str) else list(t)
+
+
+def _coerce(value: Any, node: dict) -> Any:
+    """Strings from `--config key=value` become the schema's type where they parse as it."""
+    if isinstance(value, str) and not {"string"} & set(_types(node)):
+        try:
+            return yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+    return value
+
+
+def _fill(cfg: Any, node: dict) -> Any:
+    """Apply defaults and coercion recursively, following the schema's `properties`."""
+    cfg = _coerce(cfg, node)
+    props = node.get("properties")
+    if not props or not isinstance(cfg, dict):
+        return cfg
+    out = dict(cfg)
+    for key, sub in props.items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _fill(out[key], sub)
+    return out
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _describe(err: jsonschema.ValidationError, schema: dict) -> str:
+    if err.validator == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extra = sorted(set(err.instance) - set(allowed))
+        msgs = []
+        for k in extra:
+            near = difflib.get_close_matches(k, allowed, n=1)
+            hint = f" (did you mean {'.'.join([*map(str, err.path), near[0]])!r}?)" if near else ""
+            msgs.append(f"config key {_key([*err.path, k])!r} is not a known key{hint}")
+        return "; ".join(msgs)
+    return f"config key {_key(err.path)!r}: {err.message}"
+
+
+def _cross_checks(cfg: dict) -> list[str]:
+    errors = []
+    ds = cfg["dataset"]
+    if ds["kind"] in ("coco", "folder") and not ds.get("images"):
+        errors.append(f"config key 'dataset.images' must be set when dataset.kind is {ds['kind']!r}")
+    if ds["kind"] == "coco" and not ds.get("annotations"):
+        errors.append("config key 'dataset.annotations' must be set when dataset.kind is 'coco'")
+    for key in ("images", "annotations"):
+        path = ds.get(key)
+        if ds["kind"] != "synthetic" and path and not os.path.exists(path):
+            errors.append(f"config key 'dataset.{key}': {path!r} does not exist")
+    syn = cfg["synthetic"]
+    for key in ("objects_per_image", "scale_range"):
+        lo, hi = syn[key]
+        if lo > hi:
+            errors.append(f"config key 'synthetic.{key}': min {lo} is larger than max {hi}")
+    weights = cfg["pretrain"].get("weights")
+    if weights and not os.path.isfile(weights):
+        errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")
+    return errors
+
+
+def validate_config(config: dict) -> dict:
+    """Return the config with defaults filled in; raise ConfigError naming every bad key."""
+    schema = load_schema()
+    cfg = _fill(dict(config), schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: [str(p) for p in e.path])
+    messages = [_describe(e, schema) for e in errors]
+    if not messages:
+        messages = _cross_checks(cfg)
+    if messages:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(messages))
+    return cfg
+
+
+def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Merge YAML files (later ones win, nested dicts merged) and overrides, then validate."""
+    merged: dict = {}
+    for p in paths:
+        with open(p) as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping, not {type(data).__name__}")
+        merged = deep_merge(merged, data)
+    return validate_config(deep_merge(merged, overrides or {}))
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def section_params(cfg: dict, section: str, exclude: tuple[str, ...] = ("threads",)) -> dict:
+    """A config section as keyword arguments of its stage's parameter dataclass (rule `params`)."""
+    return {k: v for k, v in cfg[section].items() if k not in exclude}

@@ -1,0 +1,50 @@
+# Datasets: the synthetic generator and the ingest of any dataset into the image manifest.
+
+
+rule synthetic:
+    output:
+        instances="data/synthetic/{experiment}/instances.json",
+        images=directory("data/synthetic/{experiment}/images"),
+        semantic=directory("data/synthetic/{experiment}/semantic"),
+        tags="data/synthetic/{experiment}/tags.csv",
+    log:
+        "results/{experiment}/logs/synthetic.log",
+    benchmark:
+        "results/{experiment}/benchmarks/synthetic.tsv"
+    params:
+        synthetic=config["synthetic"],
+        seed=config["seed"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/synthetic.py"
+
+
+checkpoint ingest:
+    input:
+        unpack(dataset_source),
+    output:
+        manifest="results/{experiment}/data/manifest.parquet",
+        gt="results/{experiment}/data/instances_gt.json" if has_ground_truth() else [],
+    log:
+        "results/{experiment}/logs/ingest.log",
+    benchmark:
+        "results/{experiment}/benchmarks/ingest.tsv"
+    params:
+        kind=config["dataset"]["kind"],
+        images=config["dataset"]["images"],
+        annotations=config["dataset"]["annotations"],
+        on_bad_image=config["dataset"]["on_bad_image"],
+        max_images=config["dataset"]["max_images"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../stages/ingest.py"

@@ -1,0 +1,44 @@
+# Class-agnostic COCO evaluation of every instance output, and the experiment's metrics table.
+
+INSTANCE_OUTPUTS = {"freemask": "results/{experiment}/freemask/results.json"}
+
+
+rule eval_instances:
+    input:
+        gt="results/{experiment}/data/instances_gt.json",
+        predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage],
+    output:
+        metrics="results/{experiment}/eval/{stage}/metrics.parquet",
+        table="results/{experiment}/eval/{stage}/metrics.md",
+    log:
+        "results/{experiment}/logs/eval/{stage}.log",
+    params:
+        dataset=config["dataset"]["name"],
+        max_dets=config["eval"]["max_dets"],
+        round=0,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/eval_instances.py"
+
+
+rule tables:
+    input:
+        metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
+    output:
+        table="results/{experiment}/tables/metrics.md",
+    log:
+        "results/{experiment}/logs/tables.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../stages/tables.py"

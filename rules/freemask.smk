@@ -1,0 +1,50 @@
+# FreeSOLO Free Mask: one job and one zarr store per shard of images, then an index over all shards and
+# COCO exports (results for evaluation, annotations for training any detector).
+
+
+rule freemask_shard:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        weights="results/{experiment}/pretrain/backbone.pt",
+    output:
+        store=directory("results/{experiment}/freemask/shards/{shard}.zarr"),
+    log:
+        "results/{experiment}/logs/freemask/{shard}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/freemask/{shard}.tsv"
+    params:
+        freemask=section_params(config, "freemask", exclude=("threads", "shard_size", "batch_size")),
+        shard_size=config["freemask"]["shard_size"],
+        batch_size=config["freemask"]["batch_size"],
+        device=config["device"],
+    threads: config["freemask"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../stages/freemask_shard.py"
+
+
+rule freemask_index:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        shards=shard_stores,
+    output:
+        index="results/{experiment}/freemask/index.parquet",
+        results="results/{experiment}/freemask/results.json",
+        annotations="results/{experiment}/freemask/annotations.json",
+    log:
+        "results/{experiment}/logs/freemask_index.log",
+    params:
+        max_dets=config["eval"]["max_dets"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/freemask_index.py"

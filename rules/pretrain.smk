@@ -1,0 +1,29 @@
+# DenseCL self-supervised pretraining of the backbone, or the user's given weights (pretrain.weights).
+
+
+rule pretrain:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+    output:
+        weights="results/{experiment}/pretrain/backbone.pt",
+        loss_log="results/{experiment}/pretrain/loss.csv",
+    log:
+        "results/{experiment}/logs/pretrain.log",
+    benchmark:
+        "results/{experiment}/benchmarks/pretrain.tsv"
+    params:
+        densecl=section_params(config, "pretrain", exclude=("threads", "weights")),
+        weights=config["pretrain"]["weights"],
+        seed=config["seed"],
+        device=config["device"],
+        # Resumable state lives outside the outputs: Snakemake deletes outputs before a job starts.
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pretrain",
+    threads: config["pretrain"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../stages/pretrain.py"

@@ -1,0 +1,21 @@
+"""Rule ingest: validate a dataset's images (and annotations) and write the image manifest."""
+
+from maskless.data.ingest import ingest
+from maskless.stage_utils import begin
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+params = begin(smk)
+kind = params["kind"]
+if kind == "synthetic":
+    images, annotations = smk.input.images, smk.input.instances
+else:
+    images, annotations = params["images"], params["annotations"]
+ingest(
+    kind=kind,
+    images=images,
+    annotations=annotations,
+    manifest_out=smk.output.manifest,
+    gt_out=smk.output.gt if "gt" in smk.output.keys() else None,
+    on_bad_image=params["on_bad_image"],
+    max_images=params["max_images"],
+)

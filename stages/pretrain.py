@@ -1,0 +1,22 @@
+"""Rule pretrain: DenseCL pretraining, or validation of the given pretrain.weights."""
+
+from maskless.pretrain.densecl import DenseCLParams
+from maskless.pretrain.train import train_densecl, use_given_weights
+from maskless.io import write_text_atomic
+from maskless.stage_utils import begin
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+params = begin(smk)
+if params["weights"]:
+    use_given_weights(src=params["weights"], out_weights=smk.output.weights, arch=params["densecl"]["arch"])
+    write_text_atomic(smk.output.loss_log, "step,loss,loss_global,loss_dense,lr\n")
+else:
+    train_densecl(
+        manifest=smk.input.manifest,
+        out_weights=smk.output.weights,
+        state_dir=params["state_dir"],
+        params=DenseCLParams(**params["densecl"], seed=params["seed"]),
+        device=params["device"],
+        threads=smk.threads,
+        loss_log=smk.output.loss_log,
+    )

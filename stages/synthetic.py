@@ -1,0 +1,13 @@
+"""Rule synthetic: generate the embedded default dataset (maskless.data.synthetic)."""
+
+from pathlib import Path
+
+from maskless.data.synthetic import SyntheticParams, generate
+from maskless.stage_utils import begin
+
+params = begin(snakemake)  # noqa: F821 (injected by Snakemake)
+cfg = dict(params["synthetic"])
+cfg["objects_per_image"] = tuple(cfg["objects_per_image"])
+cfg["scale_range"] = tuple(cfg["scale_range"])
+out_dir = Path(snakemake.output.instances).parent  # noqa: F821
+generate(str(out_dir), SyntheticParams(**cfg, seed=params["seed"]))

@@ -1,0 +1,93 @@
+"""Config validation: defaults, typos, wrong types, `--config` strings, cross-field checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from maskless.config import ConfigError, load_config, load_schema, validate_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_embedded_default_is_valid_and_filled():
+    cfg = load_config(REPO / "config.yaml")
+    assert cfg["dataset"]["kind"] == "synthetic"
+    # A key absent from config.yaml comes from the schema's default.
+    assert cfg["freemask"]["scales"] == [1.0, 0.5, 0.25]
+    assert cfg["pretrain"]["temperature"] == 0.2
+
+
+def test_empty_config_gets_every_default():
+    cfg = validate_config({})
+    assert cfg["experiment"] == "synthetic"
+    assert cfg["freemask"]["top_k"] == 20
+    assert cfg["pretrain"]["dense_weight"] == 0.5
+
+
+def test_typo_names_the_key_and_suggests():
+    with pytest.raises(ConfigError, match=r"'pretrain.stpes' is not a known key \(did you mean 'pretrain.steps'\?\)"):
+        validate_config({"pretrain": {"stpes": 10}})
+
+
+def test_top_level_typo():
+    with pytest.raises(ConfigError, match=r"'freemsk' is not a known key \(did you mean 'freemask'\?\)"):
+        validate_config({"freemsk": {}})
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match=r"'freemask.top_k'"):
+        validate_config({"freemask": {"top_k": "many"}})
+
+
+def test_every_error_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"pretrain": {"steps": 0}, "freemask": {"nms_kernel": "box"}})
+    assert "pretrain.steps" in str(err.value) and "freemask.nms_kernel" in str(err.value)
+
+
+def test_command_line_strings_are_coerced():
+    """`--config` nested values arrive as strings (DESIGN.md, Known traps)."""
+    cfg = validate_config({"pretrain": {"steps": "12", "amp": "false"}, "freemask": {"scales": "[1.0, 0.5]"}})
+    assert cfg["pretrain"]["steps"] == 12 and cfg["pretrain"]["amp"] is False
+    assert cfg["freemask"]["scales"] == [1.0, 0.5]
+
+
+def test_coco_needs_images_and_annotations():
+    with pytest.raises(ConfigError) as err:
+        validate_config({"dataset": {"kind": "coco"}})
+    assert "dataset.images" in str(err.value) and "dataset.annotations" in str(err.value)
+
+
+def test_missing_paths_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="dataset.images"):
+        validate_config({"dataset": {"kind": "folder", "images": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match="pretrain.weights"):
+        validate_config({"pretrain": {"weights": str(tmp_path / "nope.pt")}})
+
+
+def test_min_above_max_is_an_error():
+    with pytest.raises(ConfigError, match="synthetic.scale_range"):
+        validate_config({"synthetic": {"scale_range": [0.5, 0.2]}})
+
+
+def test_config_file_must_be_a_mapping(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="bad.yaml"):
+        load_config(p)
+
+
+def _walk(node, path=()):
+    yield path, node
+    for key, sub in node.get("properties", {}).items():
+        yield from _walk(sub, (*path, key))
+
+
+def test_schema_documents_every_key_and_forbids_unknown_ones():
+    for path, node in _walk(load_schema()):
+        if path:
+            assert node.get("description"), f"schema key {'.'.join(path)} has no description"
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{'.'.join(path)} allows unknown keys"
