@@ -1,0 +1,310 @@
+"""FreeSOLO "Free Mask": coarse object masks from self-supervised features, without labels.
+
+Wang et al. 2022, "FreeSOLO", Sec. 3.1; METHODS.md "Free Mask". Keys are the last backbone feature map;
+queries are that map resized by a few scale factors. Each query's cosine similarity to every key location,
+min-max normalised, is a soft mask; thresholding gives a mask whose mean soft value inside it ("maskness")
+scores it. Matrix NMS with maskness as score and a top-k remove duplicates; the kept soft masks are
+upsampled to the image and filtered.
+
+Score = the Matrix-NMS-DECAYED maskness, as in FreeSOLO's reference (demo/inference_freemask.py overwrites
+maskness with the matrix_nms output before the top-k, the maskness >= 0.7 filter and the stored score). The
+filter on the decayed score is what removes the near-duplicates that survive the top-k (a duplicate's score
+decays to about exp(-sigma) x maskness). The raw maskness is kept in the result for inspection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from maskless.io import pick_device, set_threads
+from maskless.ops.masks import boxes_xywh
+from maskless.ops.matrix_nms import KERNELS, matrix_nms
+
+log = logging.getLogger(__name__)
+
+FEATURE_LEVELS = ("res2", "res3", "res4", "res5")
+EMBEDDING_METHODS = ("interpolate", "random_projection")
+# Filter reasons, in the order they are checked (a mask is counted under its first reason).
+REASONS = ("small", "top_k", "empty", "low_maskness", "top", "wide")
+
+
+@dataclass
+class FreeMaskParams:
+    """Free Mask hyperparameters (METHODS.md "Free Mask"; FreeSOLO reference values as defaults).
+
+    drop_top_fraction = 0 disables the top filter; max_width_fraction > 1 disables the width filter;
+    min_maskness = 0 disables the maskness filter.
+    """
+
+    feature_level: str = "res5"
+    input_size: int = 320  # short side before the backbone; long side capped at 2x
+    scales: tuple[float, ...] = (1.0, 0.5, 0.25)
+    mask_threshold: float = 0.5
+    min_area_cells: int = 2  # masks of fewer cells (area <= 1 with the default) are dropped
+    nms_kernel: str = "gaussian"
+    nms_sigma: float = 2.0
+    top_k: int = 20
+    min_maskness: float = 0.7
+    drop_top_fraction: float = 0.2
+    max_width_fraction: float = 0.95
+    embedding_dim: int = 128
+    embedding_method: str = "interpolate"
+    embedding_seed: int = 0  # seeds the random_projection matrix
+    upsample_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.scales = tuple(float(s) for s in self.scales)
+        checks = [
+            ("feature_level", self.feature_level in FEATURE_LEVELS, f"one of {FEATURE_LEVELS}"),
+            ("input_size", int(self.input_size) >= 32, ">= 32"),
+            ("scales", len(self.scales) > 0 and all(0 < s <= 1 for s in self.scales), "non-empty, each in (0, 1]"),
+            ("mask_threshold", 0 < self.mask_threshold < 1, "in (0, 1)"),
+            ("min_area_cells", int(self.min_area_cells) >= 1, ">= 1"),
+            ("nms_kernel", self.nms_kernel in KERNELS, f"one of {KERNELS}"),
+            ("nms_sigma", self.nms_sigma > 0, "> 0"),
+            ("top_k", int(self.top_k) >= 1, ">= 1"),
+            ("min_maskness", 0 <= self.min_maskness <= 1, "in [0, 1]"),
+            ("drop_top_fraction", 0 <= self.drop_top_fraction < 1, "in [0, 1)"),
+            ("max_width_fraction", self.max_width_fraction > 0, "> 0"),
+            ("embedding_dim", int(self.embedding_dim) >= 1, ">= 1"),
+            ("embedding_method", self.embedding_method in EMBEDDING_METHODS, f"one of {EMBEDDING_METHODS}"),
+            ("upsample_threshold", 0 < self.upsample_threshold < 1, "in (0, 1)"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise ValueError(f"FreeMaskParams.{name} must be {want}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["scales"] = list(self.scales)
+        return d
+
+
+@dataclass
+class FreeMaskResult:
+    """Masks of one image, sorted by score (Matrix-NMS-decayed maskness) descending.
+
+    masks (N, H, W) bool at image size; scores (N,) float32 decayed maskness; maskness (N,) float32 raw
+    maskness before Matrix NMS; embeddings (N, D) float32; soft_masks (N, h, w) float32 normalised
+    similarity at feature resolution; filtered: counts of dropped masks per reason (REASONS); n_queries.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    embeddings: np.ndarray
+    soft_masks: np.ndarray
+    maskness: np.ndarray
+    filtered: dict[str, int] = field(default_factory=dict)
+    n_queries: int = 0
+
+
+def resized_hw(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """Image size before the backbone: short side = input_size, long side at most 2 * input_size."""
+    scale = min(input_size / min(height, width), 2 * input_size / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: float) -> dict[str, Tensor]:
+    """Soft and binary masks of every multi-scale query.
+
+    features: (C, h, w). Returns dict: queries (Q, C) L2-normalised, soft (Q, h, w) min-max normalised
+    cosine similarity, masks (Q, h, w) bool = soft >= mask_threshold, maskness (Q,) = sum(soft * mask) /
+    sum(mask) (0 for an empty mask), area (Q,) cells. Q = sum over scales of round(h s) * round(w s).
+    A query whose similarities are all equal (max == min) gets an all-zero soft mask: it carries no
+    spatial structure, so its mask is empty and later dropped as small.
+    """
+    c, h, w = features.shape
+    feats = features.float()[None]  # (1, C, h, w)
+    qs = []
+    for s in scales:
+        size = (max(1, round(h * s)), max(1, round(w * s)))
+        q = feats if size == (h, w) else F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
+        qs.append(q[0].flatten(1).T)  # (hs * ws, C)
+    queries = F.normalize(torch.cat(qs, dim=0), dim=1)  # (Q, C)
+    keys = F.normalize(feats[0].flatten(1), dim=0)  # (C, h*w)
+    sim = queries @ keys  # (Q, h*w) cosine similarity A
+    lo = sim.min(dim=1, keepdim=True).values  # (Q, 1)
+    hi = sim.max(dim=1, keepdim=True).values  # (Q, 1)
+    span = hi - lo
+    soft = torch.where(span > 1e-6, (sim - lo) / span.clamp(min=1e-6), torch.zeros_like(sim))  # (Q, h*w)
+    masks = soft >= mask_threshold  # (Q, h*w)
+    area = masks.sum(dim=1)  # (Q,)
+    maskness = (soft * masks).sum(dim=1) / area.clamp(min=1)  # (Q,)
+    return {
+        "queries": queries,
+        "soft": soft.view(-1, h, w),
+        "masks": masks.view(-1, h, w),
+        "maskness": maskness,
+        "area": area,
+    }
+
+
+def embed_queries(queries: Tensor, *, dim: int, method: str, seed: int = 0) -> Tensor:
+    """Reduce (K, C) query vectors to (K, dim) semantic embeddings.
+
+    "interpolate" (FreeSOLO reference): linear interpolation of each channel vector to `dim` entries.
+    "random_projection": a fixed orthogonal (C, dim) matrix from a seeded generator (orthonormal columns
+    when C >= dim, orthonormal rows otherwise), identical across images and runs.
+    """
+    if method == "interpolate":
+        return F.interpolate(queries[:, None, :].float(), size=dim, mode="linear", align_corners=False)[:, 0]
+    if method == "random_projection":
+        c = queries.shape[1]
+        gen = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(max(c, dim), min(c, dim), generator=gen))  # orthonormal columns
+        proj = q if c >= dim else q.T  # (C, dim)
+        return queries.float() @ proj.to(queries.device)
+    raise ValueError(f"embedding_method must be one of {EMBEDDING_METHODS}, got {method!r}")
+
+
+def filter_reasons(masks: np.ndarray, maskness: np.ndarray, params: FreeMaskParams) -> np.ndarray:
+    """Why each image-size mask is dropped ("" = kept), first matching reason of
+    empty, low_maskness, top (box centre y < drop_top_fraction * H), wide (box w >= max_width_fraction * W).
+
+    masks (N, H, W) bool, maskness (N,). Box centre y = y + h / 2 (pixel-edge coordinates).
+    """
+    n, height, width = masks.shape
+    boxes = boxes_xywh(masks)  # (N, 4)
+    centre_y = boxes[:, 1] + boxes[:, 3] / 2
+    reasons = np.full(n, "", dtype=object)
+    checks = [
+        ("wide", boxes[:, 2] >= params.max_width_fraction * width),
+        ("top", centre_y < params.drop_top_fraction * height),
+        ("low_maskness", maskness < params.min_maskness),
+        ("empty", boxes[:, 2] == 0),
+    ]
+    for reason, hit in checks:  # last assignment wins, so the list runs from last to first reason
+        reasons[hit] = reason
+    return reasons
+
+
+def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParams) -> FreeMaskResult:
+    """Free Mask of one image. features: (C, h, w) backbone map; image_hw: (H, W) of the output masks."""
+    if features.ndim != 3:
+        raise ValueError(f"free_mask features must be (C, h, w), got shape {tuple(features.shape)}")
+    if not torch.isfinite(features).all():
+        raise ValueError("free_mask features contain NaN or inf (check the backbone checkpoint and input)")
+    height, width = int(image_hw[0]), int(image_hw[1])
+    qm = query_masks(features, scales=params.scales, mask_threshold=params.mask_threshold)
+    n_queries = qm["queries"].shape[0]
+    counts = dict.fromkeys(REASONS, 0)
+
+    keep = (qm["area"] >= params.min_area_cells).nonzero()[:, 0]  # (K,)
+    counts["small"] = n_queries - keep.numel()
+    decayed = matrix_nms(qm["masks"][keep], qm["maskness"][keep], kernel=params.nms_kernel,
+                         sigma=params.nms_sigma, areas=qm["area"][keep])  # (K,)
+    top = torch.argsort(decayed, descending=True, stable=True)[: params.top_k]
+    counts["top_k"] = keep.numel() - top.numel()
+    idx, decayed = keep[top], decayed[top]
+
+    soft = qm["soft"][idx]  # (N, h, w)
+    masks = np.zeros((0, height, width), dtype=bool)
+    if idx.numel():
+        up = F.interpolate(soft[None], size=(height, width), mode="bilinear", align_corners=False)[0]  # (N, H, W)
+        masks = (up >= params.upsample_threshold).cpu().numpy()
+    maskness = qm["maskness"][idx].cpu().numpy().astype(np.float32)  # raw, (N,)
+    scores = decayed.cpu().numpy().astype(np.float32)  # (N,) the reference's score
+    reasons = filter_reasons(masks, scores, params)
+    for r in REASONS[2:]:
+        counts[r] = int((reasons == r).sum())
+    kept = np.flatnonzero(reasons == "")
+    kept = kept[np.argsort(-scores[kept], kind="stable")]  # sorted by stored score
+    kept_t = torch.from_numpy(kept).to(idx.device)
+
+    emb = torch.zeros(0, params.embedding_dim)
+    if kept.size:
+        emb = embed_queries(qm["queries"][idx[kept_t]], dim=params.embedding_dim,
+                            method=params.embedding_method, seed=params.embedding_seed)  # (N, D)
+    return FreeMaskResult(
+        masks=masks[kept],
+        scores=scores[kept],
+        maskness=maskness[kept],
+        embeddings=emb.cpu().numpy().astype(np.float32),
+        soft_masks=soft[kept_t].cpu().numpy().astype(np.float32),
+        filtered=counts,
+        n_queries=n_queries,
+    )
+
+
+def _prepare(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Load and resize one manifest image -> (resized uint8 (h, w, 3), original (H, W))."""
+    import cv2
+
+    from maskless.data.images import load_rgb
+
+    img = load_rgb(record["path"])
+    hw = img.shape[:2]
+    if hw != (int(record["height"]), int(record["width"])):
+        raise ValueError(f"image {record['path']} (id {record['id']}) is {hw[0]}x{hw[1]} but the manifest says "
+                         f"{record['height']}x{record['width']}")
+    h, w = resized_hw(hw[0], hw[1], input_size)
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), hw
+
+
+def _batches(records: list[dict], batch_size: int, input_size: int):
+    """Yield (records, uint8 (B, h, w, 3), original sizes) groups of equal resized size.
+
+    Images of different sizes are never padded together (padding would change the features); a batch of
+    mixed sizes runs as several smaller groups.
+    """
+    for start in range(0, len(records), batch_size):
+        groups: dict[tuple[int, int], list] = {}
+        for rec in records[start : start + batch_size]:
+            img, hw = _prepare(rec, input_size)
+            groups.setdefault(img.shape[:2], []).append((rec, img, hw))
+        for items in groups.values():
+            yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]
+
+
+def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: int, out_store: str,
+                       params: FreeMaskParams, device: str = "auto", threads: int | None = None,
+                       batch_size: int = 4, arch: str | None = None) -> dict:
+    """Free Mask over one manifest shard -> one zarr store (maskless.store).
+
+    The backbone (arch from the checkpoint unless given) runs in eval mode under inference_mode on images
+    resized as in resized_hw; masks come back at each image's original size. Returns a summary dict:
+    shard, images, masks, filtered (counts per REASONS), seconds.
+    """
+    from maskless.data.manifest import read_manifest, shard_records
+    from maskless.models.resnet import normalize
+    from maskless.models.weights import load_backbone
+    from maskless.store import ImageMasks, write_shard
+
+    t0 = time.perf_counter()
+    set_threads(threads)
+    dev = pick_device(device)
+    records = shard_records(read_manifest(manifest), shard, shard_size)
+    model = load_backbone(weights, arch=arch).to(dev).eval()
+    log.info("free mask: shard %d, %d images, backbone %s on %s", shard, len(records), weights, dev)
+
+    images, totals, done = [], dict.fromkeys(REASONS, 0), 0
+    step = max(1, len(records) // 10)
+    with torch.inference_mode():
+        for recs, batch, sizes in _batches(records, max(1, batch_size), params.input_size):
+            x = normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev))  # (B, 3, h, w)
+            feats = model(x)[params.feature_level]  # (B, C, h/s, w/s)
+            for rec, f, hw in zip(recs, feats, sizes):
+                res = free_mask(f, hw, params)
+                images.append(ImageMasks(int(rec["id"]), hw[0], hw[1], res.masks, res.scores, res.embeddings))
+                totals = {k: totals[k] + res.filtered[k] for k in REASONS}
+            prev, done = done, done + len(recs)
+            if done // step > prev // step or done == len(records):
+                log.info("free mask: %d/%d images, %d masks so far", done, len(records),
+                         sum(len(i.scores) for i in images))
+    images.sort(key=lambda im: im.image_id)
+    attrs = {"method": "freemask", "params": params.to_dict(), "weights": str(weights), "shard": shard}
+    write_shard(out_store, images, embedding_dim=params.embedding_dim, attrs=attrs)
+    n_masks = sum(len(i.scores) for i in images)
+    log.info("free mask: dropped per reason %s", totals)
+    summary = {"shard": shard, "images": len(images), "masks": n_masks, "filtered": totals,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("free mask: wrote %s: %s", out_store, summary)
+    return summary

@@ -1,0 +1,121 @@
+"""Binary mask utilities: COCO xywh boxes, box-cropped bit packing (the mask store's format) and COCO RLE.
+
+Conventions (DESIGN.md "Contracts between stages"): masks are numpy bool arrays (N, H, W) or (H, W); boxes are
+COCO xywh in pixels, x = first column, y = first row, w and h count pixels (a one-pixel mask has w = h = 1).
+An empty mask has the box (0, 0, 0, 0).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["boxes_xywh", "pack_mask", "unpack_mask", "encode_rle", "encode_rles", "decode_rle", "mask_areas"]
+
+
+def _as_bool_stack(masks: np.ndarray, name: str = "masks") -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"{name} must be (N, H, W), got shape {masks.shape}")
+    return masks.astype(bool, copy=False)
+
+
+def boxes_xywh(masks: np.ndarray) -> np.ndarray:
+    """COCO boxes of binary masks.
+
+    masks: (N, H, W) bool. Returns float32 (N, 4) as (x, y, w, h) with x = min column, y = min row,
+    w = max column - min column + 1, h = max row - min row + 1; an empty mask gives zeros.
+    """
+    masks = _as_bool_stack(masks)
+    n = masks.shape[0]
+    cols = masks.any(axis=1)  # (N, W)
+    rows = masks.any(axis=2)  # (N, H)
+    nonempty = cols.any(axis=1)  # (N,)
+    # argmax finds the first True; on the reversed array it finds the last one.
+    x0 = cols.argmax(axis=1)
+    x1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(axis=1)
+    y0 = rows.argmax(axis=1)
+    y1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(axis=1)
+    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1).astype(np.float32)  # (N, 4)
+    boxes[~nonempty] = 0.0
+    return boxes.reshape(n, 4)
+
+
+def mask_areas(masks: np.ndarray) -> np.ndarray:
+    """Pixel counts (N,) int64 of (N, H, W) masks."""
+    return _as_bool_stack(masks).sum(axis=(1, 2), dtype=np.int64)
+
+
+def pack_mask(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Bit-pack the box-cropped mask.
+
+    mask: (H, W) bool. Returns (bits, box): bits is uint8 1-D, np.packbits of the crop mask[y:y+h, x:x+w]
+    flattened in C order (ceil(w*h / 8) bytes), box is (x, y, w, h) ints. An empty mask packs to
+    (empty bits, (0, 0, 0, 0)). Cropping first is what makes the store small: coarse masks cover a
+    fraction of the image.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    box = boxes_xywh(mask[None])[0].astype(np.int64)
+    x, y, w, h = (int(v) for v in box)
+    if w == 0:
+        return np.zeros(0, dtype=np.uint8), (0, 0, 0, 0)
+    crop = mask[y : y + h, x : x + w].astype(bool)  # (h, w)
+    return np.packbits(crop.reshape(-1)), (x, y, w, h)
+
+
+def unpack_mask(bits: np.ndarray, box, height: int, width: int) -> np.ndarray:
+    """Inverse of pack_mask: (H, W) bool with the crop placed at its box."""
+    x, y, w, h = (int(round(float(v))) for v in box)
+    out = np.zeros((int(height), int(width)), dtype=bool)
+    if w == 0 or h == 0:
+        return out
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"box {(x, y, w, h)} lies outside an image of {height}x{width}")
+    bits = np.asarray(bits, dtype=np.uint8)
+    need = (w * h + 7) // 8
+    if bits.size != need:
+        raise ValueError(f"box {(x, y, w, h)} needs {need} packed bytes, got {bits.size}")
+    crop = np.unpackbits(bits, count=w * h).astype(bool).reshape(h, w)
+    out[y : y + h, x : x + w] = crop
+    return out
+
+
+def encode_rle(mask: np.ndarray) -> dict:
+    """COCO RLE of an (H, W) mask, counts decoded to str so the dict is JSON-ready.
+
+    pycocotools needs a Fortran-ordered uint8 array and returns counts as bytes (DESIGN.md, known traps).
+    """
+    from pycocotools import mask as mask_util
+
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    counts = rle["counts"]
+    counts = counts.decode("ascii") if isinstance(counts, bytes) else counts
+    return {"size": [int(s) for s in rle["size"]], "counts": counts}
+
+
+def encode_rles(masks: np.ndarray) -> list[dict]:
+    """encode_rle of each (H, W) slice of (N, H, W) masks, in one pycocotools call."""
+    from pycocotools import mask as mask_util
+
+    masks = _as_bool_stack(masks)
+    if masks.shape[0] == 0:
+        return []
+    rles = mask_util.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))  # (H, W, N)
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+
+
+def decode_rle(rle: dict) -> np.ndarray:
+    """(H, W) bool from a COCO RLE dict (counts as str or bytes)."""
+    from pycocotools import mask as mask_util
+
+    counts = rle["counts"]
+    if isinstance(counts, list):  # uncompressed RLE, as in some COCO ground truth
+        h, w = rle["size"]
+        rle = mask_util.frPyObjects(rle, h, w)
+    else:
+        rle = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_util.decode(rle).astype(bool)

@@ -1,0 +1,81 @@
+"""Matrix NMS (SOLOv2, Wang et al. 2020, Sec. 4.2; METHODS.md "Matrix NMS").
+
+Soft, parallel NMS on masks: every mask's score is decayed by its worst overlap with a higher-scored mask,
+compensated by how much that higher-scored mask was itself suppressed. No mask is removed here; the caller
+keeps masks by decayed score (a threshold, or top-k as in Free Mask).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["matrix_nms", "KERNELS"]
+
+KERNELS = ("gaussian", "linear")
+
+
+def _pairwise_iou(masks: Tensor, areas: Tensor | None) -> Tensor:
+    """IoU of every pair of (N, H, W) masks -> (N, N)."""
+    n = masks.shape[0]
+    flat = masks.reshape(n, -1).float()  # (N, HW)
+    inter = flat @ flat.T  # (N, N)
+    area = flat.sum(dim=1) if areas is None else areas.float()  # (N,)
+    union = area[:, None] + area[None, :] - inter  # (N, N)
+    return inter / union.clamp(min=1e-6)
+
+
+def matrix_nms(
+    masks: Tensor,
+    scores: Tensor,
+    *,
+    labels: Tensor | None = None,
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    areas: Tensor | None = None,
+) -> Tensor:
+    """Decayed scores of Matrix NMS, returned in the ORIGINAL order of the inputs.
+
+    masks: (N, H, W) bool or float (binary values expected); scores: (N,); labels: (N,) or None
+    (class-agnostic: every pair may suppress); areas: (N,) precomputed mask sums or None.
+    Returns (N,) float32 scores * decay.
+
+    With masks sorted by score descending (ties keep input order), IoU_ij for i < j (upper triangle, zero
+    across labels), comp_i = max_{k<i} IoU_ki and
+        gaussian: decay_j = min_i exp(-sigma IoU_ij^2) / exp(-sigma comp_i^2)
+        linear:   decay_j = min_i (1 - IoU_ij) / (1 - comp_i).
+    Terms with i >= j have IoU_ij = 0 and are >= 1, so they never lower the minimum below the true one.
+
+    Worked example (tests/ops/test_matrix_nms.py): 1x8 strips m0 = cols 0-3 (score 0.9), m1 = cols 1-4
+    (0.8), m2 = cols 2-5 (0.7). IoU01 = 3/5, IoU02 = 2/6, IoU12 = 3/5; comp = (0, 0.6, 0.6).
+    Gaussian (sigma 2): decay1 = exp(-2 * 0.36) = 0.48675, decay2 = min(exp(-2/9), exp(-2(0.36 - 0.36)))
+    = 0.80074 (without the compensation it would be 0.48675). Linear: decay1 = 0.4, decay2 = min(2/3, 1) = 2/3.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"matrix_nms kernel must be one of {KERNELS}, got {kernel!r}")
+    if masks.ndim != 3 or scores.ndim != 1 or masks.shape[0] != scores.shape[0]:
+        raise ValueError(f"matrix_nms needs masks (N, H, W) and scores (N,), "
+                         f"got {tuple(masks.shape)} and {tuple(scores.shape)}")
+    n = scores.shape[0]
+    if n == 0:
+        return scores.new_zeros(0, dtype=torch.float32)
+    if not torch.isfinite(scores).all():
+        raise ValueError("matrix_nms scores contain NaN or inf")
+
+    order = torch.argsort(scores, descending=True, stable=True)  # (N,)
+    sorted_areas = None if areas is None else areas[order]
+    iou = _pairwise_iou(masks[order], sorted_areas).triu(diagonal=1)  # (N, N), row i < column j
+    if labels is not None:
+        lab = labels[order]
+        iou = iou * (lab[:, None] == lab[None, :])  # suppress only within a label
+    comp = iou.max(dim=0).values  # (N,) comp_i = max_{k<i} IoU_ki (column max)
+    if kernel == "gaussian":
+        ratio = torch.exp(-sigma * (iou**2 - comp[:, None] ** 2))  # (N, N) row i, column j
+    else:
+        # clamp: two identical masks give comp_i = 1, and 0/0 would poison the minimum with NaN
+        ratio = (1.0 - iou) / (1.0 - comp[:, None]).clamp(min=1e-6)  # (N, N)
+    decay = ratio.min(dim=0).values  # (N,)
+    decayed = scores[order].float() * decay  # (N,)
+    out = torch.empty_like(decayed)
+    out[order] = decayed
+    return out

@@ -1,0 +1,288 @@
+"""Mask store: round trips, random access, atomic writes, parquet index and COCO export."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from zarr.storage import LocalStore, WrapperStore
+
+import maskless.store as store_mod
+from maskless.data.manifest import write_manifest
+from maskless.ops.masks import boxes_xywh, encode_rles
+from maskless.store import (
+    ImageMasks,
+    MaskStore,
+    ShardReader,
+    build_index,
+    export_coco,
+    read_image,
+    write_shard,
+)
+
+
+def blob_masks(rng, n, h, w) -> np.ndarray:
+    """n random rectangles-with-holes, non-empty."""
+    m = np.zeros((n, h, w), bool)
+    for i in range(n):
+        y0, x0 = rng.integers(0, h - 2), rng.integers(0, w - 2)
+        y1, x1 = rng.integers(y0 + 1, h + 1), rng.integers(x0 + 1, w + 1)
+        m[i, y0:y1, x0:x1] = rng.random((y1 - y0, x1 - x0)) > 0.2
+        m[i, y0, x0] = True
+    return m
+
+
+def sample_images() -> list[ImageMasks]:
+    """Ids given out of order; image 2 has no masks; image 9 has no embeddings; image 7 holds a one-pixel
+    and a full mask; image 5's scores are given unsorted (the store sorts them descending)."""
+    rng = np.random.default_rng(0)
+    one_px = np.zeros((6, 5), bool)
+    one_px[5, 4] = True
+    return [
+        ImageMasks(5, 20, 30, blob_masks(rng, 3, 20, 30), [0.2, 0.9, 0.5], rng.random((3, 4))),
+        ImageMasks(2, 10, 10, np.zeros((0, 10, 10), bool), [], np.zeros((0, 4))),
+        ImageMasks(9, 12, 8, blob_masks(rng, 2, 12, 8), [0.8, 0.3], None),
+        ImageMasks(7, 6, 5, np.stack([one_px, np.ones((6, 5), bool)]), [0.6, 0.4], rng.random((2, 4))),
+    ]
+
+
+def sorted_copy(im: ImageMasks) -> ImageMasks:
+    o = np.argsort(-im.scores, kind="stable")
+    return ImageMasks(im.image_id, im.height, im.width, im.masks[o], im.scores[o],
+                      None if im.embeddings is None else im.embeddings[o])
+
+
+def assert_same(a: ImageMasks, b: ImageMasks) -> None:
+    assert (a.image_id, a.height, a.width) == (b.image_id, b.height, b.width)
+    assert np.array_equal(a.masks, b.masks)
+    assert np.allclose(a.scores, b.scores)
+    assert (a.embeddings is None) == (b.embeddings is None)
+    if a.embeddings is not None:
+        assert np.allclose(a.embeddings, b.embeddings)
+
+
+def test_round_trip_every_image(tmp_path):
+    path = tmp_path / "shard0.zarr"
+    images = sample_images()
+    write_shard(str(path), images, embedding_dim=4, attrs={"params": {"top_k": 20}})
+    for im in images:
+        assert_same(read_image(str(path), im.image_id), sorted_copy(im))
+    reader = ShardReader(str(path))
+    assert reader.image_ids().tolist() == [2, 5, 7, 9]
+    assert reader.attrs["embedding_dim"] == 4 and reader.attrs["params"] == {"top_k": 20}
+    assert reader.attrs["n_masks"] == 7 and reader.attrs["n_images"] == 4
+    table = reader.mask_table()
+    assert table["areas"][table["image_ids"] == 7].tolist() == [1, 30]
+    assert table["boxes"][table["image_ids"] == 7].tolist() == [[4, 5, 1, 1], [0, 0, 5, 6]]
+    streamed = list(reader.iter_images())
+    assert [s.image_id for s in streamed] == [2, 5, 7, 9]
+    for s in streamed:
+        assert_same(s, read_image(str(path), s.image_id))
+
+
+def test_unknown_image_and_bad_input(tmp_path):
+    path = tmp_path / "s.zarr"
+    write_shard(str(path), sample_images(), embedding_dim=4)
+    with pytest.raises(KeyError, match=r"image id 3 .*s\.zarr"):
+        read_image(str(path), 3)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        read_image(str(tmp_path / "nope"), 2)
+    dup = sample_images()[:2] + [sample_images()[0]]
+    with pytest.raises(ValueError, match="duplicate image ids \\[5\\]"):
+        write_shard(str(tmp_path / "d.zarr"), dup, embedding_dim=4)
+    with pytest.raises(ValueError, match="embeddings have dim 4, store embedding_dim is 8"):
+        write_shard(str(tmp_path / "e.zarr"), sample_images(), embedding_dim=8)
+    with pytest.raises(ValueError, match="image 1: 2 masks but 1 scores"):
+        ImageMasks(1, 4, 4, np.zeros((2, 4, 4)), [0.5])
+    with pytest.raises(ValueError, match=r"image 1: masks must be \(N, 5, 6\)"):
+        ImageMasks(1, 5, 6, np.zeros((2, 6, 5)), [0.5, 0.4])
+
+
+def test_atomic_write(tmp_path, monkeypatch):
+    """A failure halfway through leaves no store (and no temp folder); a failed rewrite keeps the old store;
+    a successful rewrite replaces it."""
+    path = tmp_path / "s.zarr"
+    real, calls = store_mod._create, []
+
+    def failing(group, name, *args):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError("disk full (simulated)")
+        return real(group, name, *args)
+
+    monkeypatch.setattr(store_mod, "_create", failing)
+    with pytest.raises(OSError, match="simulated"):
+        write_shard(str(path), sample_images(), embedding_dim=4)
+    assert not path.exists() and os.listdir(tmp_path) == []
+    monkeypatch.setattr(store_mod, "_create", real)
+    write_shard(str(path), sample_images(), embedding_dim=4)
+    calls.clear()
+    monkeypatch.setattr(store_mod, "_create", failing)
+    with pytest.raises(OSError):
+        write_shard(str(path), sample_images()[:1], embedding_dim=4)
+    assert read_image(str(path), 9).masks.shape == (2, 12, 8)  # the old store is intact
+    monkeypatch.setattr(store_mod, "_create", real)
+    write_shard(str(path), sample_images()[:1], embedding_dim=4)
+    assert ShardReader(str(path)).image_ids().tolist() == [5] and os.listdir(tmp_path) == ["s.zarr"]
+
+
+class CountingStore(WrapperStore):
+    """Counts the bytes zarr reads, per array (first path component)."""
+
+    counts: dict[str, int] = {}
+
+    def _add(self, key, buf):
+        if buf is not None:
+            CountingStore.counts[key.split("/")[0]] = CountingStore.counts.get(key.split("/")[0], 0) + len(buf)
+
+    async def get(self, key, prototype, byte_range=None):
+        buf = await self._store.get(key, prototype, byte_range)
+        self._add(key, buf)
+        return buf
+
+    async def get_partial_values(self, prototype, key_ranges):
+        key_ranges = list(key_ranges)
+        bufs = await self._store.get_partial_values(prototype, key_ranges)
+        for (key, _), buf in zip(key_ranges, bufs):
+            self._add(key, buf)
+        return bufs
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def test_random_access_reads_only_its_chunks(tmp_path, monkeypatch):
+    """300 images x 4 masks with small chunks (16 rows, 512 bytes): reading one image must touch a small
+    fraction of the big per-mask arrays' bytes (its own chunks, the zarr shard index and metadata), never
+    the arrays it does not need; timing is printed, not asserted."""
+    monkeypatch.setattr(store_mod, "ROW_CHUNK", 16)
+    monkeypatch.setattr(store_mod, "BITS_CHUNK", 512)
+    rng = np.random.default_rng(1)
+    images = [ImageMasks(i, 48, 48, blob_masks(rng, 4, 48, 48), rng.random(4), rng.random((4, 32)))
+              for i in range(300)]
+    path = tmp_path / "big.zarr"
+    write_shard(str(path), images, embedding_dim=32)
+    CountingStore.counts = {}
+    reader = ShardReader(CountingStore(LocalStore(str(path), read_only=True)), where=str(path))
+    CountingStore.counts = {}
+    got = reader.get(150)
+    assert_same(got, sorted_copy(images[150]))
+    for name in ("bits", "embeddings"):
+        on_disk = dir_bytes(path / name)
+        assert 0 < CountingStore.counts.get(name, 0) < 0.1 * on_disk, (name, CountingStore.counts, on_disk)
+    assert "areas" not in CountingStore.counts and "image_ids" not in CountingStore.counts
+    t0 = time.perf_counter()
+    for i in range(0, 300, 30):
+        read_image(str(path), i)
+    per_read = (time.perf_counter() - t0) / 10
+    print(f"read_image: {per_read * 1e3:.1f} ms per image (opens the store each time)")
+
+
+def make_manifest(tmp_path, images) -> str:
+    recs = [{"id": im.image_id, "file_name": f"{im.image_id}.png", "path": f"/x/{im.image_id}.png",
+             "width": im.width, "height": im.height, "split": "train", "hash": ""} for im in images]
+    recs.append({"id": 100, "file_name": "100.png", "path": "/x/100.png", "width": 4, "height": 4,
+                 "split": "train", "hash": ""})  # in the manifest, never processed
+    path = tmp_path / "manifest.parquet"
+    write_manifest(path, recs)
+    return str(path)
+
+
+def two_shard_index(tmp_path) -> tuple[str, list[ImageMasks]]:
+    images = sample_images()
+    write_shard(str(tmp_path / "shards" / "0.zarr"), images[:2], embedding_dim=4)
+    write_shard(str(tmp_path / "shards" / "1.zarr"), images[2:], embedding_dim=4)
+    index = str(tmp_path / "index" / "masks.parquet")
+    build_index([str(tmp_path / "shards" / "0.zarr"), str(tmp_path / "shards" / "1.zarr")], index)
+    return index, images
+
+
+def test_index_and_mask_store(tmp_path):
+    import pyarrow.parquet as pq
+
+    index, images = two_shard_index(tmp_path)
+    rows = pq.read_table(index).to_pylist()
+    assert len(rows) == 7  # one per mask; image 2 (no masks) has no row
+    assert {r["shard"] for r in rows} == {"../shards/0.zarr", "../shards/1.zarr"}
+    r7 = [r for r in rows if r["image_id"] == 7]
+    got = [(r["index"], r["x"], r["y"], r["w"], r["h"], r["area"]) for r in r7]
+    assert got == [(0, 4, 5, 1, 1, 1), (1, 0, 0, 5, 6, 30)]
+    ms = MaskStore(index)
+    assert ms.image_ids() == [2, 5, 7, 9] and len(ms) == 4 and 2 in ms and 3 not in ms
+    assert ms.shard_of(2).endswith("0.zarr") and ms.get(2).masks.shape == (0, 10, 10)
+    for im in images:
+        assert_same(ms.get(im.image_id), sorted_copy(im))
+    with pytest.raises(KeyError, match="image id 3"):
+        ms.get(3)
+    write_shard(str(tmp_path / "dup.zarr"), images[:1], embedding_dim=4)
+    with pytest.raises(ValueError, match="image id 5 is in two mask stores"):
+        build_index([str(tmp_path / "shards" / "0.zarr"), str(tmp_path / "dup.zarr")], str(tmp_path / "x.parquet"))
+
+
+def test_export_results_scores_perfectly_against_same_masks(tmp_path):
+    """Results made from the same masks as a ground truth score AP = 1 (class-agnostic segm eval)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    index, images = two_shard_index(tmp_path)
+    manifest = make_manifest(tmp_path, images)
+    out = tmp_path / "results.json"
+    export_coco(index=index, manifest=manifest, out_json=str(out), kind="results")
+    results = json.loads(out.read_text())
+    assert len(results) == 7 and all("bbox" not in r and r["category_id"] == 1 for r in results)
+    per_image = {}
+    for r in results:
+        per_image.setdefault(r["image_id"], []).append(r["score"])
+    assert all(s == sorted(s, reverse=True) for s in per_image.values())
+
+    gt = COCO()
+    anns = []
+    for im in images:
+        for rle, box, m in zip(encode_rles(im.masks), boxes_xywh(im.masks), im.masks):
+            anns.append({"id": len(anns) + 1, "image_id": im.image_id, "category_id": 1, "segmentation": rle,
+                         "area": float(m.sum()), "bbox": box.tolist(), "iscrowd": 0})
+    gt.dataset = {"images": [{"id": im.image_id, "height": im.height, "width": im.width} for im in images],
+                  "categories": [{"id": 1, "name": "object"}], "annotations": anns}
+    gt.createIndex()
+    ev = COCOeval(gt, gt.loadRes(str(out)), "segm")
+    ev.params.useCats = 0
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+
+    export_coco(index=index, manifest=manifest, out_json=str(out), kind="results", max_per_image=1)
+    assert len(json.loads(out.read_text())) == 3  # images 5, 7, 9: one each
+
+
+def test_export_annotations_round_trip(tmp_path):
+    from pycocotools.coco import COCO
+
+    index, images = two_shard_index(tmp_path)
+    manifest = make_manifest(tmp_path, images)
+    out = tmp_path / "train.json"
+    summary = export_coco(index=index, manifest=manifest, out_json=str(out), kind="annotations")
+    assert summary == {"images": 5, "masks": 7}
+    coco = COCO(str(out))
+    assert sorted(coco.getImgIds()) == [2, 5, 7, 9, 100] and coco.loadCats([1])[0]["name"] == "object"
+    for im in map(sorted_copy, images):
+        anns = coco.loadAnns(coco.getAnnIds(imgIds=[im.image_id]))
+        assert len(anns) == len(im.scores)
+        for ann, mask, box in zip(anns, im.masks, boxes_xywh(im.masks)):
+            assert np.array_equal(coco.annToMask(ann).astype(bool), mask)
+            assert ann["bbox"] == box.tolist() and ann["area"] == mask.sum() and ann["iscrowd"] == 0
+
+
+def test_export_checks_manifest(tmp_path):
+    index, images = two_shard_index(tmp_path)
+    manifest = make_manifest(tmp_path, images[1:])  # image 5 missing
+    with pytest.raises(ValueError, match="image id 5 .* not in manifest"):
+        export_coco(index=index, manifest=manifest, out_json=str(tmp_path / "r.json"))
+    with pytest.raises(ValueError, match="kind"):
+        export_coco(index=index, manifest=manifest, out_json=str(tmp_path / "r.json"), kind="boxes")
+    assert not (tmp_path / "r.json").exists()
