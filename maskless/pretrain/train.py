@@ -1,0 +1,274 @@
+"""DenseCL training loop: resumable, reproducible, and safe to kill.
+
+- Images: every manifest image is read once, resized so its short side is ceil(1.15 x crop_size) (the
+  random resized crop then works on a small image, which is what makes CPU training feasible), and kept in
+  memory when the resized set fits CACHE_LIMIT_BYTES (2 GiB, about 500k images at crop 96). Larger sets are
+  re-read and resized from disk on every use, which gives the same pixels, only slower.
+- Determinism: the images of step s and their augmentations come from numpy generators seeded with
+  (seed, s) (and the epoch permutation from (seed, epoch)), never from a running stream. A run killed after a
+  checkpoint and restarted therefore repeats exactly the steps it lost, and on CPU its final weights are
+  bit-identical to an uninterrupted run's (CUDA kernels are not bitwise deterministic).
+- Resumable state (model with key encoder and queues, optimizer, AMP scaler, step, loss rows, torch RNG)
+  goes to state_dir/densecl_last.pt every checkpoint_every steps, atomically. state_dir must lie outside the
+  rule's outputs (Snakemake deletes outputs before a job starts). The state is used only when its
+  parameters and images match this run's; it is deleted once the final weights are written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from maskless.data.manifest import read_manifest
+from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.models.resnet import normalize
+from maskless.models.weights import load_backbone, save_backbone
+from maskless.pretrain.augment import AugmentParams, two_views
+from maskless.pretrain.densecl import DenseCL, DenseCLParams
+
+log = logging.getLogger(__name__)
+
+CACHE_LIMIT_BYTES = 2 << 30
+CACHE_SHORT_SIDE_FACTOR = 1.15
+STATE_NAME = "densecl_last.pt"
+# Fields that do not change the result: a resume across a change of these is still exact.
+_RESUME_IGNORED = ("checkpoint_every", "num_workers")
+LOSS_COLUMNS = ("step", "loss", "loss_global", "loss_dense", "lr")
+
+
+def _resize_short(image: np.ndarray, short: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    s = short / min(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+
+
+class ImageSource:
+    """The manifest's images, resized to a short side of `short`; cached when they fit CACHE_LIMIT_BYTES."""
+
+    def __init__(self, rows: list[dict], short: int, cache_limit: int = CACHE_LIMIT_BYTES):
+        self.paths = [r["path"] for r in rows]
+        self.short = short
+        est = sum(short * short * max(r["width"], r["height"]) // max(1, min(r["width"], r["height"])) * 3
+                  for r in rows)
+        self.cache: list[np.ndarray] | None = None
+        if est <= cache_limit:
+            self.cache = [self._load(i) for i in range(len(rows))]
+            log.info("cached %d images in memory (short side %d px, %.1f MB)", len(rows), short,
+                     sum(a.nbytes for a in self.cache) / 1e6)
+        else:
+            log.info("%d images need ~%.1f GB at short side %d px (> cache limit %.1f GB): reading them from "
+                     "disk at every step", len(rows), est / 1e9, short, cache_limit / 1e9)
+
+    def _load(self, i: int) -> np.ndarray:
+        from maskless.data.images import load_rgb
+
+        return _resize_short(load_rgb(self.paths[i]), self.short)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.cache[i] if self.cache is not None else self._load(i)
+
+
+def batch_indices(step: int, *, n_images: int, batch_size: int, seed: int) -> np.ndarray:
+    """Image indices of `step`: positions step*B .. step*B+B-1 of a sequence of per-epoch permutations,
+    each permutation drawn from (seed, epoch), so every image is seen once per epoch."""
+    pos = np.arange(step * batch_size, (step + 1) * batch_size)
+    out = np.empty(batch_size, dtype=np.int64)
+    for epoch in np.unique(pos // n_images):
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n_images)
+        sel = pos // n_images == epoch
+        out[sel] = perm[pos[sel] % n_images]
+    return out
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item `step` -> (view_q, view_k), each (B, 3, S, S) float in [0, 1]; random only through (seed, step)."""
+
+    def __init__(self, images: ImageSource, params: DenseCLParams):
+        self.images = images
+        self.params = params
+        self.aug = AugmentParams(crop_size=params.crop_size)
+
+    def __len__(self) -> int:
+        return self.params.steps
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        p = self.params
+        idx = batch_indices(step, n_images=len(self.images), batch_size=p.batch_size, seed=p.seed)
+        rng = np.random.default_rng([p.seed, step, 1])
+        pairs = [two_views(self.images[int(i)], rng, self.aug) for i in idx]
+        view_q = torch.from_numpy(np.stack([a for a, _ in pairs]))  # (B, 3, S, S)
+        view_k = torch.from_numpy(np.stack([b for _, b in pairs]))  # (B, 3, S, S)
+        return view_q, view_k
+
+
+def lr_at(step: int, params: DenseCLParams) -> float:
+    """Learning rate of 0-based `step`: base lr x batch/256, linear warm-up, then cosine to zero."""
+    peak = params.lr * params.batch_size / 256
+    if step < params.warmup_steps:
+        return peak * (step + 1) / params.warmup_steps
+    span = max(1, params.steps - params.warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
+
+
+def data_fingerprint(rows: list[dict]) -> str:
+    """Identity of the training images (ids and content hashes), so a resume never mixes datasets."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
+    return h.hexdigest()
+
+
+def _resume_key(params: DenseCLParams) -> dict:
+    return {k: v for k, v in params.to_dict().items() if k not in _RESUME_IGNORED}
+
+
+def _try_resume(state_path: Path, params: DenseCLParams, fingerprint: str) -> dict | None:
+    if not state_path.exists():
+        return None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types on junk bytes; any of them -> fresh)
+        log.warning("resume state %s is unreadable (%s): starting fresh", state_path, e)
+        return None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "loss_rows"} <= set(state):
+        log.warning("resume state %s is not a DenseCL training state: starting fresh", state_path)
+        return None
+    if state.get("resume_key") != _resume_key(params) or state.get("data") != fingerprint:
+        old = state.get("resume_key") or {}
+        diff = sorted(k for k in set(old) | set(_resume_key(params)) if old.get(k) != _resume_key(params).get(k))
+        log.info("resume state %s was made with other parameters %s%s: starting fresh", state_path, diff,
+                 " and other images" if state.get("data") != fingerprint else "")
+        return None
+    return state
+
+
+def _check_finite(out: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    values = {k: float(v.detach()) for k, v in out.items()}
+    for name in ("loss_global", "loss_dense", "loss"):
+        if not math.isfinite(values[name]):
+            raise FloatingPointError(f"DenseCL step {step}: {name} is {values[name]} (losses: {values}); "
+                                     "try a lower lr or amp: false")
+    return values
+
+
+def _write_loss_log(path: str, rows: list[list[float]]) -> None:
+    lines = [",".join(LOSS_COLUMNS)]
+    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _batches(data: StepBatches, start: int, num_workers: int):
+    if num_workers == 0:
+        return (data[s] for s in range(start, len(data)))
+    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
+                                         num_workers=num_workers)
+    return iter(loader)
+
+
+def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: DenseCLParams,
+                  device: str = "auto", threads: int | None = None, loss_log: str | None = None,
+                  log_every: int = 10, stop_after: int | None = None) -> dict:
+    """Train DenseCL on every image of `manifest`; write the query backbone to out_weights.
+
+    stop_after: testing hook; stop once that many steps (counted from step 0) are done, without writing
+    out_weights or loss_log, as a kill would. Returns a summary dict.
+    """
+    set_threads(threads)
+    dev = pick_device(device)
+    rows = read_manifest(manifest)
+    if not rows:
+        raise ValueError(f"image manifest {manifest} has no images to pretrain on")
+    fingerprint = data_fingerprint(rows)
+    images = ImageSource(rows, math.ceil(CACHE_SHORT_SIDE_FACTOR * params.crop_size))
+    data = StepBatches(images, params)
+
+    torch.manual_seed(params.seed)
+    model = DenseCL.from_params(params).to(dev).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=lr_at(0, params), momentum=params.momentum,
+                          weight_decay=params.weight_decay)
+    use_amp = params.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    state_path = Path(state_dir) / STATE_NAME
+    start, loss_rows = 0, []
+    state = _try_resume(state_path, params, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, loss_rows = int(state["step"]), [list(r) for r in state["loss_rows"]]
+        log.info("resuming DenseCL from %s at step %d/%d", state_path, start, params.steps)
+
+    log.info("DenseCL %s on %d images, %d steps of %d, crop %d, device %s%s", params.arch, len(rows),
+             params.steps, params.batch_size, params.crop_size, dev, ", AMP" if use_amp else "")
+    t0, step = time.perf_counter(), start
+    for step, (view_q, view_k) in enumerate(_batches(data, start, params.num_workers), start=start + 1):
+        lr = lr_at(step - 1, params)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        view_q = normalize(view_q.to(dev, non_blocking=True))  # (B, 3, S, S)
+        view_k = normalize(view_k.to(dev, non_blocking=True))  # (B, 3, S, S)
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            out = model(view_q, view_k)
+        values = _check_finite(out, step)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(out["loss"]).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_rows.append([step, values["loss"], values["loss_global"], values["loss_dense"], lr])
+        if step % log_every == 0 or step == params.steps:
+            _log_progress(step, start, params, values, lr, time.perf_counter() - t0)
+        if step % params.checkpoint_every == 0 and step < params.steps:
+            torch_save_atomic({"resume_key": _resume_key(params), "data": fingerprint, "step": step,
+                               "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "loss_rows": loss_rows}, state_path)
+            log.info("checkpoint at step %d -> %s", step, state_path)
+        if stop_after is not None and step >= stop_after:
+            log.info("stopping after step %d (stop_after)", step)
+            return {"steps_done": step, "start_step": start, "stopped": True}
+
+    seconds = time.perf_counter() - t0
+    save_backbone(out_weights, model.encoder_q, params.arch,
+                  {**params.to_dict(), "method": "densecl", "images": len(rows), "data": fingerprint})
+    if loss_log:
+        _write_loss_log(loss_log, loss_rows)
+    if state_path.exists():
+        state_path.unlink()
+        log.info("training finished: removed resume state %s", state_path)
+    last = dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}
+    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
+            "images": len(rows), "device": str(dev), "seconds": seconds, "final": last,
+            "out_weights": str(out_weights)}
+
+
+def _log_progress(step: int, start: int, params: DenseCLParams, values: dict, lr: float, elapsed: float) -> None:
+    done = step - start
+    rate = done * params.batch_size / max(elapsed, 1e-9)
+    eta = (params.steps - step) * elapsed / max(done, 1)
+    log.info("step %d/%d loss %.4f (global %.4f, dense %.4f) lr %.5f %.1f img/s ETA %.0f s", step,
+             params.steps, values["loss"], values["loss_global"], values["loss_dense"], lr, rate, eta)
+
+
+def use_given_weights(*, src: str, out_weights: str, arch: str) -> None:
+    """The `pretrain.weights` option: check a user checkpoint fits `arch`, then write it in our format."""
+    model = load_backbone(src, arch)
+    from maskless.data.images import sha256_file
+
+    save_backbone(out_weights, model, arch,
+                  {"method": "given", "source": os.path.abspath(src), "source_sha256": sha256_file(src)})
+    log.info("using given %s weights %s -> %s", arch, src, out_weights)
