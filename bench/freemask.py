@@ -1,0 +1,106 @@
+"""Free Mask cost over the backbone forward alone, and peak memory of a shard job at 1x and 4x images.
+
+    .venv/bin/python bench/freemask.py [--images N] [--input-size 320] [--level res5] [--arch resnet18]
+                                       [--coco ../shared/data/coco-tiny]
+
+Throughput: the same prepared images go through (a) the backbone forward alone and (b) the forward plus
+free_mask (queries, cosine, normalisation, Matrix NMS, upsampling, filters, embeddings); the overhead is
+(b - a) / a, measured in one run (target: at most 15%). Memory: run_freemask_shard on a single shard of N
+and 4N images in fresh subprocesses, peak RSS of each (target: flat). Random-init backbone: the cost does
+not depend on the weights. Prints figures and the command; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def make_manifest(tmp: Path, n: int, coco: str | None) -> str:
+    from maskless.data.ingest import ingest
+    from maskless.data.synthetic import SyntheticParams, generate
+
+    if coco:
+        images, ann = f"{coco}/images", f"{coco}/instances.json"
+    else:
+        generate(str(tmp / "syn"), SyntheticParams(num_images=n, seed=1))
+        images, ann = str(tmp / "syn" / "images"), str(tmp / "syn" / "instances.json")
+    out = str(tmp / f"manifest_{n}.parquet")
+    ingest(kind="coco", images=images, annotations=ann, manifest_out=out, gt_out=None, max_images=n)
+    return out
+
+
+def throughput(manifest: str, args) -> None:
+    from maskless.data.manifest import read_manifest
+    from maskless.freemask import FreeMaskParams, _prepare, free_mask
+    from maskless.models.resnet import build_resnet, normalize
+
+    params = FreeMaskParams(feature_level=args.level, input_size=args.input_size)
+    model = build_resnet(args.arch).eval()
+    prepared = [_prepare(r, params.input_size) for r in read_manifest(manifest)]
+    xs = [(normalize(torch.from_numpy(img).permute(2, 0, 1)[None]), hw) for img, hw in prepared]
+    t_fwd = t_fm = 0.0
+    with torch.inference_mode():
+        model(xs[0][0])  # warm-up
+        for x, hw in xs:
+            t0 = time.perf_counter()
+            feats = model(x)[params.feature_level][0]
+            t1 = time.perf_counter()
+            free_mask(feats, hw, params)
+            t2 = time.perf_counter()
+            t_fwd, t_fm = t_fwd + (t1 - t0), t_fm + (t2 - t1)
+    n = len(xs)
+    print(f"images: {n}, input short side {args.input_size}, {args.arch} {args.level}, threads {torch.get_num_threads()}")
+    print(f"backbone forward alone: {n / t_fwd:.2f} img/s ({1000 * t_fwd / n:.1f} ms/img)")
+    print(f"forward + free_mask:    {n / (t_fwd + t_fm):.2f} img/s (free_mask {1000 * t_fm / n:.1f} ms/img)")
+    print(f"free_mask overhead over the forward: {100 * t_fm / t_fwd:.1f}%")
+
+
+def shard_job(manifest: str, n: int, args) -> None:
+    """Child process: one shard holding all n images; prints peak RSS in MB as JSON."""
+    from maskless.freemask import FreeMaskParams, run_freemask_shard
+    from maskless.models.resnet import build_resnet
+    from maskless.models.weights import save_backbone
+
+    tmp = Path(tempfile.mkdtemp())
+    save_backbone(str(tmp / "w.pt"), build_resnet(args.arch), args.arch, {})
+    params = FreeMaskParams(feature_level=args.level, input_size=args.input_size)
+    run_freemask_shard(manifest=manifest, weights=str(tmp / "w.pt"), shard=0, shard_size=n,
+                       out_store=str(tmp / "s.zarr"), params=params, device="cpu")
+    print(json.dumps({"images": n, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=24)
+    ap.add_argument("--input-size", type=int, default=320)
+    ap.add_argument("--level", default="res5")
+    ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--coco", default=None, help="a COCO-format folder (images/, instances.json)")
+    ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--manifest", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return shard_job(args.manifest, args.child, args)
+    tmp = Path(tempfile.mkdtemp())
+    print("command: .venv/bin/python " + " ".join(sys.argv))
+    counts = [args.images, 4 * args.images] if not args.coco else [min(args.images, 12), min(4 * args.images, 50)]
+    manifests = {n: make_manifest(tmp, n, args.coco) for n in counts}
+    throughput(manifests[counts[0]], args)
+    for n in counts:
+        cmd = [sys.executable, __file__, "--child", str(n), "--manifest", manifests[n], "--arch", args.arch,
+               "--level", args.level, "--input-size", str(args.input_size)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+        print(f"peak RSS of one shard job over {n} images: {json.loads(out)['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The whole DAG on the tiny synthetic config, on CPU: outputs, metrics, caching, config errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from .conftest import snakemake
+
+pytestmark = pytest.mark.workflow
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
+def test_whole_dag_runs_and_caches(workflow_dir):
+    _ok(snakemake(workflow_dir, "--cores", "2", "--configfile", "tiny.yaml"))
+    res = workflow_dir / "results" / "tiny"
+
+    manifest = pq.read_table(res / "data" / "manifest.parquet").to_pylist()
+    assert [r["id"] for r in manifest] == list(range(1, 9))
+
+    # 8 images in shards of 4: two shard stores, one index over both.
+    assert sorted(p.name for p in (res / "freemask" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
+    index = pq.read_table(res / "freemask" / "index.parquet")
+    results = json.loads((res / "freemask" / "results.json").read_text())
+    assert len(results) == index.num_rows
+    assert all("bbox" not in r for r in results)
+
+    rows = pq.read_table(res / "eval" / "freemask" / "metrics.parquet").to_pylist()
+    got = {(r["iou_type"], r["metric"]) for r in rows}
+    for iou in ("segm", "bbox"):
+        for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
+            assert (iou, m) in got
+    assert {r["stage"] for r in rows} == {"freemask"}
+    assert "freemask" in (res / "tables" / "metrics.md").read_text()
+    assert (res / "pretrain" / "backbone.pt.params.json").exists()
+
+    # A finished run has nothing left to do (Snakemake owns caching).
+    dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml"))
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+
+    # Changing a Free Mask param reruns Free Mask and what follows, not pretraining.
+    (workflow_dir / "change.yaml").write_text("freemask:\n  top_k: 5\n")
+    dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml", "change.yaml"))
+    out = dry.stdout + dry.stderr
+    assert "freemask_shard" in out and "rule pretrain:" not in out
+
+
+def test_config_typo_stops_with_key_named(workflow_dir):
+    (workflow_dir / "typo.yaml").write_text("pretrain:\n  stpes: 3\n")
+    proc = snakemake(workflow_dir, "-n", "--configfile", "tiny.yaml", "typo.yaml")
+    assert proc.returncode != 0
+    assert "pretrain.stpes" in proc.stdout + proc.stderr
