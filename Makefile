@@ -10,7 +10,6 @@ EXP = $(shell $(BIN)/python -c "import yaml,sys; print(yaml.safe_load(open('$(CO
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -m pip install -q -r requirements.lock 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | grep -v '^WARNING: Location' || true
 	$(BIN)/python -c "import torch, zarr, snakemake, pycocotools, cv2, pyarrow, maskless"

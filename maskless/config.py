@@ -94,7 +94,11 @@ def _cross_checks(cfg: dict) -> list[str]:
         lo, hi = syn[key]
         if lo > hi:
             errors.append(f"config key 'synthetic.{key}': min {lo} is larger than max {hi}")
-    weights = cfg["pretrain"].get("weights")
+    pre = cfg["pretrain"]
+    if pre["queue_size"] < pre["batch_size"]:
+        errors.append(f"config key 'pretrain.queue_size' ({pre['queue_size']}) must be at least "
+                      f"pretrain.batch_size ({pre['batch_size']}): one batch would overwrite itself in the queue")
+    weights = pre.get("weights")
     if weights and not os.path.isfile(weights):
         errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")
     return errors

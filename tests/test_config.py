@@ -91,3 +91,8 @@ def test_schema_documents_every_key_and_forbids_unknown_ones():
             assert node.get("description"), f"schema key {'.'.join(path)} has no description"
         if "properties" in node:
             assert node.get("additionalProperties") is False, f"{'.'.join(path)} allows unknown keys"
+
+
+def test_queue_shorter_than_a_batch_is_an_error():
+    with pytest.raises(ConfigError, match="pretrain.queue_size"):
+        validate_config({"pretrain": {"queue_size": 8, "batch_size": 16}})
