@@ -215,3 +215,19 @@ def test_run_freemask_shard(tmp_path):
         assert im.embeddings is None or im.embeddings.shape[1] == 128
     with pytest.raises(KeyError, match="4"):
         read_image(str(out), 4)  # in shard 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_maskness_prefilter_is_exact(seed):
+    """Dropping raw maskness < min_maskness before Matrix NMS (a speed shortcut) gives exactly the masks
+    and scores of running without the filter and then keeping decayed scores >= min_maskness."""
+    f = torch.randn(16, 12, 12, generator=torch.Generator().manual_seed(seed))
+    f[:, 3:8, 2:9] += 3.0 * torch.randn(16, 1, 1, generator=torch.Generator().manual_seed(seed + 10))
+    base = dict(drop_top_fraction=0.0, max_width_fraction=2.0, top_k=20)
+    fast = free_mask(f, (48, 48), FreeMaskParams(min_maskness=0.7, **base))
+    full = free_mask(f, (48, 48), FreeMaskParams(min_maskness=0.0, **base))
+    sel = full.scores >= 0.7
+    assert len(fast.scores) > 0
+    assert np.array_equal(fast.scores, full.scores[sel])
+    assert np.array_equal(fast.masks, full.masks[sel])
+    assert np.array_equal(fast.embeddings, full.embeddings[sel])
