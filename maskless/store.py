@@ -2,22 +2,27 @@
 
 One store (a zarr v3 directory) per manifest shard, written whole by one job (one writer per store: two
 writers on one zarr shard lose data), into a temp folder renamed into place, so a killed job leaves no
-store at the final path. Layout, N masks of M images, images sorted by id:
+store at the final path. Layout (format_version 2), N masks of M images, images sorted by id, masks by
+score descending within an image:
 
-    bits         uint8 (sum of bytes,)  np.packbits of each box-cropped mask, concatenated (ops.masks.pack_mask)
+    bits         uint8 (sum of bytes,)  box crops packed by ops.masks.pack_mask_delta, concatenated
     bit_offsets  int64 (N + 1,)         mask i is bits[bit_offsets[i]:bit_offsets[i + 1]]
-    boxes        float32 (N, 4)         COCO xywh, integer-valued
-    scores       float32 (N,)           sorted descending within an image
+    boxes        int32 (N, 4)           COCO xywh (the crop's box)
+    scores       float32 (N,)
     areas        int64 (N,)             pixel counts
     image_ids    int64 (N,)
-    embeddings   float32 (N, D)         zeros where the image has none (img_has_embedding = 0)
-    img_ids, img_start, img_count       int64 (M,): masks of image img_ids[k] are rows start .. start + count
-    img_height, img_width               int32 (M,); images with zero masks are listed too
-    img_has_embedding                   uint8 (M,)
-    attrs: format, format_version, embedding_dim, n_images, n_masks, and the caller's attrs (e.g. params).
+    embeddings   float32 (N, D)         zeros where the image has none
+    images       int64 (M, 6)           columns IMAGE_COLUMNS: id, first mask row, mask count, height, width,
+                                        has_embedding; images with zero masks are listed too
+    attrs: format, format_version, bits_encoding, embedding_dim, n_images, n_masks, image_columns, and the
+    caller's attrs (e.g. params).
 
-Per-row arrays use small chunks grouped by the zarr v3 sharding codec into few files, so reading one image
-decodes only the chunks its rows touch (random access) while a shard stays a handful of files.
+Why this layout (figures in bench/store.py): the row-XOR packing plus zstd over 256 KB chunks stores smooth
+coarse masks at a fraction of their COCO RLE JSON size. `bits` and `embeddings` are chunked and grouped by
+the zarr v3 sharding codec into one file each, so reading one image decodes only the chunks its masks touch.
+The small per-mask arrays are one Blosc-shuffled chunk each, read whole when a reader opens (a few bytes per
+mask); a get() then reads the bits and embedding slices in one concurrent zarr call, because each zarr call
+costs about a millisecond of event-loop round trips whatever its size.
 
 The parquet index (build_index) has one row per mask (image_id, shard, index, score, x, y, w, h, area). The
 per-image table (every image, with zero masks or not: image_id, shard number, height, width, count) lives in
@@ -27,6 +32,7 @@ image. Shard paths are stored relative to the index's folder (the results tree c
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -40,16 +46,21 @@ from typing import Iterator
 import numpy as np
 
 from maskless.io import write_json_atomic, write_parquet_atomic
-from maskless.ops.masks import boxes_xywh, encode_rles, pack_mask, unpack_mask
+from maskless.ops.masks import boxes_xywh, encode_rles, pack_mask_delta, unpack_mask_delta
 
 log = logging.getLogger(__name__)
 
 FORMAT = "maskless-maskstore"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+BITS_ENCODING = "packbits-rowxor-colmajor"  # ops.masks.pack_mask_delta
+IMAGE_COLUMNS = ("img_ids", "img_start", "img_count", "img_height", "img_width", "img_has_embedding")
+ARRAYS = ("bits", "bit_offsets", "boxes", "scores", "areas", "image_ids", "embeddings", "images")
 INDEX_META_KEY = b"maskless.images"
-ROW_CHUNK = 256  # mask rows per chunk: one image's masks touch one or two chunks
-ROWS_PER_SHARD = 64  # chunks per zarr shard file
-BITS_CHUNK = 1 << 16  # bytes of packed masks per chunk
+BITS_CHUNK = 1 << 18  # bytes of packed masks per chunk: decoding one takes ~0.1 ms
+BITS_ZSTD_LEVEL = 9  # level 19 is ~10% smaller but ~30x slower to write (bench/store.py)
+EMB_ROWS = 256  # embedding rows per chunk
+CHUNKS_PER_SHARD = 64  # chunks per zarr shard file (its index costs 16 bytes per chunk)
+TABLE_ROWS = 1 << 16  # rows per chunk of the small arrays, which readers load whole
 
 
 @dataclass
@@ -105,15 +116,26 @@ def _atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def _create(group, name: str, data: np.ndarray, chunk: int, per_shard: int) -> None:
-    from zarr.codecs import ZstdCodec
-
-    chunks = (chunk,) + data.shape[1:]
-    shards = (chunk * per_shard,) + data.shape[1:]
+def _create(group, name: str, data: np.ndarray, chunk_rows: int, per_shard: int | None, compressor) -> None:
+    """One array of the store: chunks of chunk_rows rows, grouped per_shard chunks to a file (None: unsharded)."""
+    chunks = (chunk_rows,) + data.shape[1:]
+    shards = None if per_shard is None else (chunk_rows * per_shard,) + data.shape[1:]
     arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards,
-                             compressors=ZstdCodec(level=3))
+                             compressors=compressor)
     if data.size:
         arr[...] = data
+
+
+def _layout(name: str) -> tuple[int, int | None, object]:
+    """(chunk rows, chunks per shard, compressor) of a store array."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if name == "bits":
+        return BITS_CHUNK, CHUNKS_PER_SHARD, ZstdCodec(level=BITS_ZSTD_LEVEL)
+    if name == "embeddings":  # float noise: byte shuffling does not help (measured)
+        return EMB_ROWS, CHUNKS_PER_SHARD, ZstdCodec(level=3)
+    # Shuffling puts the zero high bytes of small ints (offsets, ids, boxes) in runs that zstd removes.
+    return TABLE_ROWS, None, BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
 
 
 def _pack_all(images: list[ImageMasks], embedding_dim: int) -> dict[str, np.ndarray]:
@@ -122,7 +144,7 @@ def _pack_all(images: list[ImageMasks], embedding_dim: int) -> dict[str, np.ndar
     for im in images:
         order = np.argsort(-im.scores, kind="stable")  # scores descending within an image
         for k in order:
-            b, box = pack_mask(im.masks[k])
+            b, box = pack_mask_delta(im.masks[k])
             bits.append(b)
             offsets.append(offsets[-1] + b.size)
             boxes.append(box)
@@ -137,20 +159,20 @@ def _pack_all(images: list[ImageMasks], embedding_dim: int) -> dict[str, np.ndar
         else:
             embs.append(im.embeddings[order])
     counts = np.array([len(im.scores) for im in images], dtype=np.int64)
+    table = np.stack([np.array([im.image_id for im in images], dtype=np.int64),
+                      np.cumsum(counts) - counts, counts,
+                      np.array([im.height for im in images], dtype=np.int64),
+                      np.array([im.width for im in images], dtype=np.int64),
+                      np.array([im.embeddings is not None for im in images], dtype=np.int64)], axis=1)
     return {
         "bits": np.concatenate(bits) if bits else np.zeros(0, np.uint8),
         "bit_offsets": np.asarray(offsets, dtype=np.int64),
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "boxes": np.asarray(boxes, dtype=np.int32).reshape(-1, 4),
         "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32),
         "areas": np.concatenate(areas) if areas else np.zeros(0, np.int64),
         "image_ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
         "embeddings": np.concatenate(embs) if embs else np.zeros((0, embedding_dim), np.float32),
-        "img_ids": np.array([im.image_id for im in images], dtype=np.int64),
-        "img_start": np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(images) else counts,
-        "img_count": counts,
-        "img_height": np.array([im.height for im in images], dtype=np.int32),
-        "img_width": np.array([im.width for im in images], dtype=np.int32),
-        "img_has_embedding": np.array([im.embeddings is not None for im in images], dtype=np.uint8),
+        "images": table.reshape(-1, len(IMAGE_COLUMNS)),
     }
 
 
@@ -166,39 +188,86 @@ def write_shard(path: str, images: list[ImageMasks], *, embedding_dim: int, attr
     if dup:
         raise ValueError(f"duplicate image ids {dup[:10]} in mask store {path}")
     arrays = _pack_all(images, embedding_dim)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "embedding_dim": int(embedding_dim),
-            "n_images": len(images), "n_masks": int(arrays["scores"].size), **(attrs or {})}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bits_encoding": BITS_ENCODING,
+            "embedding_dim": int(embedding_dim), "n_images": len(images), "n_masks": int(arrays["scores"].size),
+            "image_columns": list(IMAGE_COLUMNS)}
+    clash = sorted(set(meta) & set(attrs or {}))
+    if clash:
+        raise ValueError(f"attrs {clash} are the store's own; pick other names (store {path})")
     with _atomic_dir(path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         for name, data in arrays.items():
-            if name == "bits":
-                _create(group, name, data, BITS_CHUNK, ROWS_PER_SHARD)
-            else:
-                _create(group, name, data, ROW_CHUNK, ROWS_PER_SHARD)
-        group.attrs.update(meta)
+            _create(group, name, data, *_layout(name))
+        group.attrs.update({**(attrs or {}), **meta})
 
 
 class ShardReader:
-    """Read access to one shard store; loads only the per-image index up front.
+    """Read access to one shard store.
 
+    Opening reads the metadata and the small per-mask arrays (offsets, boxes, scores, the image table) and
+    checks them against each other; get() then reads only the image's bits and embedding slices.
     `store` is a path or any zarr StoreLike (tests pass a byte-counting wrapper).
     """
 
     def __init__(self, store, where: str | None = None) -> None:
-        import zarr
+        from zarr.core.sync import sync
 
         self.where = str(where if where is not None else store)
         if isinstance(store, (str, os.PathLike)) and not Path(store).is_dir():
             raise FileNotFoundError(f"mask store {self.where} does not exist")
-        self.group = zarr.open_group(store, mode="r")
-        self.attrs = dict(self.group.attrs)
-        if self.attrs.get("format") != FORMAT:
-            raise ValueError(f"{self.where} is not a maskless mask store (attrs format={self.attrs.get('format')!r})")
-        if self.attrs.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"mask store {self.where} has format_version {self.attrs.get('format_version')}, "
-                             f"this code reads {FORMAT_VERSION}")
-        self.index = {k: self.group[k][:] for k in
-                      ("img_ids", "img_start", "img_count", "img_height", "img_width", "img_has_embedding")}
+        self._sync = sync  # zarr's own event loop: one round trip per call, however many reads it gathers
+        self.attrs, self._arrays = sync(self._open(store))
+        got = self._read({k: slice(None) for k in ("images", "bit_offsets", "boxes", "scores")})
+        images, self.offsets, self.boxes, self.scores = got["images"], got["bit_offsets"], got["boxes"], got["scores"]
+        self.boxes = self.boxes.astype(np.int64)
+        self.index = {k: images[:, j] for j, k in enumerate(IMAGE_COLUMNS)}
+        self._check()
+
+    async def _open(self, store) -> tuple[dict, dict]:
+        from zarr.api.asynchronous import open_group
+
+        group = await open_group(store=store, mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise ValueError(f"{self.where} is not a maskless mask store (attrs format={attrs.get('format')!r})")
+        if attrs.get("format_version") != FORMAT_VERSION or attrs.get("bits_encoding") != BITS_ENCODING:
+            raise ValueError(f"mask store {self.where} has format_version {attrs.get('format_version')} "
+                             f"({attrs.get('bits_encoding')}), this code reads {FORMAT_VERSION} ({BITS_ENCODING}); "
+                             "rewrite it by rerunning the stage that made it")
+
+        async def one(name: str):
+            try:
+                return await group.getitem(name)
+            except KeyError:
+                raise ValueError(f"mask store {self.where} has no array {name!r}") from None
+
+        return attrs, dict(zip(ARRAYS, await asyncio.gather(*(one(n) for n in ARRAYS))))
+
+    def _read(self, wanted: dict[str, slice]) -> dict[str, np.ndarray]:
+        """Read {array name: row slice} in one concurrent zarr call."""
+        async def gather():
+            return await asyncio.gather(*(self._arrays[name].getitem(sel) for name, sel in wanted.items()))
+
+        return dict(zip(wanted, self._sync(gather()))) if wanted else {}
+
+    def _check(self) -> None:
+        """Catch a damaged or hand-edited store at open, not as wrong masks later."""
+        n, idx = int(self.attrs["n_masks"]), self.index
+        w, h = self.boxes[:, 2], self.boxes[:, 3]
+        problems = [
+            (self.offsets.shape != (n + 1,), f"bit_offsets has shape {self.offsets.shape}, expected ({n + 1},)"),
+            (self.boxes.shape != (n, 4) or self.scores.shape != (n,), "boxes or scores do not have n_masks rows"),
+            (idx["img_ids"].size != self.attrs["n_images"], "the image table does not have n_images rows"),
+            (self.offsets[-1:].tolist() != [self._arrays["bits"].shape[0]], "bit_offsets do not end at bits' size"),
+            (not np.array_equal(np.diff(self.offsets), h * ((w + 7) // 8)),  # ops.masks.delta_nbytes
+             "bit_offsets disagree with boxes"),
+            (not np.array_equal(idx["img_start"], np.cumsum(idx["img_count"]) - idx["img_count"])
+             or idx["img_count"].sum() != n, "the image table's mask rows do not tile the masks"),
+            (np.any(np.diff(idx["img_ids"]) <= 0), "image ids are not sorted and unique"),
+        ]
+        bad = [msg for failed, msg in problems if failed]
+        if bad:
+            raise ValueError(f"mask store {self.where} is inconsistent: {'; '.join(bad)}")
 
     def image_ids(self) -> np.ndarray:
         return self.index["img_ids"]
@@ -211,37 +280,51 @@ class ShardReader:
         return k
 
     def get(self, image_id: int) -> ImageMasks:
-        """One image's masks, reading only its slices of the per-mask arrays."""
+        """One image's masks, reading only its bits and embedding slices (one zarr call)."""
         k = self._row(int(image_id))
         s, n = int(self.index["img_start"][k]), int(self.index["img_count"][k])
-        g = self.group
-        offsets = g["bit_offsets"][s : s + n + 1] if n else np.zeros(1, np.int64)
-        bits = g["bits"][int(offsets[0]) : int(offsets[-1])] if n else np.zeros(0, np.uint8)
-        fields = {"boxes": g["boxes"][s : s + n], "scores": g["scores"][s : s + n],
-                  "embeddings": g["embeddings"][s : s + n]}
-        return self._assemble(k, bits, offsets - offsets[0], fields)
+        o0, o1 = int(self.offsets[s]), int(self.offsets[s + n])
+        if n == 0:
+            return self._assemble(k, np.zeros(0, np.uint8), o0, np.zeros((0, self.attrs["embedding_dim"]), np.float32))
+        wanted = {"bits": slice(o0, o1)}
+        if self.index["img_has_embedding"][k]:
+            wanted["embeddings"] = slice(s, s + n)
+        got = self._read(wanted)
+        return self._assemble(k, got["bits"], o0, got.get("embeddings"))
 
-    def _assemble(self, k: int, bits: np.ndarray, offsets: np.ndarray, fields: dict) -> ImageMasks:
+    def _assemble(self, k: int, bits: np.ndarray, bits_start: int, embeddings: np.ndarray | None) -> ImageMasks:
+        """Image k from its bits (starting at byte bits_start of the store) and embedding rows (unused when
+        the image has none)."""
+        s, n = int(self.index["img_start"][k]), int(self.index["img_count"][k])
         h, w = int(self.index["img_height"][k]), int(self.index["img_width"][k])
-        n = fields["scores"].shape[0]
-        masks = np.zeros((n, h, w), dtype=bool)
+        masks = np.zeros((n, h, w), dtype=bool)  # (N, H, W)
+        off = self.offsets[s : s + n + 1] - bits_start
         for i in range(n):
-            masks[i] = unpack_mask(bits[offsets[i] : offsets[i + 1]], fields["boxes"][i], h, w)
-        emb = fields["embeddings"] if self.index["img_has_embedding"][k] else None
-        return ImageMasks(int(self.index["img_ids"][k]), h, w, masks, fields["scores"], emb)
+            unpack_mask_delta(bits[off[i] : off[i + 1]], self.boxes[s + i], h, w, out=masks[i])
+        emb = embeddings if self.index["img_has_embedding"][k] else None
+        return ImageMasks(int(self.index["img_ids"][k]), h, w, masks, self.scores[s : s + n], emb)
 
-    def iter_images(self) -> Iterator[ImageMasks]:
-        """Every image in id order, reading each array once (for exports)."""
-        g = self.group
-        bits, offsets = g["bits"][:], g["bit_offsets"][:]
-        rows = {"boxes": g["boxes"][:], "scores": g["scores"][:], "embeddings": g["embeddings"][:]}
-        for k in range(self.index["img_ids"].size):
-            s, n = int(self.index["img_start"][k]), int(self.index["img_count"][k])
-            yield self._assemble(k, bits, offsets[s : s + n + 1], {f: v[s : s + n] for f, v in rows.items()})
+    def iter_images(self, block_bytes: int = 1 << 24) -> Iterator[ImageMasks]:
+        """Every image in id order, reading the arrays in blocks of about block_bytes of bits (for exports)."""
+        start, count = self.index["img_start"], self.index["img_count"]
+        ends = self.offsets[start + count]  # (M,) where each image's bits end
+        k = 0
+        while k < start.size:
+            s0 = int(start[k])
+            j = max(k + 1, int(np.searchsorted(ends, self.offsets[s0] + block_bytes, side="right")))
+            s1 = int(start[j - 1] + count[j - 1])
+            got = self._read({"bits": slice(int(self.offsets[s0]), int(self.offsets[s1])),
+                              "embeddings": slice(s0, s1)})
+            for i in range(k, j):
+                a, b = int(start[i]) - s0, int(start[i] + count[i]) - s0
+                yield self._assemble(i, got["bits"], int(self.offsets[s0]), got["embeddings"][a:b])
+            k = j
 
     def mask_table(self) -> dict[str, np.ndarray]:
-        """Per-mask values without the masks: image_ids, scores, boxes, areas."""
-        return {k: self.group[k][:] for k in ("image_ids", "scores", "boxes", "areas")}
+        """Per-mask values without the masks: image_ids, scores, boxes (float32 xywh), areas."""
+        got = self._read({"image_ids": slice(None), "areas": slice(None)})
+        return {"image_ids": got["image_ids"], "scores": self.scores, "boxes": self.boxes.astype(np.float32),
+                "areas": got["areas"]}
 
 
 def read_image(path: str, image_id: int) -> ImageMasks:

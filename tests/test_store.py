@@ -157,10 +157,10 @@ def dir_bytes(path: Path) -> int:
 
 
 def test_random_access_reads_only_its_chunks(tmp_path, monkeypatch):
-    """300 images x 4 masks with small chunks (16 rows, 512 bytes): reading one image must touch a small
-    fraction of the big per-mask arrays' bytes (its own chunks, the zarr shard index and metadata), never
-    the arrays it does not need; timing is printed, not asserted."""
-    monkeypatch.setattr(store_mod, "ROW_CHUNK", 16)
+    """300 images x 4 masks with small chunks (16 embedding rows, 512 bytes of bits): after the reader has
+    opened (metadata and the small per-mask arrays), reading one image touches only `bits` and `embeddings`,
+    and of those a small fraction of the bytes (its chunks plus the zarr shard index); timing is printed."""
+    monkeypatch.setattr(store_mod, "EMB_ROWS", 16)
     monkeypatch.setattr(store_mod, "BITS_CHUNK", 512)
     rng = np.random.default_rng(1)
     images = [ImageMasks(i, 48, 48, blob_masks(rng, 4, 48, 48), rng.random(4), rng.random((4, 32)))
@@ -169,18 +169,56 @@ def test_random_access_reads_only_its_chunks(tmp_path, monkeypatch):
     write_shard(str(path), images, embedding_dim=32)
     CountingStore.counts = {}
     reader = ShardReader(CountingStore(LocalStore(str(path), read_only=True)), where=str(path))
+    assert {"images", "bit_offsets", "boxes", "scores"} <= set(CountingStore.counts)
     CountingStore.counts = {}
     got = reader.get(150)
     assert_same(got, sorted_copy(images[150]))
+    assert set(CountingStore.counts) == {"bits", "embeddings"}, CountingStore.counts
     for name in ("bits", "embeddings"):
         on_disk = dir_bytes(path / name)
-        assert 0 < CountingStore.counts.get(name, 0) < 0.1 * on_disk, (name, CountingStore.counts, on_disk)
-    assert "areas" not in CountingStore.counts and "image_ids" not in CountingStore.counts
+        assert 0 < CountingStore.counts[name] < 0.1 * on_disk, (name, CountingStore.counts, on_disk)
     t0 = time.perf_counter()
     for i in range(0, 300, 30):
         read_image(str(path), i)
     per_read = (time.perf_counter() - t0) / 10
     print(f"read_image: {per_read * 1e3:.1f} ms per image (opens the store each time)")
+
+
+def test_iter_images_in_blocks_and_empty_store(tmp_path):
+    """iter_images reading one image's worth of bits per block (block_bytes=1) gives what get() gives, the
+    zero-mask image included; a store of zero images and one of only zero-mask images read back empty."""
+    path = tmp_path / "s.zarr"
+    write_shard(str(path), sample_images(), embedding_dim=4)
+    reader = ShardReader(str(path))
+    blocks = list(reader.iter_images(block_bytes=1))
+    assert [b.image_id for b in blocks] == [2, 5, 7, 9]
+    for b in blocks:
+        assert_same(b, reader.get(b.image_id))
+    write_shard(str(tmp_path / "none.zarr"), [], embedding_dim=3)
+    assert ShardReader(str(tmp_path / "none.zarr")).image_ids().size == 0
+    assert list(ShardReader(str(tmp_path / "none.zarr")).iter_images()) == []
+    write_shard(str(tmp_path / "empty.zarr"), [ImageMasks(4, 3, 2, np.zeros((0, 3, 2)), [], None)], embedding_dim=3)
+    got = read_image(str(tmp_path / "empty.zarr"), 4)
+    assert got.masks.shape == (0, 3, 2) and got.scores.shape == (0,) and got.embeddings is None
+
+
+def test_open_rejects_old_or_damaged_store(tmp_path):
+    """A store of another format version, one whose offsets disagree with its boxes (image 7's one-pixel
+    mask needs 1 byte; claiming 2 shifts every later offset), and caller attrs that clash are refused."""
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    write_shard(str(path), sample_images(), embedding_dim=4)
+    group = zarr.open_group(str(path), mode="r+")
+    offsets = group["bit_offsets"][:]
+    group["bit_offsets"][:] = np.concatenate([offsets[:4], offsets[4:] + 1])
+    with pytest.raises(ValueError, match=r"s\.zarr is inconsistent: .*bit_offsets disagree with boxes"):
+        ShardReader(str(path))
+    group.attrs["format_version"] = 1
+    with pytest.raises(ValueError, match="format_version 1 .* this code reads 2"):
+        ShardReader(str(path))
+    with pytest.raises(ValueError, match=r"attrs \['n_masks'\] are the store's own"):
+        write_shard(str(tmp_path / "c.zarr"), sample_images(), embedding_dim=4, attrs={"n_masks": 3})
 
 
 def make_manifest(tmp_path, images) -> str:

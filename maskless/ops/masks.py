@@ -1,4 +1,7 @@
-"""Binary mask utilities: COCO xywh boxes, box-cropped bit packing (the mask store's format) and COCO RLE.
+"""Binary mask utilities: COCO xywh boxes, bit packing of box crops, and COCO RLE.
+
+Two bit packings of the box crop: pack_mask (plain np.packbits, C order) and pack_mask_delta (the mask store's:
+rows XORed with the row above, stored byte column by byte column; see its docstring).
 
 Conventions (DESIGN.md "Contracts between stages"): masks are numpy bool arrays (N, H, W) or (H, W); boxes are
 COCO xywh in pixels, x = first column, y = first row, w and h count pixels (a one-pixel mask has w = h = 1).
@@ -9,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["boxes_xywh", "pack_mask", "unpack_mask", "encode_rle", "encode_rles", "decode_rle", "mask_areas"]
+__all__ = ["boxes_xywh", "pack_mask", "unpack_mask", "pack_mask_delta", "unpack_mask_delta", "delta_nbytes",
+           "encode_rle", "encode_rles", "decode_rle", "mask_areas"]
 
 
 def _as_bool_stack(masks: np.ndarray, name: str = "masks") -> np.ndarray:
@@ -78,6 +82,62 @@ def unpack_mask(bits: np.ndarray, box, height: int, width: int) -> np.ndarray:
         raise ValueError(f"box {(x, y, w, h)} needs {need} packed bytes, got {bits.size}")
     crop = np.unpackbits(bits, count=w * h).astype(bool).reshape(h, w)
     out[y : y + h, x : x + w] = crop
+    return out
+
+
+def delta_nbytes(w: int, h: int) -> int:
+    """Bytes of pack_mask_delta's output for a w x h crop: h rows of ceil(w / 8) bytes."""
+    return int(h) * ((int(w) + 7) // 8)
+
+
+def pack_mask_delta(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Bit-pack the box-cropped mask with each row XORed with the row above, bytes in column-major order.
+
+    mask: (H, W) bool. Returns (bits, box): bits is uint8 1-D of delta_nbytes(w, h) bytes, box is (x, y, w, h)
+    ints; an empty mask gives (empty bits, (0, 0, 0, 0)). Each crop row is packed on its own (padded to whole
+    bytes), row r > 0 is replaced by row r XOR row r - 1, and the (h, ceil(w / 8)) byte matrix is written
+    column by column. Why: coarse masks are smooth blobs, so consecutive rows are nearly equal and the XOR is
+    zero except where the outline moves; column-major order puts those zeros in long runs, and zstd over a
+    chunk of such crops stores smooth masks about half as big as plain packbits (measured in bench/store.py).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got shape {mask.shape}")
+    box = boxes_xywh(mask[None])[0].astype(np.int64)
+    x, y, w, h = (int(v) for v in box)
+    if w == 0:
+        return np.zeros(0, dtype=np.uint8), (0, 0, 0, 0)
+    rows = np.packbits(mask[y : y + h, x : x + w].astype(bool), axis=1)  # (h, ceil(w/8))
+    rows[1:] ^= rows[:-1].copy()
+    return np.ascontiguousarray(rows.T).reshape(-1), (x, y, w, h)
+
+
+def unpack_mask_delta(bits: np.ndarray, box, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of pack_mask_delta: (H, W) bool with the crop placed at its box.
+
+    out: an (H, W) bool array to write the crop into (its pixels outside the box are left as they are);
+    a new zero array when None. Returns out.
+    """
+    x, y, w, h = (int(round(float(v))) for v in box)
+    if out is None:
+        out = np.zeros((int(height), int(width)), dtype=bool)
+    elif out.shape != (int(height), int(width)) or out.dtype != bool:
+        raise ValueError(f"out must be bool ({height}, {width}), got {out.dtype} {out.shape}")
+    if w == 0 or h == 0:
+        return out
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        raise ValueError(f"box {(x, y, w, h)} lies outside an image of {height}x{width}")
+    bits = np.asarray(bits, dtype=np.uint8)
+    if bits.size != delta_nbytes(w, h):
+        raise ValueError(f"box {(x, y, w, h)} needs {delta_nbytes(w, h)} packed bytes, got {bits.size}")
+    wb = (w + 7) // 8
+    # Rows padded to whole 8-byte words, so the running XOR down the rows (undoing the row XOR) runs on
+    # uint64 lanes: XOR acts on each byte alone, so it is the same result, ~2x faster than on bytes.
+    rows = np.zeros((h, -(-wb // 8) * 8), dtype=np.uint8)  # (h, ceil(wb/8)*8)
+    rows[:, :wb] = bits.reshape(wb, h).T
+    lanes = rows.view(np.uint64)  # (h, ceil(wb/8))
+    np.bitwise_xor.accumulate(lanes, axis=0, out=lanes)
+    out[y : y + h, x : x + w] = np.unpackbits(rows, axis=1, count=w).view(bool)
     return out
 
 
