@@ -283,7 +283,7 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     from maskless.data.manifest import read_manifest, shard_records
     from maskless.models.resnet import normalize
     from maskless.models.weights import load_backbone
-    from maskless.store import ImageMasks, write_shard
+    from maskless.store import ImageMasks, ShardWriter
 
     t0 = time.perf_counter()
     set_threads(threads)
@@ -292,7 +292,10 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     model = load_backbone(weights, arch=arch).to(dev).eval()
     log.info("free mask: shard %d, %d images, backbone %s on %s", shard, len(records), weights, dev)
 
-    images, totals, done = [], dict.fromkeys(REASONS, 0), 0
+    attrs = {"method": "freemask", "params": params.to_dict(), "weights": str(weights), "shard": shard}
+    # Masks are packed as each image finishes: memory stays flat in the number of images of a shard.
+    writer = ShardWriter(out_store, embedding_dim=params.embedding_dim, attrs=attrs)
+    totals, done, n_masks = dict.fromkeys(REASONS, 0), 0, 0
     step = max(1, len(records) // 10)
     with torch.inference_mode():
         for recs, batch, sizes in _batches(records, max(1, batch_size), params.input_size):
@@ -300,18 +303,15 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
             feats = model(x)[params.feature_level]  # (B, C, h/s, w/s)
             for rec, f, hw in zip(recs, feats, sizes):
                 res = free_mask(f, hw, params)
-                images.append(ImageMasks(int(rec["id"]), hw[0], hw[1], res.masks, res.scores, res.embeddings))
+                writer.add(ImageMasks(int(rec["id"]), hw[0], hw[1], res.masks, res.scores, res.embeddings))
+                n_masks += len(res.scores)
                 totals = {k: totals[k] + res.filtered[k] for k in REASONS}
             prev, done = done, done + len(recs)
             if done // step > prev // step or done == len(records):
-                log.info("free mask: %d/%d images, %d masks so far", done, len(records),
-                         sum(len(i.scores) for i in images))
-    images.sort(key=lambda im: im.image_id)
-    attrs = {"method": "freemask", "params": params.to_dict(), "weights": str(weights), "shard": shard}
-    write_shard(out_store, images, embedding_dim=params.embedding_dim, attrs=attrs)
-    n_masks = sum(len(i.scores) for i in images)
+                log.info("free mask: %d/%d images, %d masks so far", done, len(records), n_masks)
+    writer.close()
     log.info("free mask: dropped per reason %s", totals)
-    summary = {"shard": shard, "images": len(images), "masks": n_masks, "filtered": totals,
+    summary = {"shard": shard, "images": len(records), "masks": n_masks, "filtered": totals,
                "seconds": round(time.perf_counter() - t0, 3)}
     log.info("free mask: wrote %s: %s", out_store, summary)
     return summary

@@ -138,67 +138,84 @@ def _layout(name: str) -> tuple[int, int | None, object]:
     return TABLE_ROWS, None, BloscCodec(cname="zstd", clevel=9, shuffle="shuffle")
 
 
-def _pack_all(images: list[ImageMasks], embedding_dim: int) -> dict[str, np.ndarray]:
-    """Concatenate every image's packed masks and per-mask values into the store's arrays."""
-    bits, offsets, boxes, scores, areas, ids, embs = [], [0], [], [], [], [], []
-    for im in images:
-        order = np.argsort(-im.scores, kind="stable")  # scores descending within an image
-        for k in order:
-            b, box = pack_mask_delta(im.masks[k])
-            bits.append(b)
-            offsets.append(offsets[-1] + b.size)
-            boxes.append(box)
-        scores.append(im.scores[order])
-        areas.append(im.masks[order].sum(axis=(1, 2), dtype=np.int64))
-        ids.append(np.full(len(order), im.image_id, dtype=np.int64))
-        if im.embeddings is None:
-            embs.append(np.zeros((len(order), embedding_dim), np.float32))
-        elif im.embeddings.shape[1] != embedding_dim:
-            raise ValueError(f"image {im.image_id}: embeddings have dim {im.embeddings.shape[1]}, "
-                             f"store embedding_dim is {embedding_dim}")
-        else:
-            embs.append(im.embeddings[order])
-    counts = np.array([len(im.scores) for im in images], dtype=np.int64)
-    table = np.stack([np.array([im.image_id for im in images], dtype=np.int64),
-                      np.cumsum(counts) - counts, counts,
-                      np.array([im.height for im in images], dtype=np.int64),
-                      np.array([im.width for im in images], dtype=np.int64),
-                      np.array([im.embeddings is not None for im in images], dtype=np.int64)], axis=1)
+def _pack_image(im: ImageMasks, embedding_dim: int) -> dict:
+    """One image's masks packed (scores descending), with its per-mask values: a few bytes per mask."""
+    order = np.argsort(-im.scores, kind="stable")  # scores descending within an image
+    packed = [pack_mask_delta(im.masks[k]) for k in order]
+    if im.embeddings is not None and im.embeddings.shape[1] != embedding_dim:
+        raise ValueError(f"image {im.image_id}: embeddings have dim {im.embeddings.shape[1]}, "
+                         f"store embedding_dim is {embedding_dim}")
+    emb = (np.zeros((len(order), embedding_dim), np.float32) if im.embeddings is None
+           else im.embeddings[order].astype(np.float32))
+    return {
+        "bits": [b for b, _ in packed],
+        "boxes": [box for _, box in packed],
+        "scores": im.scores[order].astype(np.float32),
+        "areas": im.masks[order].sum(axis=(1, 2), dtype=np.int64),
+        "embeddings": emb,
+        "row": (im.image_id, len(order), im.height, im.width, int(im.embeddings is not None)),
+    }
+
+
+def _concat(parts: list[dict], embedding_dim: int) -> dict[str, np.ndarray]:
+    """Concatenate the packed images (in image-id order) into the store's arrays."""
+    bits = [b for p in parts for b in p["bits"]]
+    counts = np.array([p["row"][1] for p in parts], dtype=np.int64)
+    rows = np.array([p["row"] for p in parts], dtype=np.int64).reshape(-1, 5)
+    table = np.stack([rows[:, 0], np.cumsum(counts) - counts, counts, rows[:, 2], rows[:, 3], rows[:, 4]], axis=1)
+    ids = np.repeat(rows[:, 0], counts)
     return {
         "bits": np.concatenate(bits) if bits else np.zeros(0, np.uint8),
-        "bit_offsets": np.asarray(offsets, dtype=np.int64),
-        "boxes": np.asarray(boxes, dtype=np.int32).reshape(-1, 4),
-        "scores": np.concatenate(scores) if scores else np.zeros(0, np.float32),
-        "areas": np.concatenate(areas) if areas else np.zeros(0, np.int64),
-        "image_ids": np.concatenate(ids) if ids else np.zeros(0, np.int64),
-        "embeddings": np.concatenate(embs) if embs else np.zeros((0, embedding_dim), np.float32),
+        "bit_offsets": np.concatenate([[0], np.cumsum([b.size for b in bits], dtype=np.int64)]).astype(np.int64),
+        "boxes": np.asarray([x for p in parts for x in p["boxes"]], dtype=np.int32).reshape(-1, 4),
+        "scores": np.concatenate([p["scores"] for p in parts]) if parts else np.zeros(0, np.float32),
+        "areas": np.concatenate([p["areas"] for p in parts]) if parts else np.zeros(0, np.int64),
+        "image_ids": ids.astype(np.int64),
+        "embeddings": (np.concatenate([p["embeddings"] for p in parts]) if parts
+                       else np.zeros((0, embedding_dim), np.float32)),
         "images": table.reshape(-1, len(IMAGE_COLUMNS)),
     }
 
 
+class ShardWriter:
+    """Builds one shard store image by image: each image's masks are packed as they arrive, so a shard
+    job holds packed bits (a few hundred bytes per mask), never every full-size mask of the shard.
+    close() writes the store atomically; nothing appears at `path` before it."""
+
+    def __init__(self, path: str, *, embedding_dim: int, attrs: dict | None = None) -> None:
+        if embedding_dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim} (store {path})")
+        self.path, self.embedding_dim, self.attrs = path, int(embedding_dim), dict(attrs or {})
+        self._parts: dict[int, dict] = {}
+
+    def add(self, im: ImageMasks) -> None:
+        if im.image_id in self._parts:
+            raise ValueError(f"duplicate image ids [{im.image_id}] in mask store {self.path}")
+        self._parts[im.image_id] = _pack_image(im, self.embedding_dim)
+
+    def close(self) -> None:
+        import zarr
+
+        arrays = _concat([self._parts[i] for i in sorted(self._parts)], self.embedding_dim)
+        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bits_encoding": BITS_ENCODING,
+                "embedding_dim": self.embedding_dim, "n_images": len(self._parts),
+                "n_masks": int(arrays["scores"].size), "image_columns": list(IMAGE_COLUMNS)}
+        clash = sorted(set(meta) & set(self.attrs))
+        if clash:
+            raise ValueError(f"attrs {clash} are the store's own; pick other names (store {self.path})")
+        with _atomic_dir(self.path) as tmp:
+            group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+            for name, data in arrays.items():
+                _create(group, name, data, *_layout(name))
+            group.attrs.update({**self.attrs, **meta})
+
+
 def write_shard(path: str, images: list[ImageMasks], *, embedding_dim: int, attrs: dict | None = None) -> None:
     """Write one shard store at `path` (replacing any old one, atomically). Images are stored by id."""
-    import zarr
-
-    if embedding_dim < 1:
-        raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim} (store {path})")
-    images = sorted(images, key=lambda im: im.image_id)
-    ids = [im.image_id for im in images]
-    dup = sorted({i for i, j in zip(ids, ids[1:]) if i == j})
-    if dup:
-        raise ValueError(f"duplicate image ids {dup[:10]} in mask store {path}")
-    arrays = _pack_all(images, embedding_dim)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "bits_encoding": BITS_ENCODING,
-            "embedding_dim": int(embedding_dim), "n_images": len(images), "n_masks": int(arrays["scores"].size),
-            "image_columns": list(IMAGE_COLUMNS)}
-    clash = sorted(set(meta) & set(attrs or {}))
-    if clash:
-        raise ValueError(f"attrs {clash} are the store's own; pick other names (store {path})")
-    with _atomic_dir(path) as tmp:
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name, data in arrays.items():
-            _create(group, name, data, *_layout(name))
-        group.attrs.update({**(attrs or {}), **meta})
+    writer = ShardWriter(path, embedding_dim=embedding_dim, attrs=attrs)
+    for im in images:
+        writer.add(im)
+    writer.close()
 
 
 class ShardReader:

@@ -44,6 +44,8 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tmp_path):
     job.wait()
     assert not (killed / TARGET).exists()
 
+    # A hard kill of Snakemake itself leaves its lock: the documented recovery is --unlock, then a rerun.
+    assert snakemake(killed, *args, "--unlock").returncode == 0
     proc = snakemake(killed, *args, "--rerun-incomplete")
     assert proc.returncode == 0, proc.stderr[-4000:]
     log = (killed / "results" / "tiny" / "logs" / "pretrain.log").read_text()
