@@ -1,0 +1,182 @@
+"""SOLOv2 inference: model outputs -> scored binary instance masks (METHODS.md "Self-supervised SOLO",
+"Inference"; SOLOv2 Wang et al. 2020, Sec. 4).
+
+Per image: sigmoid category maps, 2x2 point NMS, cells above score_thresh, the nms_pre best, their dynamic
+1x1 kernels applied to the stride-4 mask features, sigmoid, binary at mask_thresh, empty masks dropped,
+score = category score x maskness (mean sigmoid inside the binary mask), class-agnostic Matrix NMS, decayed
+scores >= update_thresh, the max_per_img best. Everything up to Matrix NMS runs at stride 4 on the unpadded
+region; only the kept masks are upsampled to image size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from maskless.ops.matrix_nms import KERNELS, matrix_nms
+
+log = logging.getLogger(__name__)
+
+MASK_STRIDE = 4  # mask_feat resolution relative to the padded input (SOLOv2 Sec. 3.2.2)
+
+
+@dataclass
+class SoloInferenceParams:
+    """SOLOv2 test-time settings; defaults are the reference values (METHODS.md "Inference")."""
+
+    score_thresh: float = 0.1  # on the category score, before maskness
+    update_thresh: float = 0.05  # on the Matrix-NMS decayed score
+    mask_thresh: float = 0.5  # sigmoid mask probability -> binary
+    max_per_img: int = 100
+    nms_pre: int = 500  # candidates kept (by category score) before the dynamic convolution
+    nms_kernel: str = "gaussian"
+    nms_sigma: float = 2.0
+
+    def __post_init__(self) -> None:
+        name = "SoloInferenceParams"
+        for key in ("score_thresh", "update_thresh", "mask_thresh"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ValueError(f"{name}.{key} must lie in [0, 1], got {getattr(self, key)}")
+        for key in ("max_per_img", "nms_pre"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{name}.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.nms_kernel not in KERNELS:
+            raise ValueError(f"{name}.nms_kernel {self.nms_kernel!r} unknown; choices: {list(KERNELS)}")
+        if not self.nms_sigma > 0:
+            raise ValueError(f"{name}.nms_sigma must be > 0, got {self.nms_sigma}")
+
+
+def point_nms(heat: Tensor) -> Tensor:
+    """Zero every cell that is below a neighbour in its 2x2 window reaching up and left (SOLOv2 Sec. 4).
+
+    heat: (B, C, S, S) category probabilities -> (B, C, S, S). A cell (i, j) survives when
+    heat[i, j] >= heat[i-1, j], heat[i, j-1] and heat[i-1, j-1] (missing neighbours at the top/left border
+    count as -inf): SOLOv2's 2x2 max pool with stride 1 and padding 1, cropped to S x S. Ties survive.
+    """
+    if heat.ndim != 4:
+        raise ValueError(f"point_nms expects (B, C, S, S), got shape {tuple(heat.shape)}")
+    padded = F.pad(heat, (1, 0, 1, 0), value=-math.inf)  # (B, C, S+1, S+1): a -inf row on top, column left
+    window_max = F.max_pool2d(padded, kernel_size=2, stride=1)  # (B, C, S, S) max over rows i-1..i, cols j-1..j
+    return heat * (window_max == heat)
+
+
+def _empty(hw: tuple[int, int], emb_dim: int) -> dict[str, np.ndarray]:
+    return {"masks": np.zeros((0, *hw), dtype=bool), "scores": np.zeros(0, dtype=np.float32),
+            "embeddings": np.zeros((0, emb_dim), dtype=np.float32)}
+
+
+def _check_outputs(outputs: dict) -> None:
+    missing = [k for k in ("cate", "emb", "kernel", "mask_feat") if k not in outputs]
+    if missing:
+        raise KeyError(f"predict: model outputs lack keys {missing}; got {sorted(outputs)}")
+    n = len(outputs["cate"])
+    if n == 0 or len(outputs["emb"]) != n or len(outputs["kernel"]) != n:
+        raise ValueError(f"predict: 'cate', 'emb' and 'kernel' need the same non-zero number of levels, got "
+                         f"{len(outputs['cate'])}, {len(outputs['emb'])}, {len(outputs['kernel'])}")
+    mask_feat = outputs["mask_feat"]
+    if mask_feat.ndim != 4:
+        raise ValueError(f"predict: 'mask_feat' must be (B, D, Hf, Wf), got {tuple(mask_feat.shape)}")
+    b, d = mask_feat.shape[:2]
+    for lvl, (c, e, k) in enumerate(zip(outputs["cate"], outputs["emb"], outputs["kernel"])):
+        if c.shape[:2] != (b, 1) or k.shape[:2] != (b, d) or e.shape[0] != b or \
+                not c.shape[-2:] == e.shape[-2:] == k.shape[-2:]:
+            raise ValueError(f"predict: level {lvl} shapes cate {tuple(c.shape)}, emb {tuple(e.shape)}, "
+                             f"kernel {tuple(k.shape)} do not fit mask_feat {tuple(mask_feat.shape)}")
+    for key in ("cate", "kernel"):
+        if not all(torch.isfinite(t).all() for t in outputs[key]):
+            raise ValueError(f"predict: model output {key!r} contains NaN or inf")
+    if not torch.isfinite(mask_feat).all():
+        raise ValueError("predict: model output 'mask_feat' contains NaN or inf")
+
+
+def _cells(outputs: dict, b: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Image b's grid cells over all levels: scores (N,) after point NMS, kernels (N, D), embeddings (N, E)."""
+    scores, kernels, embs = [], [], []
+    for cate, emb, kernel in zip(outputs["cate"], outputs["emb"], outputs["kernel"]):
+        heat = point_nms(cate[b : b + 1].float().sigmoid())  # (1, 1, S, S)
+        scores.append(heat.flatten())  # (S*S,)
+        kernels.append(kernel[b].float().flatten(1).T)  # (S*S, D)
+        embs.append(emb[b].float().flatten(1).T)  # (S*S, E)
+    return torch.cat(scores), torch.cat(kernels), torch.cat(embs)
+
+
+def _resolve_hw(image_hw, batch: int) -> list[tuple[int, int]]:
+    if len(image_hw) == 2 and all(isinstance(v, (int, np.integer)) for v in image_hw):
+        return [(int(image_hw[0]), int(image_hw[1]))] * batch
+    if len(image_hw) != batch:
+        raise ValueError(f"predict: image_hw needs one (H, W) or one per image ({batch}), got {image_hw!r}")
+    return [(int(h), int(w)) for h, w in image_hw]
+
+
+def _predict_one(outputs: dict, b: int, hw: tuple[int, int], out_hw: tuple[int, int],
+                 p: SoloInferenceParams) -> dict[str, np.ndarray]:
+    mask_feat = outputs["mask_feat"][b].float()  # (D, Hf, Wf)
+    emb_dim = outputs["emb"][0].shape[1]
+    scores, kernels, embs = _cells(outputs, b)  # (N,), (N, D), (N, E)
+    cand = torch.nonzero(scores > p.score_thresh).flatten()  # (K,)
+    if cand.numel() == 0:
+        return _empty(out_hw, emb_dim)
+    cand = cand[torch.argsort(scores[cand], descending=True, stable=True)][: p.nms_pre]  # (K,)
+    # Dynamic convolution: each kernel is a 1x1 conv over the D mask-feature channels (SOLOv2 Sec. 3.2).
+    soft = torch.einsum("kd,dhw->khw", kernels[cand], mask_feat).sigmoid()  # (K, Hf, Wf)
+    hc, wc = math.ceil(hw[0] / MASK_STRIDE), math.ceil(hw[1] / MASK_STRIDE)
+    soft_c = soft[:, :hc, :wc]  # (K, hc, wc) the unpadded region
+    binary = soft_c > p.mask_thresh  # (K, hc, wc)
+    area = binary.sum(dim=(1, 2)).float()  # (K,)
+    nonempty = area > 0
+    if not nonempty.all():
+        log.debug("predict: image %d: dropped %d empty masks of %d candidates", b,
+                  int((~nonempty).sum()), cand.numel())
+    cand, soft, soft_c, binary, area = (t[nonempty] for t in (cand, soft, soft_c, binary, area))
+    if cand.numel() == 0:
+        return _empty(out_hw, emb_dim)
+    maskness = (soft_c * binary).sum(dim=(1, 2)) / area  # (K,) mean probability inside the mask
+    score = scores[cand] * maskness  # (K,)
+    decayed = matrix_nms(binary, score, kernel=p.nms_kernel, sigma=p.nms_sigma, areas=area)  # (K,)
+    keep = torch.nonzero(decayed >= p.update_thresh).flatten()
+    keep = keep[torch.argsort(decayed[keep], descending=True, stable=True)][: p.max_per_img]  # (N,)
+    if keep.numel() == 0:
+        return _empty(out_hw, emb_dim)
+    # Upsample the padded stride-4 map to the padded input size, crop the padding, then resize to out_hw.
+    hp, wp = soft.shape[-2] * MASK_STRIDE, soft.shape[-1] * MASK_STRIDE
+    full = F.interpolate(soft[keep][None], size=(hp, wp), mode="bilinear", align_corners=False)[0]
+    full = full[:, : hw[0], : hw[1]]  # (N, H, W)
+    if tuple(out_hw) != tuple(hw):
+        full = F.interpolate(full[None], size=out_hw, mode="bilinear", align_corners=False)[0]
+    masks = full > p.mask_thresh  # (N, H_out, W_out)
+    visible = masks.flatten(1).any(dim=1)  # a thin stride-4 mask can vanish after upsampling
+    if not visible.all():
+        log.debug("predict: image %d: dropped %d masks empty at full size", b, int((~visible).sum()))
+    keep, masks = keep[visible], masks[visible]
+    return {"masks": masks.cpu().numpy(),
+            "scores": decayed[keep].cpu().numpy().astype(np.float32),
+            "embeddings": F.normalize(embs[cand[keep]], dim=1).cpu().numpy().astype(np.float32)}
+
+
+@torch.no_grad()
+def predict(outputs: dict, image_hw, params: SoloInferenceParams,
+            *, out_hw: tuple[int, int] | None = None) -> list[dict[str, np.ndarray]]:
+    """Instances per image from SOLOv2 outputs (the dict of maskless.solo.model.SOLOv2.forward).
+
+    image_hw: the unpadded input size (H, W), or a list with one per image; out_hw: resize the masks to
+    this size instead (the original image size when the caller resized before the network).
+    Returns, per image, {"masks": bool (N, H, W), "scores": float32 (N,) Matrix-NMS-decayed
+    category x maskness scores, "embeddings": float32 (N, E) L2-normalised embedding-branch outputs at the
+    instances' cells}, sorted by score descending; N may be 0.
+    """
+    _check_outputs(outputs)
+    batch = outputs["mask_feat"].shape[0]
+    hws = _resolve_hw(image_hw, batch)
+    hp, wp = (s * MASK_STRIDE for s in outputs["mask_feat"].shape[-2:])
+    results = []
+    for b, hw in enumerate(hws):
+        if not (0 < hw[0] <= hp and 0 < hw[1] <= wp):
+            raise ValueError(f"predict: image_hw {hw} of image {b} does not fit the padded input {hp}x{wp}")
+        results.append(_predict_one(outputs, b, hw, hw if out_hw is None else tuple(out_hw), params))
+    return results
