@@ -30,7 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from maskless.data.manifest import write_manifest
-from maskless.store import ImageMasks, MaskStore, build_index, export_coco, read_image, write_shard
+from maskless.coco_export import export_coco
+from maskless.store import ImageMasks, MaskStore, build_index, read_image, write_shard
 
 EMB_DIM = 128
 

@@ -1,7 +1,8 @@
 """Rule freemask_index: index every shard's masks; export them as COCO results and annotations."""
 
 from maskless.stage_utils import begin
-from maskless.store import build_index, export_coco
+from maskless.coco_export import export_coco
+from maskless.store import build_index
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)

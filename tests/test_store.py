@@ -12,6 +12,7 @@ import pytest
 from zarr.storage import LocalStore, WrapperStore
 
 import maskless.store as store_mod
+from maskless.coco_export import export_coco
 from maskless.data.manifest import write_manifest
 from maskless.ops.masks import boxes_xywh, encode_rles
 from maskless.store import (
@@ -19,7 +20,6 @@ from maskless.store import (
     MaskStore,
     ShardReader,
     build_index,
-    export_coco,
     read_image,
     write_shard,
 )

@@ -11,9 +11,7 @@ from maskless.ops.masks import (
     delta_nbytes,
     encode_rle,
     encode_rles,
-    pack_mask,
     pack_mask_delta,
-    unpack_mask,
     unpack_mask_delta,
 )
 
@@ -30,37 +28,6 @@ def test_boxes_hand_example():
     assert boxes.dtype == np.float32
     assert boxes.tolist() == [[3, 2, 1, 1], [0, 1, 5, 3], [0, 0, 0, 0], [0, 0, 6, 5]]
     assert boxes_xywh(np.zeros((0, 5, 6), bool)).shape == (0, 4)
-
-
-@pytest.mark.parametrize("kind", ["empty", "full", "pixel", "random", "corner"])
-def test_pack_unpack_round_trip(kind):
-    rng = np.random.default_rng(1)
-    h, w = 13, 17
-    m = np.zeros((h, w), bool)
-    if kind == "full":
-        m[:] = True
-    elif kind == "pixel":
-        m[12, 16] = True
-    elif kind == "random":
-        m = rng.random((h, w)) > 0.6
-    elif kind == "corner":
-        m[9:, 11:] = rng.random((4, 6)) > 0.3
-        m[9, 11] = m[12, 16] = True
-    bits, box = pack_mask(m)
-    assert bits.dtype == np.uint8 and bits.ndim == 1
-    expected_box = {"empty": (0, 0, 0, 0), "full": (0, 0, w, h), "pixel": (16, 12, 1, 1), "corner": (11, 9, 6, 4)}
-    if kind in expected_box:
-        assert box == expected_box[kind]
-    assert bits.size == (box[2] * box[3] + 7) // 8  # crop only: 1 pixel -> 1 byte, empty -> 0 bytes
-    assert np.array_equal(unpack_mask(bits, box, h, w), m)
-
-
-def test_unpack_rejects_inconsistent_input():
-    bits, box = pack_mask(np.ones((4, 4), bool))
-    with pytest.raises(ValueError, match="packed bytes"):
-        unpack_mask(bits[:1], box, 4, 4)
-    with pytest.raises(ValueError, match="outside"):
-        unpack_mask(bits, (2, 2, 4, 4), 4, 4)
 
 
 def test_delta_packing_hand_example():
