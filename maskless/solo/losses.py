@@ -1,0 +1,374 @@
+"""FreeSOLO loss terms (METHODS.md "Self-supervised SOLO (FreeSOLO)"), each a plain function of tensors.
+
+Mask terms on every positive cell (x = mask logits, p = sigmoid(x), t = coarse target, FreeSOLO Sec. 3.2,
+after BoxInst, Tian et al. 2021, Sec. 3): projection dice on max- and mean-projections, and the pairwise
+colour-affinity term. Category terms on the grid: fg/bg sigmoid focal loss and 1 - cos of the semantic
+embedding against the Free Mask embedding (the reference code multiplies the latter by zero; ours trains).
+
+Colour convention for the pairwise term (BoxInst's): CIE Lab in its usual units (L in [0, 100]) of the
+sRGB image average-pooled to mask resolution; S_ij = exp(-||Lab_i - Lab_j||_2 / 2), edge kept when
+S_ij >= 0.3, i.e. a colour distance of at most 2 ln(1/0.3) = 2.41 Lab units. Edges whose neighbour falls
+outside the real image (padding, off the border) or in the ignored bottom rows are dropped, as BoxInst's
+image mask does.
+
+solo_losses() checks the weighted total once per call and raises FloatingPointError naming the non-finite
+terms and model outputs (one host sync per step, which the loop pays anyway to log the losses).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from maskless.solo.targets import SoloTargets
+
+__all__ = ["SoloLossWeights", "dice_loss", "projection_losses", "box_masks_from_targets", "rgb_to_lab",
+           "lab_at_mask_resolution", "pairwise_affinity_loss", "warmup_factor", "sigmoid_focal_loss",
+           "embedding_loss", "solo_losses"]
+
+TERMS = ("loss_max", "loss_avg", "loss_pair", "loss_focal", "loss_emb")
+
+
+@dataclass
+class SoloLossWeights:
+    """Term weights (named like the terms) and the loss hyperparameters (METHODS.md defaults).
+
+    loss_emb's weight is tunable (no authoritative value). ignore_bottom_px is at network-input scale
+    (BoxInst measures its 10 px on the original image; for small images the difference is below a row).
+    """
+
+    loss_max: float = 1.0
+    loss_avg: float = 0.1
+    loss_pair: float = 1.0
+    loss_focal: float = 1.0
+    loss_emb: float = 1.0
+    pair_warmup: int = 1000
+    pair_kernel: int = 3
+    pair_dilation: int = 2
+    color_thresh: float = 0.3
+    ignore_bottom_px: float = 10.0
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"SoloLossWeights.{f.name} must be finite and >= 0, got {value!r}")
+        if self.pair_kernel % 2 != 1 or self.pair_dilation < 1:
+            raise ValueError(f"SoloLossWeights: pair_kernel must be odd and pair_dilation >= 1, got "
+                             f"{self.pair_kernel}, {self.pair_dilation}")
+
+
+# ---------------------------------------------------------------- mask terms
+
+
+def dice_loss(a: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
+    """(..., L), (..., L) -> (...): 1 - 2 sum(ab) / (sum(a^2) + sum(b^2) + eps) over the last dim."""
+    inter = (a * b).sum(-1)
+    return 1.0 - 2.0 * inter / ((a * a).sum(-1) + (b * b).sum(-1) + eps)
+
+
+def projection_losses(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """logits, targets: (N, h, w) -> {"loss_max", "loss_avg"}, each a scalar mean over the N instances.
+
+    L_max = dice(max_y p, max_y t) + dice(max_x p, max_x t); L_avg the same with means (p = sigmoid).
+    N = 0 gives zeros that keep the graph (there is nothing to average).
+    """
+    if logits.shape != targets.shape or logits.ndim != 3:
+        raise ValueError(f"projection_losses: logits {tuple(logits.shape)} and targets "
+                         f"{tuple(targets.shape)} must both be (N, h, w)")
+    if logits.shape[0] == 0:
+        zero = logits.sum() * 0.0
+        return {"loss_max": zero, "loss_avg": zero}
+    p = logits.float().sigmoid()  # (N, h, w)
+    t = targets.float()
+    l_max = dice_loss(p.amax(1), t.amax(1)) + dice_loss(p.amax(2), t.amax(2))  # (N,)
+    l_avg = dice_loss(p.mean(1), t.mean(1)) + dice_loss(p.mean(2), t.mean(2))  # (N,)
+    return {"loss_max": l_max.mean(), "loss_avg": l_avg.mean()}
+
+
+def box_masks_from_targets(targets: Tensor) -> Tensor:
+    """(N, h, w) -> (N, h, w) float: 1 inside the box spanned by the target's row and column projections."""
+    rows = targets.amax(2) > 0  # (N, h)
+    cols = targets.amax(1) > 0  # (N, w)
+    n, h, w = targets.shape
+    ys, xs = torch.arange(h, device=targets.device), torch.arange(w, device=targets.device)
+
+    def span(occupied: Tensor, idx: Tensor) -> Tensor:  # (N, L) -> (N, L) filled between first and last
+        first = torch.where(occupied, idx, idx.numel()).amin(1, keepdim=True)
+        last = torch.where(occupied, idx, -1).amax(1, keepdim=True)
+        return (idx >= first) & (idx <= last)
+
+    return (span(rows, ys)[:, :, None] & span(cols, xs)[:, None, :]).float()
+
+
+def rgb_to_lab(images: Tensor) -> Tensor:
+    """sRGB (B, 3, H, W) -> CIE Lab (B, 3, H, W), D65 white, L in [0, 100].
+
+    uint8 images are read as 0..255; floating images must already lie in [0, 1] (checked). The formula:
+    sRGB gamma removed (IEC 61966-2-1), linear RGB -> XYZ by the sRGB matrix, divided by the D65 white
+    (taken as the matrix's row sums, ~(0.95046, 1, 1.08875), so grey has a = b = 0),
+    f(t) = t^(1/3) above (6/29)^3 else t / (3 (6/29)^2) + 4/29, then L = 116 f(Y) - 16,
+    a = 500 (f(X) - f(Y)), b = 200 (f(Y) - f(Z)).
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"rgb_to_lab expects (B, 3, H, W), got {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        rgb = images.float() / 255.0
+    else:
+        rgb = images.float()
+        if rgb.numel() and (rgb.amin() < -1e-3 or rgb.amax() > 1 + 1e-3):
+            raise ValueError("rgb_to_lab: floating images must lie in [0, 1] (uint8 is read as 0..255)")
+        rgb = rgb.clamp(0.0, 1.0)
+    linear = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)  # (B, 3, H, W)
+    m = torch.tensor([[0.412453, 0.357580, 0.180423],
+                      [0.212671, 0.715160, 0.072169],
+                      [0.019334, 0.119193, 0.950227]], device=rgb.device)
+    # Reference white = the matrix applied to RGB white, D65 ~(0.9505, 1, 1.0888): grey gets a = b = 0 exactly.
+    white = m.sum(1)
+    xyz = torch.einsum("ij,bjhw->bihw", m, linear) / white[None, :, None, None]  # (B, 3, H, W)
+    delta = 6.0 / 29.0
+    f = torch.where(xyz > delta**3, xyz.clamp(min=1e-12) ** (1.0 / 3.0), xyz / (3 * delta**2) + 4.0 / 29.0)
+    fx, fy, fz = f.unbind(1)
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
+def lab_at_mask_resolution(images: Tensor, mask_stride: int = 4) -> Tensor:
+    """(B, 3, H, W) sRGB (uint8, or float in [0, 1]) -> (B, 3, ceil(H/s), ceil(W/s)) Lab.
+
+    Average-pools RGB to mask resolution first, then converts (BoxInst's order); edge blocks average only
+    the pixels they hold.
+    """
+    rgb = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    pooled = F.avg_pool2d(rgb, mask_stride, stride=mask_stride, ceil_mode=True)  # (B, 3, Hf, Wf)
+    return rgb_to_lab(pooled)
+
+
+def _neighbours(x: Tensor, kernel: int, dilation: int, fill: float | bool) -> Tensor:
+    """(M, C, h, w) -> (M, C, K, h, w): the K = kernel^2 - 1 dilated neighbours of each pixel, `fill` off
+    the border."""
+    r = dilation * (kernel // 2)
+    h, w = x.shape[-2:]
+    padded = F.pad(x.float(), (r, r, r, r), value=float(fill)).to(x.dtype)  # (M, C, h + 2r, w + 2r)
+    offs = [(dy, dx) for dy in range(-r, r + 1, dilation) for dx in range(-r, r + 1, dilation) if dy or dx]
+    return torch.stack([padded[..., r + dy : r + dy + h, r + dx : r + dx + w] for dy, dx in offs], dim=2)
+
+
+def _valid_region(m: int, h: int, w: int, valid_hw, ignore_bottom: int, device) -> Tensor:
+    """(M, 1, h, w) bool: the real image (top-left valid_hw) minus its `ignore_bottom` last rows."""
+    vh, vw = (h, w) if valid_hw is None else (int(valid_hw[0]), int(valid_hw[1]))
+    valid = torch.zeros(m, 1, h, w, dtype=torch.bool, device=device)
+    valid[..., : max(vh - int(ignore_bottom), 0), :vw] = True
+    return valid
+
+
+def pairwise_terms(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kernel: int = 3, dilation: int = 2,
+                   color_thresh: float = 0.3, ignore_bottom: int = 0,
+                   valid_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
+    """The pairwise term's numerator and denominator: (sum w_ij * -log P(y_i = y_j), sum w_ij).
+
+    Split out so a batch can be normalised once over all its images (BoxInst). Arguments as in
+    pairwise_affinity_loss.
+    """
+    n, h, w = logits.shape
+    if image_lab.ndim != 4 or image_lab.shape[1] != 3 or image_lab.shape[-2:] != (h, w) \
+            or image_lab.shape[0] not in (1, n) or box_masks.shape != logits.shape:
+        raise ValueError(f"pairwise loss: logits {tuple(logits.shape)} needs image_lab (N or 1, 3, {h}, {w}) "
+                         f"and box_masks of the same shape; got {tuple(image_lab.shape)}, "
+                         f"{tuple(box_masks.shape)}")
+    x = logits.float()[:, None]  # (N, 1, h, w)
+    log_fg, log_bg = F.logsigmoid(x), F.logsigmoid(-x)  # log p, log(1 - p)
+    nb_fg, nb_bg = _neighbours(log_fg, kernel, dilation, 0.0), _neighbours(log_bg, kernel, dilation, 0.0)
+    # log(p_i p_j + (1 - p_i)(1 - p_j)) as a logsumexp of the two log-products: finite for any logits.
+    log_same = torch.logaddexp(log_fg[:, :, None] + nb_fg, log_bg[:, :, None] + nb_bg)[:, 0]  # (N, K, h, w)
+    with torch.no_grad():  # the weights are constants of the image
+        lab = image_lab.float()
+        diff = lab[:, :, None] - _neighbours(lab, kernel, dilation, 0.0)  # (M, 3, K, h, w)
+        similar = torch.exp(-diff.norm(dim=1) / 2.0) >= color_thresh  # (M, K, h, w)
+        valid = _valid_region(lab.shape[0], h, w, valid_hw, ignore_bottom, lab.device)  # (M, 1, h, w)
+        edge_ok = similar & valid & _neighbours(valid, kernel, dilation, False)[:, 0]  # (M, K, h, w)
+        weight = edge_ok.float() * box_masks.float()[:, None]  # (N, K, h, w)
+    return (weight * -log_same).sum(), weight.sum()
+
+
+def pairwise_affinity_loss(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kernel: int = 3,
+                           dilation: int = 2, color_thresh: float = 0.3, ignore_bottom: int = 0,
+                           valid_hw: tuple[int, int] | None = None) -> Tensor:
+    """BoxInst pairwise loss -> scalar.
+
+    logits: (N, h, w) mask logits; image_lab: (N or 1, 3, h, w) Lab image at mask resolution; box_masks:
+    (N, h, w) 0/1. Edges go from each pixel i to its 8 neighbours j in a kernel x kernel window with
+    `dilation`; w_ij = [S_ij >= color_thresh] * boxmask_i; loss = sum w_ij * -log(p_i p_j + (1-p_i)(1-p_j))
+    / max(sum w, 1). ignore_bottom: mask rows dropped at the bottom of the real image; valid_hw: the real
+    image (rows, cols) at mask resolution when the rest is padding.
+    """
+    num, den = pairwise_terms(logits, image_lab, box_masks, kernel=kernel, dilation=dilation,
+                              color_thresh=color_thresh, ignore_bottom=ignore_bottom, valid_hw=valid_hw)
+    return num / den.clamp(min=1.0)
+
+
+def warmup_factor(step: int, warmup: int = 1000) -> float:
+    """min(step / warmup, 1): the pairwise term's linear warm-up (METHODS.md); 1 when warmup <= 0."""
+    return 1.0 if warmup <= 0 else min(max(step, 0) / warmup, 1.0)
+
+
+# ---------------------------------------------------------------- category terms
+
+
+def sigmoid_focal_loss(logits: Tensor, targets: Tensor, *, alpha: float = 0.25, gamma: float = 2.0) -> Tensor:
+    """logits, targets: (...) with targets in {0, 1} -> scalar sum of focal terms / (num_pos + 1).
+
+    Lin et al. 2017, Eq. 5: alpha_t (1 - p_t)^gamma CE; CE from logits, so stable for any finite logit.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(f"sigmoid_focal_loss: logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}")
+    x, t = logits.float(), targets.float()
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p = x.sigmoid()
+    p_t = p * t + (1 - p) * (1 - t)
+    alpha_t = alpha * t + (1 - alpha) * (1 - t)
+    return (alpha_t * (1 - p_t) ** gamma * ce).sum() / (t.sum() + 1.0)
+
+
+def embedding_loss(pred: Tensor, target: Tensor, *, eps: float = 1e-6) -> tuple[Tensor, Tensor]:
+    """pred, target: (P, E) -> (mean over valid rows of 1 - cos(pred, target), number of valid rows).
+
+    A row is valid when its TARGET norm exceeds eps (self-training labels may carry no embedding). With no
+    valid row the loss is an exact 0 that keeps the graph (a sum over zero rows), and the count, a 0-d
+    float tensor, says so: the caller logs it instead of mistaking the 0 for a trained term.
+    """
+    if pred.shape != target.shape or pred.ndim != 2:
+        raise ValueError(f"embedding_loss: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         f"must both be (P, E)")
+    valid = target.float().norm(dim=1) > eps  # (P,)
+    p, t = pred.float()[valid], target.float()[valid]  # (V, E)
+    cos = (F.normalize(p, dim=1, eps=eps) * F.normalize(t, dim=1, eps=eps)).sum(1)  # (V,)
+    count = valid.sum().float()
+    return (1.0 - cos).sum() / count.clamp(min=1.0), count
+
+
+# ---------------------------------------------------------------- the whole loss
+
+
+@dataclass
+class Positives:
+    """Positive cells of a batch, levels concatenated per image. P_b rows for image b."""
+
+    kernels: list[Tensor]  # per image (P_b, D)
+    emb_pred: Tensor  # (P, E)
+    emb_target: Tensor  # (P, E), zero rows where the instance has no embedding
+    mask_targets: list[Tensor]  # per image (P_b, Hf, Wf)
+
+
+def _check_outputs(outputs: dict, targets: list[SoloTargets], images_lab: Tensor) -> None:
+    for key in ("cate", "emb", "kernel", "mask_feat"):
+        if key not in outputs:
+            raise KeyError(f"solo_losses: model outputs lack {key!r} (have {sorted(outputs)})")
+    b, levels = len(targets), len(outputs["cate"])
+    feat = outputs["mask_feat"]
+    if b == 0 or feat.shape[0] != b:
+        raise ValueError(f"solo_losses: {b} targets for a batch of {feat.shape[0]} images")
+    for key in ("emb", "kernel"):
+        if len(outputs[key]) != levels:
+            raise ValueError(f"solo_losses: outputs[{key!r}] has {len(outputs[key])} levels, cate {levels}")
+    for i, tgt in enumerate(targets):
+        if [len(x) for x in tgt.labels] != [c.shape[-1] * c.shape[-2] for c in outputs["cate"]]:
+            raise ValueError(f"solo_losses: targets[{i}] grids {[len(x) for x in tgt.labels]} (cells per level) "
+                             f"do not match outputs['cate'] {[tuple(c.shape[-2:]) for c in outputs['cate']]}; "
+                             f"SoloGeometry.grids must equal the model's grids")
+        if tuple(tgt.mask_targets.shape[-2:]) != tuple(feat.shape[-2:]):
+            raise ValueError(f"solo_losses: targets[{i}] masks are {tuple(tgt.mask_targets.shape[-2:])}, "
+                             f"mask_feat is {tuple(feat.shape[-2:])}")
+    if tuple(images_lab.shape) != (b, 3, *feat.shape[-2:]):
+        raise ValueError(f"solo_losses: images_lab must be {(b, 3, *feat.shape[-2:])}, got "
+                         f"{tuple(images_lab.shape)}")
+
+
+def gather_positives(outputs: dict, targets: list[SoloTargets]) -> Positives:
+    """Kernels, embedding predictions and targets of every positive cell (SOLOv2's target gathering)."""
+    kernels, emb_pred, emb_target, mask_targets = [], [], [], []
+    emb_dim = outputs["emb"][0].shape[1]
+    for b, tgt in enumerate(targets):
+        ids_b, kern_b = [], []
+        for level, ins in enumerate(tgt.instance):
+            cells = (ins >= 0).nonzero().squeeze(1)  # (P_bl,)
+            kern_b.append(outputs["kernel"][level][b].flatten(1)[:, cells].T)  # (P_bl, D)
+            emb_pred.append(outputs["emb"][level][b].flatten(1)[:, cells].T)  # (P_bl, E)
+            ids_b.append(ins[cells])
+        ids = torch.cat(ids_b)  # (P_b,)
+        kernels.append(torch.cat(kern_b))
+        mask_targets.append(tgt.mask_targets[ids])  # (P_b, Hf, Wf)
+        if tgt.embeddings is None:
+            emb_target.append(torch.zeros(len(ids), emb_dim, device=ids.device))
+        elif tgt.embeddings.shape[1] != emb_dim:
+            raise ValueError(f"solo_losses: targets[{b}] embeddings have dim {tgt.embeddings.shape[1]}, the "
+                             f"model predicts {emb_dim}")
+        else:
+            emb_target.append(tgt.embeddings[ids].float())
+    return Positives(kernels, torch.cat(emb_pred), torch.cat(emb_target), mask_targets)
+
+
+def mask_logits(kernels: Tensor, mask_feat: Tensor) -> Tensor:
+    """Dynamic 1x1 conv: kernels (P, D), mask_feat (D, Hf, Wf) -> (P, Hf, Wf) logits (SOLOv2 Sec. 3.2)."""
+    d, h, w = mask_feat.shape
+    return (kernels @ mask_feat.reshape(d, h * w)).reshape(-1, h, w)
+
+
+def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, images_lab: Tensor,
+                weights: SoloLossWeights) -> dict[str, Tensor]:
+    feat = outputs["mask_feat"]
+    logits = [mask_logits(k, feat[b]) for b, k in enumerate(pos.kernels)]  # per image (P_b, Hf, Wf)
+    proj = projection_losses(torch.cat(logits), torch.cat(pos.mask_targets))
+    num, den = feat.new_zeros(()).float(), feat.new_zeros(()).float()
+    for b, (lg, mt) in enumerate(zip(logits, pos.mask_targets)):
+        rows = math.ceil(weights.ignore_bottom_px / targets[b].mask_stride)
+        n_b, d_b = pairwise_terms(lg, images_lab[b : b + 1], box_masks_from_targets(mt),
+                                  kernel=weights.pair_kernel, dilation=weights.pair_dilation,
+                                  color_thresh=weights.color_thresh, ignore_bottom=rows,
+                                  valid_hw=targets[b].valid_hw)
+        num, den = num + n_b, den + d_b
+    return {**proj, "loss_pair": num / den.clamp(min=1.0)}
+
+
+def _raise_non_finite(losses: dict[str, Tensor], outputs: dict) -> None:
+    bad_terms = [k for k in TERMS if not torch.isfinite(losses[k]).all()]
+    bad_outputs = [f"{key}[{i}]" for key in ("cate", "emb", "kernel") for i, t in enumerate(outputs[key])
+                   if not torch.isfinite(t).all()]
+    if not torch.isfinite(outputs["mask_feat"]).all():
+        bad_outputs.append("mask_feat")
+    raise FloatingPointError(f"solo_losses: non-finite loss terms {bad_terms}; model outputs with NaN/inf: "
+                             f"{bad_outputs or 'none'}")
+
+
+def solo_losses(outputs: dict, targets: list[SoloTargets], images_lab: Tensor, *, weights: SoloLossWeights,
+                step: int) -> dict[str, Tensor]:
+    """All FreeSOLO terms for a batch.
+
+    outputs: the model's dict ("cate" [(B, 1, S, S)], "emb" [(B, E, S, S)], "kernel" [(B, D, S, S)],
+    "mask_feat" (B, D, Hf, Wf)); targets: one SoloTargets per image; images_lab: (B, 3, Hf, Wf) Lab at mask
+    resolution (lab_at_mask_resolution). Returns the unweighted terms loss_max, loss_avg, loss_pair (already
+    times the warm-up factor), loss_focal, loss_emb; "loss", their weighted sum; and detached float counts
+    "num_pos" (positive cells) and "num_emb" (positives with a usable embedding target). Raises
+    FloatingPointError when the total is NaN/inf (module docstring).
+    """
+    _check_outputs(outputs, targets, images_lab)
+    device = outputs["mask_feat"].device
+    targets = [t.to(device) for t in targets]
+    pos = gather_positives(outputs, targets)
+    losses = _mask_terms(outputs, targets, pos, images_lab, weights)
+    losses["loss_pair"] = losses["loss_pair"] * warmup_factor(step, weights.pair_warmup)
+    cate = torch.cat([c.flatten(1) for c in outputs["cate"]], dim=1)  # (B, sum S^2)
+    labels = torch.stack([torch.cat(t.labels) for t in targets]).to(cate.device)  # (B, sum S^2)
+    losses["loss_focal"] = sigmoid_focal_loss(cate, labels, alpha=weights.focal_alpha, gamma=weights.focal_gamma)
+    losses["loss_emb"], num_emb = embedding_loss(pos.emb_pred, pos.emb_target)
+    losses["loss"] = sum(getattr(weights, k) * losses[k] for k in TERMS)
+    if not torch.isfinite(losses["loss"]):
+        _raise_non_finite(losses, outputs)
+    losses["num_pos"] = labels.sum().detach()
+    losses["num_emb"] = num_emb.detach()
+    return losses
