@@ -15,7 +15,7 @@ ingest(
     images=images,
     annotations=annotations,
     manifest_out=smk.output.manifest,
-    gt_out=smk.output.gt if "gt" in smk.output.keys() else None,
+    gt_out=smk.output.get("gt") or None,  # no ground truth for an image folder: the output list is empty
     on_bad_image=params["on_bad_image"],
     max_images=params["max_images"],
 )

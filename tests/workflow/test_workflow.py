@@ -56,3 +56,23 @@ def test_config_typo_stops_with_key_named(workflow_dir):
     proc = snakemake(workflow_dir, "-n", "--configfile", "tiny.yaml", "typo.yaml")
     assert proc.returncode != 0
     assert "pretrain.stpes" in proc.stdout + proc.stderr
+
+
+def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
+    """dataset.kind folder: no ground truth, so the DAG stops at the masks and their COCO exports."""
+    import cv2
+    import numpy as np
+
+    photos = workflow_dir / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(5):
+        img = (rng.random((48 + 8 * i, 64, 3)) * 255).astype(np.uint8)
+        cv2.imwrite(str(photos / f"p{i}.png"), img)
+    (workflow_dir / "folder.yaml").write_text(
+        f"experiment: photos\ndataset: {{kind: folder, name: photos, images: {photos}}}\n")
+    _ok(snakemake(workflow_dir, "--cores", "2", "--configfile", "tiny.yaml", "folder.yaml"))
+    res = workflow_dir / "results" / "photos"
+    assert [r["id"] for r in pq.read_table(res / "data" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
+    assert (res / "freemask" / "annotations.json").exists()
+    assert not (res / "data" / "instances_gt.json").exists() and not (res / "eval").exists()
