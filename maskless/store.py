@@ -407,7 +407,12 @@ class MaskStore:
         base = Path(index_parquet).resolve().parent
         self.shards = [str(base / p) for p in meta["shards"]]
         self._shard_of = dict(zip(meta["image_id"], meta["shard"]))
+        self._counts = {int(i): int(c) for i, c in zip(meta["image_id"], meta["count"])}
         self._readers: dict[int, ShardReader] = {}
+
+    def mask_counts(self) -> dict[int, int]:
+        """Masks per image id, for every indexed image (zero included), without opening any shard."""
+        return dict(self._counts)
 
     def image_ids(self) -> list[int]:
         return sorted(self._shard_of)

@@ -253,6 +253,7 @@ def test_index_and_mask_store(tmp_path):
     ms = MaskStore(index)
     assert ms.image_ids() == [2, 5, 7, 9] and len(ms) == 4 and 2 in ms and 3 not in ms
     assert ms.shard_of(2).endswith("0.zarr") and ms.get(2).masks.shape == (0, 10, 10)
+    assert ms.mask_counts() == {im.image_id: len(im.scores) for im in images}
     for im in images:
         assert_same(ms.get(im.image_id), sorted_copy(im))
     with pytest.raises(KeyError, match="image id 3"):

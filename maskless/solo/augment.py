@@ -1,0 +1,189 @@
+"""Training samples for self-supervised SOLO: resize, flip, scale jitter, copy-paste, weak and strong views.
+
+METHODS.md "Self-supervised SOLO (FreeSOLO)": FreeSOLO trains on weak and strong views of each image and
+pastes instances between images (copy-paste, after Ghiasi et al. 2021, "Simple Copy-Paste"). Per batch:
+
+1. weak_sample: resize so the short side is input_size x s (s drawn from scale_jitter; the long side is
+   capped at twice that, as Free Mask's resized_hw), then a horizontal flip with p_flip. Masks follow the
+   same geometry (bilinear on 0/1, threshold 0.5); masks that vanish are dropped with their embeddings.
+2. copy_paste: with copy_paste_prob, k (1..copy_paste_max) random instances of another sample of the batch
+   (resized whole to this sample's size, so they keep their relative place and scale) are pasted with their
+   pixels, masks and embeddings. The target's masks keep only their visible part; a mask whose visible part
+   falls below min_visible_px pixels is dropped (one 4x4 mask-resolution cell by default).
+3. strong_view: the weak view's pixels (after pasting) with colour jitter, grayscale and Gaussian blur:
+   the same geometry, so the same masks and targets serve both views.
+
+How training uses the two views is maskless.solo.train.SoloTrainParams.views (document there). Every
+random draw comes from the numpy Generator passed in, so a step's samples are a function of its seed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from maskless.pretrain.augment import color_jitter
+
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as maskless.pretrain.augment
+_CV_CHANNELS = 256  # masks resized this many at a time (cv2 takes at most 512 channels)
+
+
+@dataclass
+class Sample:
+    """One training sample: image (H, W, 3) uint8 (the weak view), masks (N, H, W) bool, embeddings (N, E)
+    float32 or None. strong: (H, W, 3) uint8 photometric variant of image, once strong_view has run."""
+
+    image: np.ndarray
+    masks: np.ndarray
+    embeddings: np.ndarray | None
+    strong: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class SoloAugmentParams:
+    input_size: int = 160
+    scale_jitter: tuple[float, float] = (1.0, 1.0)  # short side = input_size x U(lo, hi)
+    p_flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)  # brightness, contrast, saturation, hue
+    p_jitter: float = 0.8
+    p_gray: float = 0.2
+    p_blur: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # px at 224, scaled by the image's short side / 224
+    copy_paste_prob: float = 0.5
+    copy_paste_max: int = 3
+    min_visible_px: int = 16
+
+
+def scaled_hw(height: int, width: int, short: float) -> tuple[int, int]:
+    """Short side -> `short`, long side at most 2 x short (maskless.freemask.resized_hw's rule)."""
+    scale = min(short / min(height, width), 2 * short / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(N, H, W) bool -> (N, h, w) bool: bilinear on 0/1 then >= 0.5 (smoother than nearest on coarse masks)."""
+    n = masks.shape[0]
+    if n == 0 or masks.shape[1:] == tuple(hw):
+        return masks.reshape(n, *hw) if n == 0 else masks.copy()
+    out = []
+    for start in range(0, n, _CV_CHANNELS):
+        chunk = masks[start : start + _CV_CHANNELS].transpose(1, 2, 0).astype(np.uint8) * 255  # (H, W, c)
+        res = cv2.resize(chunk, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR)
+        out.append(res.reshape(hw[0], hw[1], -1).transpose(2, 0, 1) >= 128)  # (c, h, w)
+    return np.ascontiguousarray(np.concatenate(out))
+
+
+def resize_sample(image: np.ndarray, masks: np.ndarray, embeddings: np.ndarray | None,
+                  hw: tuple[int, int]) -> Sample:
+    """Resize image and masks to hw; masks that vanish are dropped with their embedding rows."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"SOLO augment expects (H, W, 3) uint8 RGB images, got {image.shape} {image.dtype}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"SOLO augment: masks {masks.shape} do not fit the image {image.shape[:2]}")
+    if embeddings is not None and len(embeddings) != len(masks):
+        raise ValueError(f"SOLO augment: {len(embeddings)} embeddings for {len(masks)} masks")
+    if image.shape[:2] != tuple(hw):
+        down = hw[0] < image.shape[0] and hw[1] < image.shape[1]
+        image = cv2.resize(image, (hw[1], hw[0]), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+    masks = resize_masks(masks.astype(bool, copy=False), hw)
+    keep = masks.reshape(len(masks), hw[0] * hw[1]).any(1)  # (N,); explicit size: N may be 0
+    emb = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)[keep]
+    return Sample(image, masks[keep], emb)
+
+
+def weak_sample(image: np.ndarray, masks: np.ndarray, embeddings: np.ndarray | None,
+                rng: np.random.Generator, params: SoloAugmentParams) -> Sample:
+    """Weak view: resize (with scale jitter) and a random horizontal flip."""
+    lo, hi = params.scale_jitter
+    s = rng.uniform(lo, hi) if hi > lo else lo
+    sample = resize_sample(image, masks, embeddings, scaled_hw(*image.shape[:2], params.input_size * s))
+    if rng.random() < params.p_flip:
+        sample.image = np.ascontiguousarray(sample.image[:, ::-1])
+        sample.masks = np.ascontiguousarray(sample.masks[:, :, ::-1])
+    return sample
+
+
+def _merge_embeddings(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: int) -> np.ndarray | None:
+    """Stack embedding rows; a side without embeddings gives zero rows (the loss skips zero-norm targets)."""
+    if a is None and b is None:
+        return None
+    if a is not None and b is not None and a.shape[1] != b.shape[1]:
+        raise ValueError(f"copy_paste: embedding dims differ ({a.shape[1]} vs {b.shape[1]})")
+    dim = (a if a is not None else b).shape[1]
+    a = np.zeros((na, dim), np.float32) if a is None else a
+    b = np.zeros((nb, dim), np.float32) if b is None else b
+    return np.concatenate([a, b]).astype(np.float32)
+
+
+def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_instances: int,
+               min_visible_px: int = 16) -> tuple[Sample, int]:
+    """Paste 1..max_instances random instances of `source` onto `target` -> (new sample, number pasted).
+
+    The source is first resized whole to the target's size. Pasted instances go in their drawn order, each
+    on top of the previous ones. Every mask (the target's and earlier pasted ones) keeps only its visible
+    part; masks with fewer than min_visible_px visible pixels are dropped with their embeddings.
+    """
+    n_src = len(source.masks)
+    if n_src == 0 or max_instances < 1:
+        return target, 0
+    hw = target.image.shape[:2]
+    src = resize_sample(source.image, source.masks, source.embeddings, hw)
+    if len(src.masks) == 0:
+        return target, 0
+    k = int(rng.integers(1, min(max_instances, len(src.masks)) + 1))
+    chosen = np.sort(rng.choice(len(src.masks), size=k, replace=False))
+    image = target.image.copy()
+    masks = np.concatenate([target.masks, src.masks[chosen]]) if len(target.masks) else src.masks[chosen].copy()
+    emb = _merge_embeddings(target.embeddings, len(target.masks),
+                            None if src.embeddings is None else src.embeddings[chosen], k)
+    n_old = len(target.masks)
+    for j in range(k):
+        paste = masks[n_old + j].copy()  # (H, W)
+        image[paste] = src.image[paste]
+        masks[: n_old + j] &= ~paste  # everything below this instance loses what it covers
+    keep = masks.reshape(len(masks), hw[0] * hw[1]).sum(1) >= max(1, min_visible_px)  # (N + k,)
+    return Sample(image, masks[keep], None if emb is None else emb[keep]), k
+
+
+def strong_view(image: np.ndarray, rng: np.random.Generator, params: SoloAugmentParams) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) uint8 with colour jitter (p_jitter), grayscale (p_gray) and Gaussian
+    blur (p_blur): the MoCo v2 photometric set, no geometry, so masks are unchanged."""
+    view = image.astype(np.float32) / 255.0
+    if rng.random() < params.p_jitter:
+        view = color_jitter(view, rng, params.jitter)
+    if rng.random() < params.p_gray:
+        view = np.repeat((view @ _LUMA)[..., None], 3, axis=2)
+    if rng.random() < params.p_blur:
+        sigma = rng.uniform(*params.blur_sigma) * min(image.shape[:2]) / 224.0
+        view = cv2.GaussianBlur(view, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)
+    return np.clip(np.rint(view * 255.0), 0, 255).astype(np.uint8)
+
+
+def batch_samples(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], rng: np.random.Generator,
+                  params: SoloAugmentParams) -> tuple[list[Sample], int]:
+    """Weak samples of a batch, copy-paste between them, then strong views -> (samples, instances pasted).
+
+    Copy-paste sources are the weak samples before any pasting, so the result does not depend on the order
+    in which targets are processed (beyond the draws' order).
+    """
+    weak = [weak_sample(img, m, e, rng, params) for img, m, e in items]
+    out, pasted = list(weak), 0
+    for b in range(len(weak)):
+        if len(weak) > 1 and rng.random() < params.copy_paste_prob:
+            other = (b + 1 + int(rng.integers(len(weak) - 1))) % len(weak)  # any sample but b
+            out[b], k = copy_paste(out[b], weak[other], rng, max_instances=params.copy_paste_max,
+                                   min_visible_px=params.min_visible_px)
+            pasted += k
+    for s in out:
+        s.strong = strong_view(s.image, rng, params)
+    return out, pasted
+
+
+def padded_size(samples: list[Sample], multiple: int) -> tuple[int, int]:
+    """The batch's common size: the largest H and W, rounded up to `multiple`."""
+    h = max(s.image.shape[0] for s in samples)
+    w = max(s.image.shape[1] for s in samples)
+    return math.ceil(h / multiple) * multiple, math.ceil(w / multiple) * multiple

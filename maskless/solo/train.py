@@ -1,0 +1,402 @@
+"""Self-supervised SOLOv2 training on coarse masks (METHODS.md "Self-supervised SOLO (FreeSOLO)").
+
+Follows maskless.pretrain.train's design:
+- Data: the manifest images that have at least one coarse mask in the mask index; images without masks
+  (or absent from the index) are counted, logged and left out (with background_images, indexed images with
+  zero masks are kept as all-background samples: they feed only the focal loss's negatives). Each image and
+  its masks are resized once to a short side of input_size x max(scale_jitter) and kept in memory up to
+  CACHE_LIMIT_BYTES (then re-read: same pixels, slower). Per step: maskless.solo.augment.batch_samples
+  (weak geometry, copy-paste, strong view), padding to a common multiple of 32, assign_targets per image,
+  Lab at mask resolution.
+- Views (`views`): "strong" (default) trains on the strong view only: its geometry and masks are the weak
+  view's, so the coarse masks stay aligned while the colours vary; "weak" on the weak view only; "both"
+  puts both views of each image in the batch (2 x batch_size samples, twice the compute).
+- Schedule: SGD (momentum 0.9, weight decay 1e-4), linear warm-up to lr over warmup_steps, then cosine to
+  zero ("cosine") or x0.1 at lr_decay_at fractions of the steps ("step", detectron-style). Gradients are
+  clipped to grad_clip (global L2 norm; 35 as in the SOLOv2 mmdet configs; 0 disables).
+- Backbone BatchNorm frozen (freeze_backbone_bn): statistics and affine kept, as the reference's FrozenBN.
+- Determinism and resume: batch of step s from (seed, s) only; state (model, optimizer, AMP scaler, step,
+  loss rows, torch RNG) to state_dir/solo_last.pt every checkpoint_every steps, used only when params,
+  images, masks and backbone match; removed once out_weights is written. Resume is bit-identical on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskless.data.manifest import read_manifest
+from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.models.resnet import normalize
+from maskless.pretrain.train import batch_indices
+from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample, scaled_hw
+from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
+from maskless.solo.model import SIZE_DIVISOR, SOLOv2, SoloModelParams
+from maskless.solo.targets import SoloGeometry, assign_targets
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "solo_last.pt"
+CACHE_LIMIT_BYTES = 2 << 30
+GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
+SCHEDULES = ("cosine", "step")
+VIEWS = ("strong", "weak", "both")
+_RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
+LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "lr")
+
+
+@dataclass
+class SoloTrainParams:
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    lr_decay_at: tuple[float, ...] = (2 / 3, 8 / 9)  # "step" schedule: fractions of steps, x0.1 at each
+    grad_clip: float = 35.0
+    input_size: int = 160
+    scale_jitter: tuple[float, float] = (0.8, 1.2)
+    views: str = "strong"
+    copy_paste_prob: float = 0.5
+    copy_paste_max: int = 3
+    amp: bool = True  # CUDA only
+    checkpoint_every: int = 50
+    seed: int = 0
+    freeze_backbone_bn: bool = True
+    background_images: bool = False  # also train on indexed images with zero masks (all-background samples)
+    geometry: str = "small"
+    model: SoloModelParams = field(default_factory=SoloModelParams)
+    loss: SoloLossWeights = field(default_factory=SoloLossWeights)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = SoloModelParams(**self.model)
+        if isinstance(self.loss, dict):
+            self.loss = SoloLossWeights(**self.loss)
+        self.lr_decay_at = tuple(float(x) for x in self.lr_decay_at)
+        self.scale_jitter = tuple(float(x) for x in self.scale_jitter)
+        name = "SoloTrainParams"
+        for key in ("steps", "batch_size", "input_size", "checkpoint_every"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{name}.{key} must be a positive integer, got {getattr(self, key)!r}")
+        for key in ("warmup_steps", "copy_paste_max", "seed"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
+                raise ValueError(f"{name}.{key} must be an integer >= 0, got {getattr(self, key)!r}")
+        for key in ("lr", "momentum", "weight_decay", "grad_clip"):
+            if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
+                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {getattr(self, key)!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.copy_paste_prob <= 1.0:
+            raise ValueError(f"{name}.copy_paste_prob must lie in [0, 1], got {self.copy_paste_prob}")
+        if len(self.scale_jitter) != 2 or not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
+            raise ValueError(f"{name}.scale_jitter must be (lo, hi) with 0 < lo <= hi, got {self.scale_jitter}")
+        if any(not 0 < x < 1 for x in self.lr_decay_at):
+            raise ValueError(f"{name}.lr_decay_at must be fractions in (0, 1), got {self.lr_decay_at}")
+        for key, choices in (("schedule", SCHEDULES), ("views", VIEWS), ("geometry", tuple(GEOMETRIES))):
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{name}.{key} {getattr(self, key)!r} unknown; choices: {list(choices)}")
+        if self.solo_geometry().grids != self.model.grids:
+            raise ValueError(f"{name}.geometry {self.geometry!r} has grids {self.solo_geometry().grids} but "
+                             f"{name}.model.grids is {self.model.grids}; they must be equal")
+
+    def solo_geometry(self) -> SoloGeometry:
+        return GEOMETRIES[self.geometry]()
+
+    def augment_params(self) -> SoloAugmentParams:
+        return SoloAugmentParams(input_size=self.input_size, scale_jitter=self.scale_jitter,
+                                 copy_paste_prob=self.copy_paste_prob, copy_paste_max=self.copy_paste_max)
+
+    def to_dict(self) -> dict:
+        """JSON-like values (nested dicts, lists for tuples), for checkpoints and params files."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"] = self.model.to_dict()
+        out["loss"] = dataclasses.asdict(self.loss)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def lr_at(step: int, params: SoloTrainParams) -> float:
+    """Learning rate of 0-based `step` (module docstring)."""
+    if step < params.warmup_steps:
+        return params.lr * (step + 1) / params.warmup_steps
+    if params.schedule == "step":
+        return params.lr * 0.1 ** sum(step >= f * params.steps for f in params.lr_decay_at)
+    span = max(1, params.steps - params.warmup_steps)
+    return params.lr * 0.5 * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
+
+
+class SampleSource:
+    """Training images with their coarse masks, resized to a short side of `short` (cached up to a limit)."""
+
+    def __init__(self, rows: list[dict], store, short: float, cache_limit: int = CACHE_LIMIT_BYTES):
+        self.rows, self.store, self.short = rows, store, short
+        self.cache: dict[int, tuple] = {}
+        self.cache_limit, self.cached_bytes = cache_limit, 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        from maskless.data.images import load_rgb
+
+        row = self.rows[i]
+        image, masks = load_rgb(row["path"]), self.store.get(int(row["id"]))
+        if image.shape[:2] != (masks.height, masks.width):
+            raise ValueError(f"image {row['path']} (id {row['id']}) is {image.shape[0]}x{image.shape[1]} but "
+                             f"its masks in {self.store.index_path} are {masks.height}x{masks.width}")
+        s = resize_sample(image, masks.masks, masks.embeddings, scaled_hw(*image.shape[:2], self.short))
+        return s.image, s.masks, s.embeddings
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        if i in self.cache:
+            return self.cache[i]
+        item = self._load(i)
+        size = sum(a.nbytes for a in item if a is not None)
+        if self.cached_bytes + size <= self.cache_limit:
+            self.cache[i], self.cached_bytes = item, self.cached_bytes + size
+        return item
+
+
+def mask_counts(masks_index: str) -> dict[int, int]:
+    """Masks per image id, from the index's per-image table."""
+    from maskless.store import MaskStore
+
+    return MaskStore(masks_index).mask_counts()
+
+
+def select_images(rows: list[dict], counts: dict[int, int], *, background: bool = False
+                  ) -> tuple[list[dict], dict[str, int]]:
+    """Manifest rows with at least one coarse mask (or, with background, any row in the index); counts of
+    the rows left out by reason (rows kept as all-background are counted under "background")."""
+    least = 0 if background else 1
+    keep = [r for r in rows if counts.get(int(r["id"]), -1) >= least]
+    n_empty = sum(counts.get(int(r["id"]), -1) == 0 for r in rows)
+    skipped = {"not_in_index": sum(int(r["id"]) not in counts for r in rows),
+               "no_masks": 0 if background else n_empty, "background": n_empty if background else 0}
+    return keep, skipped
+
+
+def data_fingerprint(rows: list[dict], masks_index: str, backbone: str) -> str:
+    """Identity of images, coarse masks (the index file's bytes) and the initial backbone."""
+    from maskless.data.images import sha256_file
+
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
+    h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())
+    return h.hexdigest()
+
+
+def make_batch(source: SampleSource, step: int, params: SoloTrainParams, geometry: SoloGeometry):
+    """0-based step `step`'s batch -> (uint8 images (B, 3, H, W), [SoloTargets], pasted count); random only via
+    (seed, step)."""
+    idx = batch_indices(step, n_images=len(source), batch_size=params.batch_size, seed=params.seed)
+    rng = np.random.default_rng([params.seed, step, 1])
+    samples, pasted = batch_samples([source[int(i)] for i in idx], rng, params.augment_params())
+    views = {"strong": ("strong",), "weak": ("image",), "both": ("image", "strong")}[params.views]
+    hp, wp = padded_size(samples, SIZE_DIVISOR)
+    images, targets = [], []
+    for s in samples:
+        h, w = s.image.shape[:2]
+        masks = np.zeros((len(s.masks), hp, wp), dtype=bool)
+        masks[:, :h, :w] = s.masks
+        tgt = assign_targets(torch.from_numpy(masks), geometry, image_hw=(h, w),
+                             embeddings=None if s.embeddings is None else torch.from_numpy(s.embeddings))
+        for view in views:
+            img = np.zeros((hp, wp, 3), dtype=np.uint8)
+            img[:h, :w] = getattr(s, view)
+            images.append(torch.from_numpy(img).permute(2, 0, 1))  # (3, H, W)
+            targets.append(tgt)
+    return torch.stack(images), targets, pasted  # (B, 3, H, W)
+
+
+def freeze_bn(module: torch.nn.Module) -> int:
+    """Put every BatchNorm of `module` in eval mode with frozen affine parameters; returns how many."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            n += 1
+    return n
+
+
+def _resume_key(params: SoloTrainParams) -> dict:
+    return {k: v for k, v in params.to_dict().items() if k not in _RESUME_IGNORED}
+
+
+def _try_resume(state_path: Path, params: SoloTrainParams, fingerprint: str) -> dict | None:
+    if not state_path.exists():
+        return None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types on junk bytes; any of them -> fresh)
+        log.warning("resume state %s is unreadable (%s): starting fresh", state_path, e)
+        return None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "loss_rows"} <= set(state):
+        log.warning("resume state %s is not a SOLO training state: starting fresh", state_path)
+        return None
+    key = _resume_key(params)
+    if state.get("resume_key") != key or state.get("data") != fingerprint:
+        old = state.get("resume_key") or {}
+        diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        log.info("resume state %s was made with other parameters %s%s: starting fresh", state_path, diff,
+                 " and other images, masks or backbone" if state.get("data") != fingerprint else "")
+        return None
+    return state
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    bad = [k for k in (*TERMS, "loss") if not math.isfinite(values[k])]
+    if bad:
+        raise FloatingPointError(f"SOLO step {step}: non-finite loss terms {bad} (losses: {values}); "
+                                 "try a lower lr, a smaller grad_clip or amp: false")
+    return values
+
+
+def _write_loss_log(path: str, rows: list[list[float]]) -> None:
+    lines = [",".join(LOSS_COLUMNS)]
+    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _build(backbone: str, params: SoloTrainParams, dev: torch.device):
+    torch.manual_seed(params.seed)  # FPN and head initialisation
+    model = SOLOv2.from_backbone_weights(backbone, params.model).to(dev).train()
+    if params.freeze_backbone_bn:
+        log.info("froze %d backbone BatchNorm layers", freeze_bn(model.backbone))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=lr_at(0, params), momentum=params.momentum,
+                          weight_decay=params.weight_decay)
+    return model, trainable, opt
+
+
+def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTrainParams, dev, use_amp):
+    images, targets = batch
+    images = images.to(dev, non_blocking=True)  # (B, 3, H, W) uint8
+    lab = lab_at_mask_resolution(images, targets[0].mask_stride)  # (B, 3, Hf, Wf)
+    with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+        outputs = model(normalize(images))
+    # The losses run in float32 (sigmoids, logs and dice sums are fragile in half precision).
+    outputs = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in outputs.items()}
+    try:
+        losses = solo_losses(outputs, targets, lab, weights=params.loss, step=step)
+    except FloatingPointError as e:
+        raise FloatingPointError(f"SOLO step {step}: {e}") from e
+    values = check_finite(losses, step)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(losses["loss"]).backward()
+    if params.grad_clip > 0:
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        if not use_amp and not torch.isfinite(norm):
+            raise FloatingPointError(f"SOLO step {step}: gradient norm is {float(norm)} (losses: {values})")
+    scaler.step(opt)
+    scaler.update()
+    return values
+
+
+def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: str, state_dir: str,
+               params: SoloTrainParams, device: str = "auto", threads: int | None = None,
+               loss_log: str | None = None, log_every: int = 10, stop_after: int | None = None) -> dict:
+    """Train SOLOv2 on the coarse masks of `masks_index` for the images of `manifest`; write out_weights
+    as {"model": state_dict, "params": params dict, "kind": "solov2"} (loadable with weights_only=True).
+
+    stop_after: testing hook; stop once that many steps are done, writing neither out_weights nor loss_log,
+    as a kill would. Returns a summary dict.
+    """
+    from maskless.store import MaskStore
+
+    set_threads(threads)
+    dev = pick_device(device)
+    rows, skipped = select_images(read_manifest(manifest), mask_counts(masks_index),
+                                  background=params.background_images)
+    if any(skipped.values()):
+        log.info("SOLO: manifest images without coarse masks (left out, or kept as background): %s", skipped)
+    if not rows or len(rows) == skipped["background"]:
+        raise ValueError(f"no image of manifest {manifest} has a coarse mask in {masks_index} ({skipped})")
+    fingerprint = data_fingerprint(rows, masks_index, backbone)
+    source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
+    geometry = params.solo_geometry()
+    model, trainable, opt = _build(backbone, params, dev)
+    use_amp = params.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    state_path = Path(state_dir) / STATE_NAME
+    start, loss_rows = 0, []
+    state = _try_resume(state_path, params, fingerprint)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        start, loss_rows = int(state["step"]), [list(r) for r in state["loss_rows"]]
+        log.info("resuming SOLO from %s at step %d/%d", state_path, start, params.steps)
+
+    log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s", params.model.arch,
+             len(rows), params.steps, params.batch_size, params.views, params.input_size, dev,
+             ", AMP" if use_amp else "")
+    timer = {"start": time.perf_counter(), "data": 0.0, "total": 0.0, "pasted": 0}
+    step = start
+    for step in range(start + 1, params.steps + 1):
+        t0 = time.perf_counter()
+        images, targets, pasted = make_batch(source, step - 1, params, geometry)
+        t1 = time.perf_counter()
+        lr = lr_at(step - 1, params)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp)
+        timer["data"] += t1 - t0
+        timer["total"] += time.perf_counter() - t0
+        timer["pasted"] += pasted
+        loss_rows.append([step, *(values[k] for k in LOSS_COLUMNS[1:-1]), lr])
+        if step % log_every == 0 or step == params.steps:
+            _log_progress(step, start, params, values, lr, timer, len(images))
+        if step % params.checkpoint_every == 0 and step < params.steps:
+            torch_save_atomic({"resume_key": _resume_key(params), "data": fingerprint, "step": step,
+                               "model": model.state_dict(), "optimizer": opt.state_dict(),
+                               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                               "loss_rows": loss_rows}, state_path)
+            log.info("checkpoint at step %d -> %s", step, state_path)
+        if stop_after is not None and step >= stop_after:
+            log.info("stopping after step %d (stop_after)", step)
+            return {"steps_done": step, "start_step": start, "stopped": True}
+
+    seconds = time.perf_counter() - timer["start"]
+    resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint}
+    model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch_save_atomic({"model": model_state, "params": resolved, "kind": "solov2"}, out_weights)
+    if loss_log:
+        _write_loss_log(loss_log, loss_rows)
+    if state_path.exists():
+        state_path.unlink()
+        log.info("training finished: removed resume state %s", state_path)
+    last = dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}
+    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
+            "images": len(rows), "skipped": skipped, "device": str(dev), "seconds": seconds,
+            "data_fraction": timer["data"] / max(timer["total"], 1e-9), "final": last,
+            "out_weights": str(out_weights)}
+
+
+def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, lr: float, timer: dict,
+                  batch: int) -> None:
+    done, total = step - start, timer["total"]
+    rate = done * batch / max(total, 1e-9)
+    eta = (params.steps - step) * total / max(done, 1)
+    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in TERMS)
+    log.info("step %d/%d loss %.4f (%s) num_pos %d num_emb %d pasted %d so far lr %.5f %.1f img/s data %.0f%% of "
+             "step time ETA %.0f s", step, params.steps, values["loss"], terms, values["num_pos"],
+             values["num_emb"], timer["pasted"], lr, rate, 100 * timer["data"] / max(total, 1e-9), eta)

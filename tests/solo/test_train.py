@@ -1,0 +1,247 @@
+"""Self-supervised SOLO training loop (smoke, exact resume, NaN naming, images without masks, params) and the
+augmentation it feeds on (flip, copy-paste occlusion, strong view, resizing)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from maskless.data.manifest import write_manifest
+from maskless.models.resnet import build_resnet
+from maskless.models.weights import save_backbone
+from maskless.solo import train as train_mod
+from maskless.solo.augment import (Sample, SoloAugmentParams, batch_samples, copy_paste, resize_masks,
+                                   resize_sample, strong_view, weak_sample)
+from maskless.solo.losses import TERMS
+from maskless.solo.model import SoloModelParams
+from maskless.solo.train import LOSS_COLUMNS, SoloTrainParams, lr_at, train_solo
+from maskless.store import ImageMasks, build_index, write_shard
+
+TINY_MODEL = dict(fpn_channels=16, head_convs=1, head_channels=16, kernel_dim=16, mask_branch_channels=16,
+                  emb_dim=8, gn_groups=8)
+TINY = dict(batch_size=2, input_size=64, warmup_steps=2, amp=False, model=SoloModelParams(**TINY_MODEL))
+
+
+def _square(h, w, top, left, size) -> np.ndarray:
+    m = np.zeros((h, w), dtype=bool)
+    m[top : top + size, left : left + size] = True
+    return m
+
+
+@pytest.fixture
+def data(tmp_path) -> dict:
+    """Four PNGs (bright squares on dark noise, 64x80 / 80x64) with square coarse masks and 8-d embeddings;
+    image 4 has zero masks and image 5 is not in the index. A random resnet18 backbone checkpoint."""
+    rng = np.random.default_rng(0)
+    records, stored = [], []
+    for i in range(1, 6):
+        h, w = (64, 80) if i % 2 else (80, 64)
+        img = rng.integers(0, 50, (h, w, 3), dtype=np.uint8)
+        masks = [_square(h, w, 8 + i, 10, 24), _square(h, w, 40, 30 + i, 16)] if i < 4 else []
+        for m in masks:
+            img[m] = rng.integers(120, 255, 3)
+        path = tmp_path / "images" / f"{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), img[..., ::-1])
+        records.append(dict(id=i, file_name=path.name, path=str(path), width=w, height=h, split="train",
+                            hash=hashlib.sha256(path.read_bytes()).hexdigest()))
+        if i < 5:
+            emb = rng.normal(size=(len(masks), 8)).astype(np.float32)
+            stored.append(ImageMasks(i, h, w, np.array(masks).reshape(-1, h, w), np.ones(len(masks)), emb))
+    write_manifest(tmp_path / "manifest.parquet", records)
+    write_shard(str(tmp_path / "masks" / "0.zarr"), stored, embedding_dim=8)
+    build_index([str(tmp_path / "masks" / "0.zarr")], str(tmp_path / "masks" / "index.parquet"))
+    torch.manual_seed(0)
+    save_backbone(str(tmp_path / "backbone.pt"), build_resnet("resnet18"), "resnet18", {"method": "random"})
+    return dict(manifest=str(tmp_path / "manifest.parquet"), masks_index=str(tmp_path / "masks" / "index.parquet"),
+                backbone=str(tmp_path / "backbone.pt"))
+
+
+def _read_csv(path) -> list[list[str]]:
+    return [line.split(",") for line in open(path).read().splitlines()]
+
+
+def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog):
+    """3 steps: finite terms in every loss-log row; lr 0.01 x 1/2 then 0.01 x 2/2 (warm-up over 2 steps),
+    then cosine at step 3 = 0.01 x 0.5 (1 + cos(pi x 0/1)) = 0.01. Images 4 (no masks) and 5 (not indexed)
+    are left out and counted."""
+    params = SoloTrainParams(**TINY, steps=3, checkpoint_every=2)
+    out, csv = tmp_path / "w" / "solo.pt", tmp_path / "w" / "loss.csv"
+    with caplog.at_level(logging.INFO, logger="maskless.solo.train"):
+        summary = train_solo(**data, out_weights=str(out), state_dir=str(tmp_path / "state"), params=params,
+                             device="cpu", threads=1, loss_log=str(csv), log_every=1)
+    assert summary["steps_done"] == 3 and summary["images"] == 3
+    assert summary["skipped"] == {"not_in_index": 1, "no_masks": 1, "background": 0}
+    assert 0.0 <= summary["data_fraction"] <= 1.0
+    rows = _read_csv(csv)
+    assert rows[0] == list(LOSS_COLUMNS) and set(TERMS) <= set(rows[0]) and len(rows) == 4
+    assert all(math.isfinite(float(v)) for r in rows[1:] for v in r)
+    assert [float(r[-1]) for r in rows[1:]] == pytest.approx([0.005, 0.01, 0.01])
+    assert all(float(r[rows[0].index("num_pos")]) > 0 for r in rows[1:])
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["kind"] == "solov2" and ckpt["params"]["steps"] == 3 and ckpt["params"]["model"]["emb_dim"] == 8
+    assert not (tmp_path / "state" / train_mod.STATE_NAME).exists()
+    assert any("data" in r.message and "ETA" in r.message and "num_pos" in r.message for r in caplog.records)
+
+
+def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog):
+    """4 steps straight vs. stopped after step 3 (checkpoint at 2, step 3 lost as in a kill) and rerun:
+    torch.equal on every weight, identical loss logs."""
+    params = SoloTrainParams(**TINY, steps=4, checkpoint_every=2)
+    kw = dict(**data, params=params, device="cpu", threads=1)
+    train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"),
+               loss_log=str(tmp_path / "a.csv"), **kw)
+    stopped = train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                         loss_log=str(tmp_path / "b.csv"), stop_after=3, **kw)
+    assert stopped["stopped"] and not (tmp_path / "b.pt").exists()
+    with caplog.at_level(logging.INFO, logger="maskless.solo.train"):
+        resumed = train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                             loss_log=str(tmp_path / "b.csv"), **kw)
+    assert resumed["resumed"] and resumed["start_step"] == 2
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+
+
+def test_changed_params_start_fresh(tmp_path, data, caplog):
+    """A state made with another lr is not used (the log names the differing field)."""
+    kw = dict(**data, device="cpu", threads=1, state_dir=str(tmp_path / "s"), out_weights=str(tmp_path / "w.pt"))
+    train_solo(params=SoloTrainParams(**TINY, steps=3, checkpoint_every=1), stop_after=1, **kw)
+    with caplog.at_level(logging.INFO, logger="maskless.solo.train"):
+        summary = train_solo(params=SoloTrainParams(**TINY, steps=2, lr=0.02, checkpoint_every=1), **kw)
+    assert summary["start_step"] == 0 and any("'lr'" in r.message for r in caplog.records)
+
+
+def test_nan_loss_names_step_and_term(tmp_path, data, monkeypatch):
+    """solo_losses patched to give loss_pair = NaN at every step: the error names step 1 and loss_pair."""
+    real = train_mod.solo_losses
+
+    def fake(*args, **kwargs):
+        out = real(*args, **kwargs)
+        out["loss_pair"] = out["loss_pair"] * float("nan")
+        out["loss"] = out["loss"] + out["loss_pair"]
+        return out
+
+    monkeypatch.setattr(train_mod, "solo_losses", fake)
+    with pytest.raises(FloatingPointError, match=r"step 1: .*\['loss_pair', 'loss'\]"):
+        train_solo(**data, out_weights=str(tmp_path / "w.pt"), state_dir=str(tmp_path / "s"),
+                   params=SoloTrainParams(**TINY, steps=2), device="cpu", threads=1)
+
+
+def test_background_images_are_kept_when_asked(tmp_path, data):
+    """background_images: image 4 (zero masks) joins the 3 training images; image 5 (not indexed) stays out."""
+    params = SoloTrainParams(**TINY, steps=2, background_images=True)
+    summary = train_solo(**data, out_weights=str(tmp_path / "w.pt"), state_dir=str(tmp_path / "s"),
+                         params=params, device="cpu", threads=1)
+    assert summary["images"] == 4 and summary["skipped"] == {"not_in_index": 1, "no_masks": 0, "background": 1}
+    assert math.isfinite(summary["final"]["loss"])
+
+
+def test_no_image_with_masks_is_a_clear_error(tmp_path, data):
+    """An index whose only image has zero masks: the error names the manifest and the index."""
+    write_shard(str(tmp_path / "e.zarr"), [ImageMasks(4, 80, 64, np.zeros((0, 80, 64), bool), [])], embedding_dim=8)
+    build_index([str(tmp_path / "e.zarr")], str(tmp_path / "e.parquet"))
+    with pytest.raises(ValueError, match="e.parquet"):
+        train_solo(**{**data, "masks_index": str(tmp_path / "e.parquet")}, out_weights=str(tmp_path / "w.pt"),
+                   state_dir=str(tmp_path / "s"), params=SoloTrainParams(**TINY, steps=1), device="cpu")
+
+
+def test_params_validation_names_the_field():
+    with pytest.raises(ValueError, match="SoloTrainParams.copy_paste_prob"):
+        SoloTrainParams(copy_paste_prob=1.5)
+    with pytest.raises(ValueError, match="SoloTrainParams.views"):
+        SoloTrainParams(views="middle")
+    with pytest.raises(ValueError, match="SoloTrainParams.geometry"):
+        SoloTrainParams(geometry="reference")  # 5 grids vs the small model's 3
+    p = SoloTrainParams(model=TINY_MODEL, loss={"loss_emb": 0.5})  # dicts from a config file
+    assert p.model.emb_dim == 8 and p.loss.loss_emb == 0.5
+    assert SoloTrainParams(**p.to_dict()).to_dict() == p.to_dict()
+
+
+def test_step_schedule_by_hand():
+    """steps 9, warm-up 0: x0.1 from step 6 (>= 2/3 x 9), x0.01 from step 8 (>= 8/9 x 9)."""
+    p = SoloTrainParams(steps=9, warmup_steps=0, schedule="step", lr=1.0)
+    assert [lr_at(s, p) for s in range(9)] == pytest.approx([1] * 6 + [0.1] * 2 + [0.01])
+
+
+# ---------------------------------------------------------------- augmentation
+
+
+def test_flip_moves_a_known_mask():
+    """A 4x4 square at columns 2..5 of a 10-wide image lands at columns 4..7 after the flip (10 - 6 = 4)."""
+    image = np.zeros((8, 10, 3), np.uint8)
+    masks = _square(8, 10, 1, 2, 4)[None]
+    image[masks[0]] = 200
+    params = SoloAugmentParams(input_size=8, p_flip=1.0)
+    s = weak_sample(image, masks, np.ones((1, 3), np.float32), np.random.default_rng(0), params)
+    assert s.image.shape == (8, 10, 3) and s.masks.shape == (1, 8, 10)
+    np.testing.assert_array_equal(s.masks[0], _square(8, 10, 1, 4, 4))
+    assert (s.image[s.masks[0]] == 200).all() and (s.image[~s.masks[0]] == 0).all()
+
+
+def test_copy_paste_updates_the_occluded_mask_exactly():
+    """Target: blank 12x12 image with a 6x6 square at (2, 2) and a 2x2 square at (9, 9). Source: a 4x4
+    square at (5, 5) filled with 255, embedding (0.5, 0.5). The pasted square covers rows/cols 5..8, so the
+    6x6 square (rows/cols 2..7) loses its 3x3 corner at rows/cols 5..7: 36 - 9 = 27 px stay visible. The
+    2x2 square is not occluded but has 4 px < min_visible_px = 5, so it is dropped with its embedding."""
+    target = Sample(np.zeros((12, 12, 3), np.uint8), np.stack([_square(12, 12, 2, 2, 6), _square(12, 12, 9, 9, 2)]),
+                    np.array([[1.0, 0.0], [0.0, 1.0]], np.float32))
+    src_img = np.zeros((12, 12, 3), np.uint8)
+    src_mask = _square(12, 12, 5, 5, 4)
+    src_img[src_mask] = 255
+    source = Sample(src_img, src_mask[None], np.array([[0.5, 0.5]], np.float32))
+    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=3, min_visible_px=5)
+    assert k == 1 and len(out.masks) == 2
+    expected = _square(12, 12, 2, 2, 6) & ~src_mask
+    assert expected.sum() == 27
+    np.testing.assert_array_equal(out.masks[0], expected)
+    np.testing.assert_array_equal(out.masks[1], src_mask)
+    assert (out.image[src_mask] == 255).all() and (out.image[~src_mask] == 0).all()
+    np.testing.assert_array_equal(out.embeddings, [[1.0, 0.0], [0.5, 0.5]])
+
+
+def test_copy_paste_without_embeddings_gives_zero_rows_and_fully_hidden_masks_drop():
+    """Target mask entirely covered by the pasted one -> dropped; target without embeddings + source with:
+    the kept rows are the source's."""
+    target = Sample(np.zeros((8, 8, 3), np.uint8), _square(8, 8, 2, 2, 2)[None], None)
+    source = Sample(np.full((8, 8, 3), 9, np.uint8), _square(8, 8, 1, 1, 4)[None], np.ones((1, 2), np.float32))
+    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=1, min_visible_px=1)
+    assert k == 1 and len(out.masks) == 1 and out.masks[0].sum() == 16
+    np.testing.assert_array_equal(out.embeddings, [[1.0, 1.0]])
+    empty = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), None)
+    assert copy_paste(target, empty, np.random.default_rng(0), max_instances=2)[1] == 0
+
+
+def test_strong_view_keeps_geometry_and_batch_is_seeded():
+    """The strong view has the weak view's shape and differs in pixels when jitter is forced; the same
+    generator seed gives the same batch."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    p = SoloAugmentParams(input_size=16, p_jitter=1.0, p_gray=0.0, p_blur=0.0, scale_jitter=(0.8, 1.2))
+    strong = strong_view(image, np.random.default_rng(0), p)
+    assert strong.shape == image.shape and strong.dtype == np.uint8 and not np.array_equal(strong, image)
+    items = [(image, _square(20, 30, 2, 2, 8)[None], None)] * 2
+    a, _ = batch_samples(items, np.random.default_rng(5), p)
+    b, _ = batch_samples(items, np.random.default_rng(5), p)
+    assert all(np.array_equal(x.strong, y.strong) and np.array_equal(x.masks, y.masks) for x, y in zip(a, b))
+
+
+def test_resize_masks_edge_cases():
+    """No masks -> (0, h, w); a one-pixel mask shrunk 4x vanishes (bilinear 1/16 < 0.5) and upsampling a
+    2x2 square x2 gives a 4x4 square. A sample with no masks resizes, and receives a pasted instance."""
+    assert resize_masks(np.zeros((0, 8, 8), bool), (4, 4)).shape == (0, 4, 4)
+    s = resize_sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), np.zeros((0, 3), np.float32), (4, 6))
+    assert s.image.shape == (4, 6, 3) and s.masks.shape == (0, 4, 6) and s.embeddings.shape == (0, 3)
+    target = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), None)
+    source = Sample(np.zeros((8, 8, 3), np.uint8), _square(8, 8, 0, 0, 5)[None], None)
+    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=2)
+    assert k == 1 and out.masks.shape == (1, 8, 8) and out.embeddings is None
+    assert not resize_masks(_square(8, 8, 3, 3, 1)[None], (2, 2)).any()
+    assert resize_masks(_square(4, 4, 1, 1, 2)[None], (8, 8))[0].sum() == 16
