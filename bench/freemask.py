@@ -40,12 +40,13 @@ def make_manifest(tmp: Path, n: int, coco: str | None) -> str:
 
 def throughput(manifest: str, args) -> None:
     from maskless.data.manifest import read_manifest
-    from maskless.freemask import FreeMaskParams, _prepare, free_mask
+    from maskless.data.images import load_resized
+    from maskless.freemask import FreeMaskParams, free_mask
     from maskless.models.resnet import build_resnet, normalize
 
     params = FreeMaskParams(feature_level=args.level, input_size=args.input_size)
     model = build_resnet(args.arch).eval()
-    prepared = [_prepare(r, params.input_size) for r in read_manifest(manifest)]
+    prepared = [load_resized(r, params.input_size) for r in read_manifest(manifest)]
     xs = [(normalize(torch.from_numpy(img).permute(2, 0, 1)[None]), hw) for img, hw in prepared]
     t_fwd = t_fm = 0.0
     with torch.inference_mode():

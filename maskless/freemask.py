@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maskless.data.images import load_resized
 from maskless.io import pick_device, set_threads
 from maskless.ops.masks import boxes_xywh
 from maskless.ops.matrix_nms import KERNELS, matrix_nms
@@ -104,12 +105,6 @@ class FreeMaskResult:
     maskness: np.ndarray
     filtered: dict[str, int] = field(default_factory=dict)
     n_queries: int = 0
-
-
-def resized_hw(height: int, width: int, input_size: int) -> tuple[int, int]:
-    """Image size before the backbone: short side = input_size, long side at most 2 * input_size."""
-    scale = min(input_size / min(height, width), 2 * input_size / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: float) -> dict[str, Tensor]:
@@ -241,21 +236,6 @@ def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParam
     )
 
 
-def _prepare(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Load and resize one manifest image -> (resized uint8 (h, w, 3), original (H, W))."""
-    import cv2
-
-    from maskless.data.images import load_rgb
-
-    img = load_rgb(record["path"])
-    hw = img.shape[:2]
-    if hw != (int(record["height"]), int(record["width"])):
-        raise ValueError(f"image {record['path']} (id {record['id']}) is {hw[0]}x{hw[1]} but the manifest says "
-                         f"{record['height']}x{record['width']}")
-    h, w = resized_hw(hw[0], hw[1], input_size)
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR), hw
-
-
 def _batches(records: list[dict], batch_size: int, input_size: int):
     """Yield (records, uint8 (B, h, w, 3), original sizes) groups of equal resized size.
 
@@ -265,7 +245,7 @@ def _batches(records: list[dict], batch_size: int, input_size: int):
     for start in range(0, len(records), batch_size):
         groups: dict[tuple[int, int], list] = {}
         for rec in records[start : start + batch_size]:
-            img, hw = _prepare(rec, input_size)
+            img, hw = load_resized(rec, input_size)
             groups.setdefault(img.shape[:2], []).append((rec, img, hw))
         for items in groups.values():
             yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]
@@ -277,8 +257,8 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     """Free Mask over one manifest shard -> one zarr store (maskless.store).
 
     The backbone (arch from the checkpoint unless given) runs in eval mode under inference_mode on images
-    resized as in resized_hw; masks come back at each image's original size. Returns a summary dict:
-    shard, images, masks, filtered (counts per REASONS), seconds.
+    resized as in maskless.data.images.resized_hw; masks come back at each image's original size. Returns
+    a summary dict: shard, images, masks, filtered (counts per REASONS), seconds.
     """
     from maskless.data.manifest import read_manifest, shard_records
     from maskless.models.resnet import normalize

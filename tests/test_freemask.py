@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
+from maskless.data.images import resized_hw
 from maskless.freemask import (
     FreeMaskParams,
     embed_queries,
     filter_reasons,
     free_mask,
     query_masks,
-    resized_hw,
 )
 
 

@@ -229,3 +229,26 @@ def _apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
         8: lambda a: np.rot90(a, 1),  # rotate 90 counter-clockwise
     }
     return np.ascontiguousarray(ops[orientation](img))
+
+
+def resized_hw(height: int, width: int, short: float) -> tuple[int, int]:
+    """Size before a network: short side = `short`, long side at most 2 x short (extreme aspect ratios)."""
+    scale = min(short / min(height, width), 2 * short / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def load_resized(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Load one manifest image, check its size against the manifest, resize it (resized_hw).
+
+    Returns (resized uint8 (h, w, 3), original (H, W)). Area interpolation when shrinking (no aliasing),
+    bilinear when enlarging.
+    """
+    img = load_rgb(record["path"])
+    hw = img.shape[:2]
+    if hw != (int(record["height"]), int(record["width"])):
+        raise ValueError(f"image {record['path']} (id {record['id']}) is {hw[0]}x{hw[1]} but the manifest says "
+                         f"{record['height']}x{record['width']}")
+    h, w = resized_hw(hw[0], hw[1], input_size)
+    down = h < hw[0] and w < hw[1]
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR), hw
+

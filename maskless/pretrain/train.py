@@ -33,6 +33,7 @@ from maskless.models.resnet import normalize
 from maskless.models.weights import load_backbone, save_backbone
 from maskless.pretrain.augment import AugmentParams, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
+from maskless.resume import resume_key, try_resume
 
 log = logging.getLogger(__name__)
 
@@ -130,30 +131,6 @@ def data_fingerprint(rows: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _resume_key(params: DenseCLParams) -> dict:
-    return {k: v for k, v in params.to_dict().items() if k not in _RESUME_IGNORED}
-
-
-def _try_resume(state_path: Path, params: DenseCLParams, fingerprint: str) -> dict | None:
-    if not state_path.exists():
-        return None
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (torch.load raises many types on junk bytes; any of them -> fresh)
-        log.warning("resume state %s is unreadable (%s): starting fresh", state_path, e)
-        return None
-    if not isinstance(state, dict) or not {"model", "optimizer", "step", "loss_rows"} <= set(state):
-        log.warning("resume state %s is not a DenseCL training state: starting fresh", state_path)
-        return None
-    if state.get("resume_key") != _resume_key(params) or state.get("data") != fingerprint:
-        old = state.get("resume_key") or {}
-        diff = sorted(k for k in set(old) | set(_resume_key(params)) if old.get(k) != _resume_key(params).get(k))
-        log.info("resume state %s was made with other parameters %s%s: starting fresh", state_path, diff,
-                 " and other images" if state.get("data") != fingerprint else "")
-        return None
-    return state
-
-
 def _check_finite(out: dict[str, torch.Tensor], step: int) -> dict[str, float]:
     values = {k: float(v.detach()) for k, v in out.items()}
     for name in ("loss_global", "loss_dense", "loss"):
@@ -204,7 +181,8 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
 
     state_path = Path(state_dir) / STATE_NAME
     start, loss_rows = 0, []
-    state = _try_resume(state_path, params, fingerprint)
+    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="DenseCL")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -233,7 +211,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, time.perf_counter() - t0)
         if step % params.checkpoint_every == 0 and step < params.steps:
-            torch_save_atomic({"resume_key": _resume_key(params), "data": fingerprint, "step": step,
+            torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step,
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                                "loss_rows": loss_rows}, state_path)

@@ -4,7 +4,7 @@ METHODS.md "Self-supervised SOLO (FreeSOLO)": FreeSOLO trains on weak and strong
 pastes instances between images (copy-paste, after Ghiasi et al. 2021, "Simple Copy-Paste"). Per batch:
 
 1. weak_sample: resize so the short side is input_size x s (s drawn from scale_jitter; the long side is
-   capped at twice that, as Free Mask's resized_hw), then a horizontal flip with p_flip. Masks follow the
+   capped at twice that, maskless.data.images.resized_hw), then a horizontal flip with p_flip. Masks follow the
    same geometry (bilinear on 0/1, threshold 0.5); masks that vanish are dropped with their embeddings.
 2. copy_paste: with copy_paste_prob, k (1..copy_paste_max) random instances of another sample of the batch
    (resized whole to this sample's size, so they keep their relative place and scale) are pasted with their
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from maskless.data.images import resized_hw
 from maskless.pretrain.augment import color_jitter
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as maskless.pretrain.augment
@@ -55,12 +56,6 @@ class SoloAugmentParams:
     copy_paste_prob: float = 0.5
     copy_paste_max: int = 3
     min_visible_px: int = 16
-
-
-def scaled_hw(height: int, width: int, short: float) -> tuple[int, int]:
-    """Short side -> `short`, long side at most 2 x short (maskless.freemask.resized_hw's rule)."""
-    scale = min(short / min(height, width), 2 * short / max(height, width))
-    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -99,7 +94,7 @@ def weak_sample(image: np.ndarray, masks: np.ndarray, embeddings: np.ndarray | N
     """Weak view: resize (with scale jitter) and a random horizontal flip."""
     lo, hi = params.scale_jitter
     s = rng.uniform(lo, hi) if hi > lo else lo
-    sample = resize_sample(image, masks, embeddings, scaled_hw(*image.shape[:2], params.input_size * s))
+    sample = resize_sample(image, masks, embeddings, resized_hw(*image.shape[:2], params.input_size * s))
     if rng.random() < params.p_flip:
         sample.image = np.ascontiguousarray(sample.image[:, ::-1])
         sample.masks = np.ascontiguousarray(sample.masks[:, :, ::-1])

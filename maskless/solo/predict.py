@@ -3,7 +3,7 @@
 The store is what export_coco, eval and the next self-training round read, exactly as for Free Mask: masks
 at each image's original size, scores (Matrix-NMS-decayed category x maskness) and L2-normalised
 embedding-branch vectors. Images are resized as in training without jitter (short side input_size, long
-side at most twice that; maskless.solo.augment.scaled_hw) and batched only with images of the same resized
+side at most twice that; maskless.data.images.resized_hw) and batched only with images of the same resized
 size, so every image is padded only to the next multiple of 32 and its predictions do not depend on which
 other images share its batch.
 """
@@ -14,12 +14,11 @@ import dataclasses
 import logging
 import time
 
-import cv2
 import numpy as np
 import torch
 
+from maskless.data.images import load_resized
 from maskless.io import pick_device, set_threads
-from maskless.solo.augment import scaled_hw
 from maskless.solo.inference import SoloInferenceParams, predict
 from maskless.solo.model import SOLOv2, SoloModelParams, pad_to_multiple
 
@@ -45,26 +44,12 @@ def load_solo(weights: str) -> tuple[SOLOv2, dict]:
     return model.eval(), params
 
 
-def _prepare(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Load and resize one manifest image -> (resized uint8 (h, w, 3), original (H, W))."""
-    from maskless.data.images import load_rgb
-
-    img = load_rgb(record["path"])
-    hw = img.shape[:2]
-    if hw != (int(record["height"]), int(record["width"])):
-        raise ValueError(f"image {record['path']} (id {record['id']}) is {hw[0]}x{hw[1]} but the manifest says "
-                         f"{record['height']}x{record['width']}")
-    h, w = scaled_hw(hw[0], hw[1], input_size)
-    down = h < hw[0] and w < hw[1]
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR), hw
-
-
 def _batches(records: list[dict], batch_size: int, input_size: int):
     """Yield (records, uint8 (B, h, w, 3), original sizes), each group one resized size."""
     for start in range(0, len(records), batch_size):
         groups: dict[tuple[int, int], list] = {}
         for rec in records[start : start + batch_size]:
-            img, hw = _prepare(rec, input_size)
+            img, hw = load_resized(rec, input_size)
             groups.setdefault(img.shape[:2], []).append((rec, img, hw))
         for items in groups.values():
             yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]

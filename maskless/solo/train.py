@@ -33,11 +33,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskless.data.images import resized_hw
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
 from maskless.models.resnet import normalize
 from maskless.pretrain.train import batch_indices
-from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample, scaled_hw
+from maskless.resume import resume_key, try_resume
+from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample
 from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
 from maskless.solo.model import SIZE_DIVISOR, SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry, assign_targets
@@ -154,7 +156,7 @@ class SampleSource:
         if image.shape[:2] != (masks.height, masks.width):
             raise ValueError(f"image {row['path']} (id {row['id']}) is {image.shape[0]}x{image.shape[1]} but "
                              f"its masks in {self.store.index_path} are {masks.height}x{masks.width}")
-        s = resize_sample(image, masks.masks, masks.embeddings, scaled_hw(*image.shape[:2], self.short))
+        s = resize_sample(image, masks.masks, masks.embeddings, resized_hw(*image.shape[:2], self.short))
         return s.image, s.masks, s.embeddings
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -230,31 +232,6 @@ def freeze_bn(module: torch.nn.Module) -> int:
                 p.requires_grad_(False)
             n += 1
     return n
-
-
-def _resume_key(params: SoloTrainParams) -> dict:
-    return {k: v for k, v in params.to_dict().items() if k not in _RESUME_IGNORED}
-
-
-def _try_resume(state_path: Path, params: SoloTrainParams, fingerprint: str) -> dict | None:
-    if not state_path.exists():
-        return None
-    try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (torch.load raises many types on junk bytes; any of them -> fresh)
-        log.warning("resume state %s is unreadable (%s): starting fresh", state_path, e)
-        return None
-    if not isinstance(state, dict) or not {"model", "optimizer", "step", "loss_rows"} <= set(state):
-        log.warning("resume state %s is not a SOLO training state: starting fresh", state_path)
-        return None
-    key = _resume_key(params)
-    if state.get("resume_key") != key or state.get("data") != fingerprint:
-        old = state.get("resume_key") or {}
-        diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
-        log.info("resume state %s was made with other parameters %s%s: starting fresh", state_path, diff,
-                 " and other images, masks or backbone" if state.get("data") != fingerprint else "")
-        return None
-    return state
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
@@ -337,7 +314,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
 
     state_path = Path(state_dir) / STATE_NAME
     start, loss_rows = 0, []
-    state = _try_resume(state_path, params, fingerprint)
+    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -366,7 +344,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images))
         if step % params.checkpoint_every == 0 and step < params.steps:
-            torch_save_atomic({"resume_key": _resume_key(params), "data": fingerprint, "step": step,
+            torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step,
                                "model": model.state_dict(), "optimizer": opt.state_dict(),
                                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
                                "loss_rows": loss_rows}, state_path)

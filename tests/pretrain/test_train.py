@@ -77,7 +77,7 @@ def test_resume_after_kill_is_bit_identical(tmp_path, manifest, caplog):
                             loss_log=str(tmp_path / "b.csv"), stop_after=3, **kw)
     assert stopped["stopped"] and not (tmp_path / "b.pt").exists()
     assert torch.load(tmp_path / "sb" / train_mod.STATE_NAME, weights_only=True)["step"] == 2
-    with caplog.at_level(logging.INFO, logger="maskless.pretrain.train"):
+    with caplog.at_level(logging.INFO, logger="maskless"):
         resumed = train_densecl(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
                                 loss_log=str(tmp_path / "b.csv"), **kw)
     assert resumed["start_step"] == 2 and "resuming DenseCL" in caplog.text
@@ -91,7 +91,7 @@ def test_changed_params_start_fresh(tmp_path, manifest, caplog):
     kw = dict(manifest=manifest, out_weights=str(tmp_path / "w.pt"), state_dir=str(tmp_path / "s"),
               device="cpu", threads=1)
     train_densecl(params=DenseCLParams(**TINY, steps=2, checkpoint_every=1), stop_after=1, **kw)
-    with caplog.at_level(logging.INFO, logger="maskless.pretrain.train"):
+    with caplog.at_level(logging.INFO, logger="maskless"):
         summary = train_densecl(params=DenseCLParams(**TINY, steps=2, checkpoint_every=1, lr=0.05), **kw)
     assert summary["start_step"] == 0
     assert "other parameters ['lr']" in caplog.text and "starting fresh" in caplog.text
@@ -101,7 +101,7 @@ def test_corrupt_resume_state_starts_fresh(tmp_path, manifest, caplog):
     state = tmp_path / "s" / train_mod.STATE_NAME
     state.parent.mkdir()
     state.write_bytes(b"truncated")
-    with caplog.at_level(logging.WARNING, logger="maskless.pretrain.train"):
+    with caplog.at_level(logging.WARNING, logger="maskless"):
         summary = train_densecl(manifest=manifest, out_weights=str(tmp_path / "w.pt"), state_dir=str(state.parent),
                                 params=DenseCLParams(**TINY, steps=1), device="cpu", threads=1)
     assert summary["start_step"] == 0 and "unreadable" in caplog.text and (tmp_path / "w.pt").exists()

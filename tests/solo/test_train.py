@@ -114,7 +114,7 @@ def test_changed_params_start_fresh(tmp_path, data, caplog):
     """A state made with another lr is not used (the log names the differing field)."""
     kw = dict(**data, device="cpu", threads=1, state_dir=str(tmp_path / "s"), out_weights=str(tmp_path / "w.pt"))
     train_solo(params=SoloTrainParams(**TINY, steps=3, checkpoint_every=1), stop_after=1, **kw)
-    with caplog.at_level(logging.INFO, logger="maskless.solo.train"):
+    with caplog.at_level(logging.INFO, logger="maskless"):
         summary = train_solo(params=SoloTrainParams(**TINY, steps=2, lr=0.02, checkpoint_every=1), **kw)
     assert summary["start_step"] == 0 and any("'lr'" in r.message for r in caplog.records)
 

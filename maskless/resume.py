@@ -1,0 +1,46 @@
+"""Resumable training state shared by the training stages (DenseCL, SOLO).
+
+State lives outside the rule's outputs (Snakemake deletes outputs before a job starts). A state is used
+only when it was made with the same result-changing parameters (the resume key) and the same data (a
+fingerprint); anything else, or an unreadable file, starts fresh with the reason logged.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+REQUIRED = frozenset({"model", "optimizer", "step", "loss_rows"})
+
+
+def resume_key(params: dict, ignored: tuple[str, ...]) -> dict:
+    """The parameters that change the result: all of `params` but the `ignored` ones."""
+    return {k: v for k, v in params.items() if k not in ignored}
+
+
+def try_resume(state_path: Path, *, key: dict, fingerprint: str, what: str) -> dict | None:
+    """The saved state at `state_path` if it matches `key` and `fingerprint`, else None (reason logged).
+
+    `what` names the training in messages ("DenseCL", "SOLO").
+    """
+    if not state_path.exists():
+        return None
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (torch.load raises many types on junk bytes; any of them -> fresh)
+        log.warning("resume state %s is unreadable (%s): starting fresh", state_path, e)
+        return None
+    if not isinstance(state, dict) or not REQUIRED <= set(state):
+        log.warning("resume state %s is not a %s training state: starting fresh", state_path, what)
+        return None
+    if state.get("resume_key") != key or state.get("data") != fingerprint:
+        old = state.get("resume_key") or {}
+        diff = sorted(k for k in set(old) | set(key) if old.get(k) != key.get(k))
+        log.info("resume state %s was made with other parameters %s%s: starting fresh", state_path, diff,
+                 " and other data" if state.get("data") != fingerprint else "")
+        return None
+    return state
