@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maskless.data.images import load_resized
+from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
 from maskless.ops.masks import boxes_xywh
 from maskless.ops.matrix_nms import KERNELS, matrix_nms
@@ -236,21 +236,6 @@ def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParam
     )
 
 
-def _batches(records: list[dict], batch_size: int, input_size: int):
-    """Yield (records, uint8 (B, h, w, 3), original sizes) groups of equal resized size.
-
-    Images of different sizes are never padded together (padding would change the features); a batch of
-    mixed sizes runs as several smaller groups.
-    """
-    for start in range(0, len(records), batch_size):
-        groups: dict[tuple[int, int], list] = {}
-        for rec in records[start : start + batch_size]:
-            img, hw = load_resized(rec, input_size)
-            groups.setdefault(img.shape[:2], []).append((rec, img, hw))
-        for items in groups.values():
-            yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]
-
-
 def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: int, out_store: str,
                        params: FreeMaskParams, device: str = "auto", threads: int | None = None,
                        batch_size: int = 4, arch: str | None = None) -> dict:
@@ -278,7 +263,7 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     totals, done, n_masks = dict.fromkeys(REASONS, 0), 0, 0
     step = max(1, len(records) // 10)
     with torch.inference_mode():
-        for recs, batch, sizes in _batches(records, max(1, batch_size), params.input_size):
+        for recs, batch, sizes in resized_batches(records, max(1, batch_size), params.input_size):
             x = normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev))  # (B, 3, h, w)
             feats = model(x)[params.feature_level]  # (B, C, h/s, w/s)
             for rec, f, hw in zip(recs, feats, sizes):

@@ -44,3 +44,24 @@ def try_resume(state_path: Path, *, key: dict, fingerprint: str, what: str) -> d
                  " and other data" if state.get("data") != fingerprint else "")
         return None
     return state
+
+
+def save_state(state_path: Path, *, key: dict, fingerprint: str, step: int, model: torch.nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss_rows: list) -> None:
+    """Write everything a resume needs, atomically (a kill mid-write leaves the previous state)."""
+    from maskless.io import torch_save_atomic
+
+    torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step, "model": model.state_dict(),
+                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                       "torch_rng": torch.get_rng_state(), "loss_rows": loss_rows}, state_path)
+    log.info("checkpoint at step %d -> %s", step, state_path)
+
+
+def restore(state: dict, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler) -> tuple[int, list]:
+    """Load a state from try_resume into the live objects; returns (start step, loss rows so far)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), [list(r) for r in state["loss_rows"]]

@@ -252,3 +252,17 @@ def load_resized(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, 
     down = h < hw[0] and w < hw[1]
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR), hw
 
+
+def resized_batches(records: list[dict], batch_size: int, input_size: int):
+    """Yield (records, uint8 (B, h, w, 3), original sizes) groups of equal resized size.
+
+    Images of different sizes are never padded together (padding would change the features); a batch of
+    mixed sizes runs as several smaller groups.
+    """
+    for start in range(0, len(records), batch_size):
+        groups: dict[tuple[int, int], list] = {}
+        for rec in records[start : start + batch_size]:
+            img, hw = load_resized(rec, input_size)
+            groups.setdefault(img.shape[:2], []).append((rec, img, hw))
+        for items in groups.values():
+            yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 from maskless.data.manifest import read_manifest
-from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.io import pick_device, set_threads, write_text_atomic
 from maskless.models.resnet import normalize
 from maskless.models.weights import load_backbone, save_backbone
 from maskless.pretrain.augment import AugmentParams, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
-from maskless.resume import resume_key, try_resume
+from maskless.resume import restore, resume_key, save_state, try_resume
 
 log = logging.getLogger(__name__)
 
@@ -184,11 +184,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
     key = resume_key(params.to_dict(), _RESUME_IGNORED)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="DenseCL")
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, loss_rows = int(state["step"]), [list(r) for r in state["loss_rows"]]
+        start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)
         log.info("resuming DenseCL from %s at step %d/%d", state_path, start, params.steps)
 
     log.info("DenseCL %s on %d images, %d steps of %d, crop %d, device %s%s", params.arch, len(rows),
@@ -211,11 +207,8 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, time.perf_counter() - t0)
         if step % params.checkpoint_every == 0 and step < params.steps:
-            torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step,
-                               "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                               "loss_rows": loss_rows}, state_path)
-            log.info("checkpoint at step %d -> %s", step, state_path)
+            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=model, optimizer=opt,
+                       scaler=scaler, loss_rows=loss_rows)
         if stop_after is not None and step >= stop_after:
             log.info("stopping after step %d (stop_after)", step)
             return {"steps_done": step, "start_step": start, "stopped": True}

@@ -14,10 +14,9 @@ import dataclasses
 import logging
 import time
 
-import numpy as np
 import torch
 
-from maskless.data.images import load_resized
+from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
 from maskless.solo.inference import SoloInferenceParams, predict
 from maskless.solo.model import SOLOv2, SoloModelParams, pad_to_multiple
@@ -42,17 +41,6 @@ def load_solo(weights: str) -> tuple[SOLOv2, dict]:
     model = SOLOv2(SoloModelParams(**params["model"]))
     model.load_state_dict(ckpt["model"], strict=True)
     return model.eval(), params
-
-
-def _batches(records: list[dict], batch_size: int, input_size: int):
-    """Yield (records, uint8 (B, h, w, 3), original sizes), each group one resized size."""
-    for start in range(0, len(records), batch_size):
-        groups: dict[tuple[int, int], list] = {}
-        for rec in records[start : start + batch_size]:
-            img, hw = load_resized(rec, input_size)
-            groups.setdefault(img.shape[:2], []).append((rec, img, hw))
-        for items in groups.values():
-            yield [r for r, _, _ in items], np.stack([i for _, i, _ in items]), [hw for _, _, hw in items]
 
 
 def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, out_store: str,
@@ -82,7 +70,7 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
     done, n_masks, empty = 0, 0, 0
     every = max(1, len(records) // 10)
     with torch.inference_mode():
-        for recs, batch, sizes in _batches(records, max(1, batch_size), input_size):
+        for recs, batch, sizes in resized_batches(records, max(1, batch_size), input_size):
             x = normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev))  # (B, 3, h, w)
             x, hw = pad_to_multiple(x)  # (B, 3, H', W')
             outputs = model(x)

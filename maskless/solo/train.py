@@ -38,7 +38,7 @@ from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
 from maskless.models.resnet import normalize
 from maskless.pretrain.train import batch_indices
-from maskless.resume import resume_key, try_resume
+from maskless.resume import restore, resume_key, save_state, try_resume
 from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample
 from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
 from maskless.solo.model import SIZE_DIVISOR, SOLOv2, SoloModelParams
@@ -317,11 +317,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     key = resume_key(params.to_dict(), _RESUME_IGNORED)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        start, loss_rows = int(state["step"]), [list(r) for r in state["loss_rows"]]
+        start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)
         log.info("resuming SOLO from %s at step %d/%d", state_path, start, params.steps)
 
     log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s", params.model.arch,
@@ -344,11 +340,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images))
         if step % params.checkpoint_every == 0 and step < params.steps:
-            torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step,
-                               "model": model.state_dict(), "optimizer": opt.state_dict(),
-                               "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                               "loss_rows": loss_rows}, state_path)
-            log.info("checkpoint at step %d -> %s", step, state_path)
+            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=model, optimizer=opt,
+                       scaler=scaler, loss_rows=loss_rows)
         if stop_after is not None and step >= stop_after:
             log.info("stopping after step %d (stop_after)", step)
             return {"steps_done": step, "start_step": start, "stopped": True}
