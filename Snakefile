@@ -1,4 +1,4 @@
-# maskless: images -> manifest -> backbone -> coarse masks -> metrics -> tables.
+# maskless: images -> manifest -> backbone -> coarse masks -> SOLO rounds -> metrics -> tables.
 #
 # Paths (one folder per experiment, `experiment` in the config):
 #   data/synthetic/<experiment>/                  generated dataset (dataset.kind: synthetic)
@@ -6,7 +6,10 @@
 #   results/<experiment>/pretrain/backbone.pt     DenseCL backbone (or the given pretrain.weights)
 #   results/<experiment>/freemask/shards/<k>.zarr one mask store per shard of images
 #   results/<experiment>/freemask/index.parquet   masks of all shards; results.json / annotations.json in COCO
+#   results/<experiment>/solo/round<r>/          SOLOv2 of self-training round r: model.pt, pred/<k>.zarr,
+#                                                 index.parquet, results.json; labels/ (r >= 1: its masks)
 #   results/<experiment>/eval/<stage>/metrics.*   COCO AP/AR rows (parquet) and a markdown table
+#                                                 (eval/solo/round<r>/ for each SOLO round)
 #   results/<experiment>/tables/metrics.md        every metric of the experiment in one table
 #   results/<experiment>/_state/                  resumable training state (never a rule output)
 #   results/<experiment>/logs/, benchmarks/       rule logs and Snakemake benchmark records
@@ -23,6 +26,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/freemask.smk"
+include: "rules/solo.smk"
 include: "rules/eval.smk"
 
 

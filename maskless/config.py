@@ -98,9 +98,32 @@ def _cross_checks(cfg: dict) -> list[str]:
     if pre["queue_size"] < pre["batch_size"]:
         errors.append(f"config key 'pretrain.queue_size' ({pre['queue_size']}) must be at least "
                       f"pretrain.batch_size ({pre['batch_size']}): one batch would overwrite itself in the queue")
+    errors += _solo_checks(cfg["solo"])
     weights = pre.get("weights")
     if weights and not os.path.isfile(weights):
         errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")
+    return errors
+
+
+def _solo_checks(solo: dict) -> list[str]:
+    errors = []
+    geo = solo["geometry"]
+    n = len(geo["grids"])
+    for key in ("levels", "strides", "scale_ranges"):
+        if len(geo[key]) != n:
+            errors.append(f"config key 'solo.geometry.{key}' has {len(geo[key])} entries but solo.geometry.grids "
+                          f"has {n}: one per level")
+    for i, (lo, hi) in enumerate(geo["scale_ranges"]):
+        if lo > hi:
+            errors.append(f"config key 'solo.geometry.scale_ranges[{i}]': lower {lo} is larger than upper {hi}")
+    model = solo["model"]
+    for key in ("head_channels", "kernel_dim", "mask_branch_channels"):
+        if model[key] % model["gn_groups"]:
+            errors.append(f"config key 'solo.model.{key}' ({model[key]}) is not divisible by solo.model.gn_groups "
+                          f"({model['gn_groups']}) (GroupNorm)")
+    lo, hi = solo["scale_jitter"]
+    if lo > hi:
+        errors.append(f"config key 'solo.scale_jitter': min {lo} is larger than max {hi}")
     return errors
 
 

@@ -13,6 +13,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9_.-]+",
     shard=r"\d+",
     stage=r"[a-z0-9_]+",
+    round=r"\d+",
 
 
 def has_ground_truth():
@@ -29,15 +30,54 @@ def dataset_source(wildcards):
     return {}
 
 
-def shard_stores(wildcards):
-    """Every Free Mask shard of the experiment; the count comes from the manifest (a checkpoint)."""
+def shard_paths(wildcards, folder):
+    """One store per shard of the manifest under results/<experiment>/<folder>/; the count comes from the
+    manifest (a checkpoint). Every per-shard stage shares the Free Mask sharding."""
     manifest = checkpoints.ingest.get(experiment=wildcards.experiment).output.manifest
     n = num_shards(manifest, config["freemask"]["shard_size"])
-    return [f"results/{wildcards.experiment}/freemask/shards/{k}.zarr" for k in range(n)]
+    return [f"results/{wildcards.experiment}/{folder}/{k}.zarr" for k in range(n)]
+
+
+def shard_stores(wildcards):
+    return shard_paths(wildcards, "freemask/shards")
+
+
+def training_masks(experiment, round, shard=None):
+    """Masks SOLO round `round` trains on: Free Mask for round 0, else that round's relabelled predictions."""
+    if round == 0:
+        return f"results/{experiment}/freemask/" + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
+    return f"results/{experiment}/solo/round{round}/" + ("labels.parquet" if shard is None else f"labels/{shard}.zarr")
+
+
+def solo_train_inputs(wildcards):
+    r, exp = int(wildcards.round), wildcards.experiment
+    if r > config["selftrain"]["rounds"]:
+        raise ValueError(f"SOLO round {r} asked for, but selftrain.rounds is {config['selftrain']['rounds']}")
+    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "masks": training_masks(exp, r),
+              "backbone": f"results/{exp}/pretrain/backbone.pt"}
+    if r > 0 and config["selftrain"]["init"] == "finetune":
+        inputs["init"] = f"results/{exp}/solo/round{r - 1}/model.pt"
+    return inputs
+
+
+def relabel_inputs(wildcards):
+    r, exp, k = int(wildcards.round), wildcards.experiment, wildcards.shard
+    if r < 1:
+        raise ValueError("relabelled masks exist for self-training rounds >= 1 only")
+    inputs = {"predictions": f"results/{exp}/solo/round{r - 1}/pred/{k}.zarr"}
+    if config["selftrain"]["keep_previous"]:
+        inputs["previous"] = training_masks(exp, r - 1, shard=k)
+    return inputs
+
+
+def solo_rounds():
+    return range(config["selftrain"]["rounds"] + 1)
 
 
 def get_final_outputs():
-    out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json"]
+    last = config["selftrain"]["rounds"]
+    out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
+           f"results/{EXP}/solo/round{last}/index.parquet"]
     if has_ground_truth():
         out.append(f"results/{EXP}/tables/metrics.md")
     return out

@@ -16,6 +16,31 @@ rule eval_instances:
         dataset=config["dataset"]["name"],
         max_dets=config["eval"]["max_dets"],
         round=0,
+        stage=lambda wc: wc.stage,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/eval_instances.py"
+
+
+rule eval_solo:
+    input:
+        gt="results/{experiment}/data/instances_gt.json",
+        predictions="results/{experiment}/solo/round{round}/results.json",
+    output:
+        metrics="results/{experiment}/eval/solo/round{round}/metrics.parquet",
+        table="results/{experiment}/eval/solo/round{round}/metrics.md",
+    log:
+        "results/{experiment}/logs/eval/solo_round{round}.log",
+    params:
+        dataset=config["dataset"]["name"],
+        max_dets=config["eval"]["max_dets"],
+        round=lambda wc: int(wc.round),
+        stage="solo",
     threads: 1
     resources:
         mem_mb=4000,
@@ -29,6 +54,7 @@ rule eval_instances:
 rule tables:
     input:
         metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
+        solo=expand("results/{{experiment}}/eval/solo/round{round}/metrics.parquet", round=solo_rounds()),
     output:
         table="results/{experiment}/tables/metrics.md",
     log:

@@ -47,4 +47,4 @@ rule freemask_index:
     conda:
         ENV
     script:
-        "../stages/freemask_index.py"
+        "../stages/mask_index.py"

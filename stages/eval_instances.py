@@ -11,7 +11,7 @@ run_eval(
     out_metrics=smk.output.metrics,
     out_table=smk.output.table,
     experiment=smk.wildcards.experiment,
-    stage=smk.wildcards.stage,
+    stage=params["stage"],
     round=params["round"],
     dataset=params["dataset"],
     max_dets=params["max_dets"],

@@ -96,3 +96,26 @@ def test_schema_documents_every_key_and_forbids_unknown_ones():
 def test_queue_shorter_than_a_batch_is_an_error():
     with pytest.raises(ConfigError, match="pretrain.queue_size"):
         validate_config({"pretrain": {"queue_size": 8, "batch_size": 16}})
+
+
+def test_solo_geometry_levels_must_match_the_grids():
+    with pytest.raises(ConfigError, match=r"solo.geometry.levels' has 2 entries but solo.geometry.grids has 3"):
+        validate_config({"solo": {"geometry": {"levels": ["p3", "p4"]}}})
+
+
+def test_solo_widths_must_divide_by_the_groupnorm_groups():
+    with pytest.raises(ConfigError, match=r"solo.model.kernel_dim' \(48\) is not divisible"):
+        validate_config({"solo": {"model": {"kernel_dim": 48}}})
+
+
+def test_solo_section_becomes_training_params():
+    """The model's grids and levels come from the geometry, arch from pretrain, emb_dim from Free Mask."""
+    from maskless.solo.train import params_from_config
+
+    cfg = load_config(REPO / "config.yaml")
+    p = params_from_config(cfg["solo"], arch=cfg["pretrain"]["arch"], emb_dim=cfg["freemask"]["embedding_dim"],
+                           seed=3)
+    assert p.model.grids == tuple(cfg["solo"]["geometry"]["grids"]) and p.model.levels == ("p3", "p4", "p5")
+    assert p.model.arch == "resnet18" and p.model.emb_dim == 128 and p.seed == 3
+    assert p.solo_geometry().scale_ranges == ((1.0, 48.0), (24.0, 96.0), (48.0, 2048.0))
+    assert p.loss.pair_warmup == cfg["solo"]["loss"]["pair_warmup"] and p.steps == cfg["solo"]["steps"]

@@ -76,7 +76,7 @@ class SoloTrainParams:
     seed: int = 0
     freeze_backbone_bn: bool = True
     background_images: bool = False  # also train on indexed images with zero masks (all-background samples)
-    geometry: str = "small"
+    geometry: str | SoloGeometry = "small"  # a preset name (GEOMETRIES) or explicit values (config)
     model: SoloModelParams = field(default_factory=SoloModelParams)
     loss: SoloLossWeights = field(default_factory=SoloLossWeights)
 
@@ -85,6 +85,8 @@ class SoloTrainParams:
             self.model = SoloModelParams(**self.model)
         if isinstance(self.loss, dict):
             self.loss = SoloLossWeights(**self.loss)
+        if isinstance(self.geometry, dict):
+            self.geometry = SoloGeometry(**self.geometry)
         self.lr_decay_at = tuple(float(x) for x in self.lr_decay_at)
         self.scale_jitter = tuple(float(x) for x in self.scale_jitter)
         name = "SoloTrainParams"
@@ -105,15 +107,18 @@ class SoloTrainParams:
             raise ValueError(f"{name}.scale_jitter must be (lo, hi) with 0 < lo <= hi, got {self.scale_jitter}")
         if any(not 0 < x < 1 for x in self.lr_decay_at):
             raise ValueError(f"{name}.lr_decay_at must be fractions in (0, 1), got {self.lr_decay_at}")
-        for key, choices in (("schedule", SCHEDULES), ("views", VIEWS), ("geometry", tuple(GEOMETRIES))):
+        checked = [("schedule", SCHEDULES), ("views", VIEWS)]
+        if not isinstance(self.geometry, SoloGeometry):
+            checked.append(("geometry", tuple(GEOMETRIES)))
+        for key, choices in checked:
             if getattr(self, key) not in choices:
                 raise ValueError(f"{name}.{key} {getattr(self, key)!r} unknown; choices: {list(choices)}")
         if self.solo_geometry().grids != self.model.grids:
-            raise ValueError(f"{name}.geometry {self.geometry!r} has grids {self.solo_geometry().grids} but "
+            raise ValueError(f"{name}.geometry has grids {self.solo_geometry().grids} but "
                              f"{name}.model.grids is {self.model.grids}; they must be equal")
 
     def solo_geometry(self) -> SoloGeometry:
-        return GEOMETRIES[self.geometry]()
+        return self.geometry if isinstance(self.geometry, SoloGeometry) else GEOMETRIES[self.geometry]()
 
     def augment_params(self) -> SoloAugmentParams:
         return SoloAugmentParams(input_size=self.input_size, scale_jitter=self.scale_jitter,
@@ -124,7 +129,28 @@ class SoloTrainParams:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         out["loss"] = dataclasses.asdict(self.loss)
+        if isinstance(self.geometry, SoloGeometry):
+            g = dataclasses.asdict(self.geometry)
+            out["geometry"] = {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
+                               for k, v in g.items()}
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None
+                       ) -> SoloTrainParams:
+    """SoloTrainParams from the config's `solo` section (the one boundary where config becomes arguments):
+    the model's grids and levels are the geometry's, its arch the pretrain arch, its embedding dimension
+    the Free Mask one (the embedding loss compares the two)."""
+    geo = dict(solo["geometry"])
+    levels = geo.pop("levels")
+    model = SoloModelParams(**solo["model"], arch=arch, emb_dim=emb_dim, grids=tuple(geo["grids"]),
+                            levels=tuple(levels))
+    skip = {"geometry", "model", "loss", "inference", "predict_batch_size", "threads", "predict_threads"}
+    train = {k: v for k, v in solo.items() if k not in skip}
+    if steps is not None:
+        train["steps"] = steps
+    return SoloTrainParams(**train, seed=seed, geometry=SoloGeometry(**geo), model=model,
+                           loss=SoloLossWeights(**solo["loss"]))
 
 
 def lr_at(step: int, params: SoloTrainParams) -> float:
@@ -188,14 +214,16 @@ def select_images(rows: list[dict], counts: dict[int, int], *, background: bool 
     return keep, skipped
 
 
-def data_fingerprint(rows: list[dict], masks_index: str, backbone: str) -> str:
-    """Identity of images, coarse masks (the index file's bytes) and the initial backbone."""
+def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_weights: str | None = None) -> str:
+    """Identity of images, coarse masks (the index file's bytes), the initial backbone and SOLO weights."""
     from maskless.data.images import sha256_file
 
     h = hashlib.sha256()
     for r in rows:
         h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
     h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())
+    if init_weights:
+        h.update(f" init {sha256_file(init_weights)}".encode())
     return h.hexdigest()
 
 
@@ -250,9 +278,23 @@ def _write_loss_log(path: str, rows: list[list[float]]) -> None:
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _build(backbone: str, params: SoloTrainParams, dev: torch.device):
+def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None) -> SOLOv2:
+    """A fresh SOLOv2 on the pretrained backbone, or (fine-tuning) every weight of an earlier SOLO checkpoint."""
+    if not init_weights:
+        return SOLOv2.from_backbone_weights(backbone, params.model)
+    from maskless.solo.predict import load_solo
+
+    model, init_params = load_solo(init_weights)
+    if init_params["model"] != params.model.to_dict():
+        raise ValueError(f"cannot fine-tune from {init_weights}: its architecture {init_params['model']} differs "
+                         f"from solo.model {params.model.to_dict()}")
+    log.info("SOLOv2: every weight initialised from %s (fine-tuning)", init_weights)
+    return model
+
+
+def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weights: str | None = None):
     torch.manual_seed(params.seed)  # FPN and head initialisation
-    model = SOLOv2.from_backbone_weights(backbone, params.model).to(dev).train()
+    model = _init_model(backbone, params, init_weights).to(dev).train()
     if params.freeze_backbone_bn:
         log.info("froze %d backbone BatchNorm layers", freeze_bn(model.backbone))
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -288,9 +330,13 @@ def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTra
 
 def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: str, state_dir: str,
                params: SoloTrainParams, device: str = "auto", threads: int | None = None,
-               loss_log: str | None = None, log_every: int = 10, stop_after: int | None = None) -> dict:
+               loss_log: str | None = None, log_every: int = 10, stop_after: int | None = None,
+               init_weights: str | None = None) -> dict:
     """Train SOLOv2 on the coarse masks of `masks_index` for the images of `manifest`; write out_weights
     as {"model": state_dict, "params": params dict, "kind": "solov2"} (loadable with weights_only=True).
+
+    init_weights: an earlier train_solo checkpoint to fine-tune (self-training "finetune"); None starts
+    from the pretrained backbone with fresh FPN and heads.
 
     stop_after: testing hook; stop once that many steps are done, writing neither out_weights nor loss_log,
     as a kill would. Returns a summary dict.
@@ -305,10 +351,10 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         log.info("SOLO: manifest images without coarse masks (left out, or kept as background): %s", skipped)
     if not rows or len(rows) == skipped["background"]:
         raise ValueError(f"no image of manifest {manifest} has a coarse mask in {masks_index} ({skipped})")
-    fingerprint = data_fingerprint(rows, masks_index, backbone)
+    fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights)
     source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
     geometry = params.solo_geometry()
-    model, trainable, opt = _build(backbone, params, dev)
+    model, trainable, opt = _build(backbone, params, dev, init_weights)
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -347,7 +393,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
             return {"steps_done": step, "start_step": start, "stopped": True}
 
     seconds = time.perf_counter() - timer["start"]
-    resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint}
+    resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint,
+                "init_weights": str(init_weights) if init_weights else None}
     model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch_save_atomic({"model": model_state, "params": resolved, "kind": "solov2"}, out_weights)
     if loss_log:

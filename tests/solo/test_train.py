@@ -245,3 +245,23 @@ def test_resize_masks_edge_cases():
     assert k == 1 and out.masks.shape == (1, 8, 8) and out.embeddings is None
     assert not resize_masks(_square(8, 8, 3, 3, 1)[None], (2, 2)).any()
     assert resize_masks(_square(4, 4, 1, 1, 2)[None], (8, 8))[0].sum() == 16
+
+
+def test_finetune_starts_from_every_weight_of_the_init_checkpoint(tmp_path, data):
+    """With init_weights and lr ~0 (1e-12 for 1 step), the fine-tuned model equals its initialisation in every
+    head weight, while a fresh run (no init) differs from it; another architecture is refused by name."""
+    kw = dict(**data, device="cpu", threads=1)
+    train_solo(params=SoloTrainParams(**TINY, steps=2), out_weights=str(tmp_path / "r0.pt"),
+               state_dir=str(tmp_path / "s0"), **kw)
+    tiny_lr = SoloTrainParams(**{**TINY, "warmup_steps": 0}, steps=1, lr=1e-12, weight_decay=0.0)
+    train_solo(params=tiny_lr, out_weights=str(tmp_path / "ft.pt"), state_dir=str(tmp_path / "s1"),
+               init_weights=str(tmp_path / "r0.pt"), **kw)
+    train_solo(params=tiny_lr, out_weights=str(tmp_path / "fresh.pt"), state_dir=str(tmp_path / "s2"), **kw)
+    r0, ft, fresh = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["model"] for n in ("r0", "ft", "fresh"))
+    head = [k for k in r0 if k.startswith("head.") and r0[k].is_floating_point()]
+    assert head and all(torch.allclose(r0[k], ft[k], atol=1e-6) for k in head)
+    assert not all(torch.allclose(r0[k], fresh[k], atol=1e-6) for k in head)
+    other = SoloTrainParams(**{**TINY, "model": SoloModelParams(**{**TINY_MODEL, "emb_dim": 4})}, steps=1)
+    with pytest.raises(ValueError, match="cannot fine-tune from"):
+        train_solo(params=other, out_weights=str(tmp_path / "x.pt"), state_dir=str(tmp_path / "s3"),
+                   init_weights=str(tmp_path / "r0.pt"), **kw)

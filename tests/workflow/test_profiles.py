@@ -101,7 +101,8 @@ def test_slurm_profile_never_sets_both_gpu_and_gres():
     for rule, resources in profile["set-resources"].items():
         assert not ("gpu" in resources and "gres" in resources), rule
     assert profile["set-resources"]["pretrain"]["gpu"] == 1
-    assert profile["set-resources"]["freemask_shard"]["gpu"] == 1
+    for rule in ("freemask_shard", "solo_train", "solo_predict"):
+        assert profile["set-resources"][rule]["gpu"] == 1, rule
 
 
 # ---------------------------------------------------------------- dry runs and lint
@@ -188,6 +189,7 @@ def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     targets = [f"results/{EXP}/freemask/shards/0.zarr", f"results/{EXP}/tables/metrics.md"]
     inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/pretrain/backbone.pt"]
     inputs.append(f"results/{EXP}/eval/freemask/metrics.parquet")
+    inputs += [f"results/{EXP}/eval/solo/round{r}/metrics.parquet" for r in (0, 1)]  # config.yaml: 1 round
     return run_fake_slurm(workdir, targets, ["freemask_shard", "tables"], inputs)
 
 

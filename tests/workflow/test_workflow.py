@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -38,6 +39,18 @@ def test_whole_dag_runs_and_caches(workflow_dir):
             assert (iou, m) in got
     assert {r["stage"] for r in rows} == {"freemask"}
     assert "freemask" in (res / "tables" / "metrics.md").read_text()
+
+    # SOLO round 0 on the Free Mask masks, then one self-training round on its relabelled predictions.
+    for r in (0, 1):
+        solo = res / "solo" / f"round{r}"
+        assert (solo / "model.pt").exists() and (solo / "loss.csv").exists()
+        assert sorted(p.name for p in (solo / "pred").iterdir()) == ["0.zarr", "1.zarr"]
+        rows = pq.read_table(res / "eval" / "solo" / f"round{r}" / "metrics.parquet").to_pylist()
+        assert {(x["stage"], x["round"]) for x in rows} == {("solo", r)}
+    assert sorted(p.name for p in (res / "solo" / "round1" / "labels").iterdir()) == ["0.zarr", "1.zarr"]
+    assert not (res / "solo" / "round0" / "labels").exists()  # round 0 trains on the Free Mask masks
+    table = (res / "tables" / "metrics.md").read_text()
+    assert "| tiny | solo | 0 |" in table and "| tiny | solo | 1 |" in table
     assert (res / "pretrain" / "backbone.pt.params.json").exists()
 
     # A finished run has nothing left to do (Snakemake owns caching).
@@ -49,6 +62,13 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml", "change.yaml"))
     out = dry.stdout + dry.stderr
     assert "freemask_shard" in out and "rule pretrain:" not in out
+
+    # Changing a relabel filter reruns the self-training round, not round 0.
+    (workflow_dir / "relabel.yaml").write_text("selftrain:\n  max_per_image: 5\n")
+    dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml", "relabel.yaml"))
+    out = dry.stdout + dry.stderr
+    assert "selftrain_relabel" in out and "solo/round1/model.pt" in out
+    assert re.search(r"^solo_train\s+1$", out, re.M), out  # round 1 only: round 0 is untouched
 
 
 def test_config_typo_stops_with_key_named(workflow_dir):

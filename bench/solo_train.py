@@ -1,0 +1,110 @@
+"""SOLO training throughput (images/s) and the fraction of step time spent preparing data.
+
+    .venv/bin/python bench/solo_train.py [--steps 30] [--images 64] [--device cpu|cuda] [--threads 2]
+                                         [--config config.yaml] [--coco ../shared/data/coco-tiny]
+
+Trains with the config's `solo` section (the demo's settings: batch, input size, model widths) for --steps
+steps on a synthetic dataset generated at the config's image size (or coco-tiny's photographs), with the
+ground-truth instance masks standing in for the coarse masks: the cost of a step depends on the image size
+and the number of instances, not on where the masks came from. Random-initialised backbone. Data time is
+everything before the forward pass (reading, caching, augmentation, copy-paste, target assignment); the
+target is under 10% of step time. On CUDA the peak GPU memory is printed too. Prints figures and the
+command; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def coarse_masks_from_gt(instances: str, manifest: str, out_dir: Path, emb_dim: int) -> str:
+    """The ground-truth masks of every image as one mask store (random unit embeddings) -> index path."""
+    from pycocotools import mask as mask_utils
+
+    from maskless.data.manifest import read_manifest
+    from maskless.store import ImageMasks, build_index, write_shard
+
+    gt = json.loads(Path(instances).read_text())
+    by_image: dict[int, list] = {}
+    for a in gt["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    rng = np.random.default_rng(0)
+    images = []
+    for r in read_manifest(manifest):
+        h, w = int(r["height"]), int(r["width"])
+        anns = [a for a in by_image.get(int(r["id"]), []) if not a.get("iscrowd")]
+        masks = [mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w)) for a in anns]
+        masks = np.stack([m.max(axis=2) if m.ndim == 3 else m for m in masks]).astype(bool) if masks else \
+            np.zeros((0, h, w), bool)
+        emb = rng.normal(size=(len(masks), emb_dim)).astype(np.float32)
+        emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
+        images.append(ImageMasks(int(r["id"]), h, w, masks, np.ones(len(masks)), emb))
+    write_shard(str(out_dir / "gt.zarr"), images, embedding_dim=emb_dim)
+    build_index([str(out_dir / "gt.zarr")], str(out_dir / "gt.parquet"))
+    return str(out_dir / "gt.parquet")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--images", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--config", default="config.yaml")
+    ap.add_argument("--coco", default=None, help="coco-tiny folder instead of synthetic images")
+    args = ap.parse_args()
+
+    from maskless.config import load_config
+    from maskless.data.ingest import ingest
+    from maskless.data.synthetic import SyntheticParams, generate
+    from maskless.io import setup_logging
+    from maskless.models.resnet import build_resnet
+    from maskless.models.weights import save_backbone
+    from maskless.solo.train import params_from_config, train_solo
+
+    setup_logging(None)
+    cfg = load_config(args.config)
+    emb_dim = cfg["freemask"]["embedding_dim"]
+    params = params_from_config(cfg["solo"], arch=cfg["pretrain"]["arch"], emb_dim=emb_dim, seed=0,
+                                steps=args.steps)
+    with tempfile.TemporaryDirectory() as tmp_str:
+        tmp = Path(tmp_str)
+        if args.coco:
+            images, ann = f"{args.coco}/images", f"{args.coco}/instances.json"
+        else:
+            syn = cfg["synthetic"]
+            generate(str(tmp / "syn"), SyntheticParams(num_images=args.images, height=syn["height"],
+                                                       width=syn["width"], seed=1))
+            images, ann = str(tmp / "syn" / "images"), str(tmp / "syn" / "instances.json")
+        manifest = str(tmp / "manifest.parquet")
+        ingest(kind="coco", images=images, annotations=ann, manifest_out=manifest, gt_out=None,
+               max_images=args.images)
+        index = coarse_masks_from_gt(ann, manifest, tmp, emb_dim)
+        save_backbone(str(tmp / "backbone.pt"), build_resnet(params.model.arch), params.model.arch, {})
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        s = train_solo(manifest=manifest, masks_index=index, backbone=str(tmp / "backbone.pt"),
+                       out_weights=str(tmp / "solo.pt"), state_dir=str(tmp / "state"), params=params,
+                       device=args.device, threads=args.threads, log_every=10)
+    batch = params.batch_size * (2 if params.views == "both" else 1)
+    figures = {"device": s["device"], "steps": s["steps_done"], "batch": batch, "input_size": params.input_size,
+               "images_per_s": round(s["steps_done"] * batch / s["seconds"], 2),
+               "data_fraction_pct": round(100 * s["data_fraction"], 1),
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    if args.device.startswith("cuda"):
+        figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+    print(json.dumps(figures))
+    print("command:", " ".join([".venv/bin/python", *sys.argv]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,512 @@
+"""Training loops for PCT (METHODS.md "PCT") and for a single supervised network (strong-only baseline and
+retrain on pseudo labels), sharing one loop (`_fit`).
+
+Data (in memory, indexed 0..N-1): images, uint8 (H, W, 3) RGB; labels, uint8/int (H, W) label maps with
+0 = background, 1..K-1 the classes, 255 = ignore, or None for a weak image (PCT only); tags, per image an
+iterable of foreground class ids (PCT; a strong image's tags must equal its label map's classes).
+
+- Augmentation (per sample, random only through (seed, step)): resize to a short side of input_size times
+  a scale drawn from scale_range, horizontal flip, pad (ImageNet mean colour, label 255) and a random
+  input_size square crop. A weak image keeps its full-image tags after cropping (an object may be cropped
+  out: accepted tag noise); padding is excluded from its max pooling and cross-supervision targets.
+- PCT batch: batch_size / 2 strong and batch_size / 2 weak images, each drawn epoch-wise
+  (maskless.pretrain.train.batch_indices). Hybrid-Net H and Pseudo-Net P see the same batch. Terms
+  (maskless.pct.losses): h_cce = CCE(H_strong, GT); h_mlsm = MLSM(gmp(H_weak), tags); p_cce = CCE(P_strong,
+  GT); h2p = CCE(P_weak, argmax H_weak); p2h = mean(w CCE(H_weak, argmax P_weak)), w from the dynamic
+  evaluation, which is updated with this step's P predictions on the strong half before the weights are
+  read (no update when the half is empty). With use_contextrast, {h,p}_ctr_nce / {h,p}_ctr_pa on the
+  strong half (maskless.pct.contextrast). A split without strong or without weak images is a ValueError
+  (train_supervised is the strong-only path); a batch half that is empty gives zero for its terms.
+- Supervised: plain cross entropy (CCE with every class present) on every labelled image (+ Contextrast).
+- Optimiser SGD (momentum, weight decay) or AdamW; poly learning rate lr (1 - s / steps) ^ poly_power, the
+  backbone at lr x backbone_lr_mult (reference 0.1 with a pretrained backbone). AMP on CUDA only.
+- Resume (maskless.resume): state in state_dir every checkpoint_every steps, used when params, data and
+  backbone match; bit-identical on CPU. Non-finite network outputs or terms raise FloatingPointError naming
+  them and the step. Output {"model": state_dict, "params": resolved dict, "kind": "pct" | "segnet"}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.models.resnet import IMAGENET_MEAN, normalize
+from maskless.pct.contextrast import ContextrastParams, contextrast_losses
+from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, h2p_loss, mlsm_loss, p2h_loss,
+                                 restricted_argmax)
+from maskless.pct.model import SegNet, SegNetParams, build_segnet
+from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
+from maskless.pretrain.train import batch_indices
+from maskless.resume import restore, resume_key, save_state, try_resume
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
+PCT_TERMS = ("h_cce", "h_mlsm", "p_cce", "h2p", "p2h")
+_RESUME_IGNORED = ("checkpoint_every",)
+_PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # normalises to zero
+_WEAK_SEED_OFFSET = 1_000_003  # the weak half's epoch permutations differ from the strong half's
+
+
+@dataclass
+class SegTrainParams:
+    steps: int = 300
+    batch_size: int = 8
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    backbone_lr_mult: float = 1.0
+    grad_clip: float = 0.0  # global L2 norm; 0 disables
+    input_size: int = 160
+    scale_range: tuple[float, float] = (0.75, 1.25)
+    flip: bool = True
+    amp: bool = True  # CUDA only
+    checkpoint_every: int = 50
+    seed: int = 0
+    use_contextrast: bool = False
+    model: SegNetParams = field(default_factory=SegNetParams)
+    contextrast: ContextrastParams = field(default_factory=ContextrastParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = SegNetParams(**self.model)
+        if isinstance(self.contextrast, dict):
+            self.contextrast = ContextrastParams(**self.contextrast)
+        self.scale_range = tuple(float(x) for x in self.scale_range)
+        name = type(self).__name__
+        for key in ("steps", "batch_size", "input_size", "checkpoint_every"):
+            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+                raise ValueError(f"{name}.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{name}.seed must be an integer >= 0, got {self.seed!r}")
+        for key in ("lr", "momentum", "weight_decay", "poly_power", "backbone_lr_mult", "grad_clip"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}.{key} must be a finite number >= 0, got {v!r}")
+        if not self.lr > 0:
+            raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"{name}.optimizer {self.optimizer!r} unknown; choices: {list(OPTIMIZERS)}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"{name}.scale_range must be (lo, hi) with 0 < lo <= hi, got {self.scale_range}")
+        if self.input_size < 32:
+            raise ValueError(f"{name}.input_size must be >= 32 (output stride 16 and BatchNorm), "
+                             f"got {self.input_size}")
+
+    def to_dict(self) -> dict:
+        """JSON-like values (nested dicts, lists for tuples), for checkpoints and params files."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["model"], out["contextrast"] = self.model.to_dict(), self.contextrast.to_dict()
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+@dataclass
+class PCTParams(SegTrainParams):
+    """SegTrainParams plus the PCT term weights and dynamic evaluation (maskless.pct.losses)."""
+
+    mlsm_weight: float = 1.0
+    pseudo_gt_weight: float = 1.0  # P's CCE against GT on the strong half
+    h2p_weight: float = 1.0
+    p2h_weight: float = 1.0
+    ema_momentum: float = 0.99
+    iou_power: float = 8.0
+    unseen_iou: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise ValueError(f"PCTParams.batch_size must be even and >= 2 (half strong, half weak), "
+                             f"got {self.batch_size}")
+        for key in ("mlsm_weight", "pseudo_gt_weight", "h2p_weight", "p2h_weight"):
+            v = getattr(self, key)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"PCTParams.{key} must be a finite number >= 0, got {v!r}")
+        DynamicEvaluation(2, momentum=self.ema_momentum, power=self.iou_power, unseen_iou=self.unseen_iou)
+
+
+def lr_at(step: int, params: SegTrainParams) -> float:
+    """Poly learning rate of 0-based `step` (DeepLab): lr (1 - step / steps) ^ poly_power."""
+    return params.lr * (1.0 - step / params.steps) ** params.poly_power
+
+
+# ---------------------------------------------------------------- data
+
+
+def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, params: SegTrainParams
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One sample -> (image (S, S, 3) uint8, label (S, S) uint8 (255 where unlabelled or padded),
+    valid (S, S) bool (False on padding)); S = input_size (module doc)."""
+    h, w = image.shape[:2]
+    size = params.input_size
+    scale = size / min(h, w) * rng.uniform(*params.scale_range)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)  # (nh, nw, 3)
+    lab = (np.full((nh, nw), IGNORE, np.uint8) if label is None
+           else cv2.resize(label.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST))  # (nh, nw)
+    if params.flip and rng.random() < 0.5:
+        img, lab = img[:, ::-1], lab[:, ::-1]
+    ph, pw = max(size, nh), max(size, nw)
+    canvas = np.empty((ph, pw, 3), np.uint8)
+    canvas[:] = _PAD_RGB
+    canvas[:nh, :nw] = img
+    lab_c = np.full((ph, pw), IGNORE, np.uint8)
+    lab_c[:nh, :nw] = lab
+    valid = np.zeros((ph, pw), bool)
+    valid[:nh, :nw] = True
+    y0, x0 = int(rng.integers(0, ph - size + 1)), int(rng.integers(0, pw - size + 1))
+    crop = (slice(y0, y0 + size), slice(x0, x0 + size))
+    return canvas[crop], lab_c[crop], valid[crop]
+
+
+@dataclass
+class Batch:
+    images: Tensor  # (B, 3, S, S) uint8
+    labels: Tensor  # (B, S, S) int64, 255 = ignore (all 255 on weak images)
+    valid: Tensor  # (B, S, S) bool
+    present: Tensor  # (B, K) bool, background column set
+    n_strong: int  # the first n_strong samples are strong
+
+
+def make_batch(images, labels, present: np.ndarray, strong: Sequence[int], weak: Sequence[int],
+               rng: np.random.Generator, params: SegTrainParams) -> Batch:
+    """Augment the samples `strong` (with labels) then `weak` (labels ignored) into one Batch."""
+    imgs, labs, valids = [], [], []
+    for i, with_label in [(i, True) for i in strong] + [(i, False) for i in weak]:
+        img, lab, valid = augment(images[i], labels[i] if with_label else None, rng, params)
+        imgs.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
+        labs.append(lab)
+        valids.append(valid)
+    return Batch(images=torch.from_numpy(np.stack(imgs)), labels=torch.from_numpy(np.stack(labs)).long(),
+                 valid=torch.from_numpy(np.stack(valids)), n_strong=len(strong),
+                 present=torch.from_numpy(present[list(strong) + list(weak)]))
+
+
+def data_fingerprint(images, labels, tags, backbone: str | None) -> str:
+    """Identity of the pixels, labels, tags and initial backbone file."""
+    from maskless.data.images import sha256_file
+
+    h = hashlib.sha256()
+    for i, img in enumerate(images):
+        h.update(f"{i} {img.shape} ".encode())
+        h.update(np.ascontiguousarray(img).tobytes())
+        lab = labels[i] if labels is not None else None
+        h.update(b"none" if lab is None else np.ascontiguousarray(lab).astype(np.uint8).tobytes())
+        if tags is not None:
+            h.update(f"tags {sorted(int(c) for c in tags[i])}".encode())
+    h.update(f"backbone {sha256_file(backbone) if backbone else 'random'}".encode())
+    return h.hexdigest()
+
+
+def _check_images(images, labels) -> None:
+    if len(images) == 0:
+        raise ValueError("no training images")
+    if len(labels) != len(images):
+        raise ValueError(f"labels has {len(labels)} entries but images has {len(images)}")
+    for i, img in enumerate(images):
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(f"image {i} must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+        if labels[i] is not None and labels[i].shape != img.shape[:2]:
+            raise ValueError(f"label map of image {i} is {labels[i].shape} but the image is {img.shape[:2]}")
+
+
+# ---------------------------------------------------------------- loss steps
+
+
+class PCTPair(nn.Module):
+    """Hybrid-Net, Pseudo-Net and the dynamic evaluation: one state dict, one optimiser."""
+
+    def __init__(self, hybrid: SegNet, pseudo: SegNet, dyn: DynamicEvaluation):
+        super().__init__()
+        self.hybrid, self.pseudo, self.dyn = hybrid, pseudo, dyn
+
+
+def _ctr_terms(prefix: str, out: dict, logits: Tensor, labels: Tensor, params: SegTrainParams,
+               stats: dict) -> dict[str, Tensor]:
+    s = labels.shape[0]
+    ctr_stats: dict = {}
+    terms = contextrast_losses([e[:s].float() for e in out["embeddings"]], labels, logits.argmax(dim=1),
+                               params.model.num_classes, params.contextrast, stats=ctr_stats)
+    stats[f"{prefix}bane_negatives"] = float(ctr_stats["bane_negatives"])
+    return {f"{prefix}{k}": v for k, v in terms.items()}
+
+
+def pct_losses(hybrid_out: dict, pseudo_out: dict, batch: Batch, dyn: DynamicEvaluation,
+               params: PCTParams) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """Weighted PCT terms (module doc) and stats (mean P2H weight, Pseudo-Net's EMA mIoU on strong images).
+
+    hybrid_out / pseudo_out: SegNet outputs on batch.images ("embeddings" needed with use_contextrast).
+    """
+    s = batch.n_strong
+    hl, pl = hybrid_out["logits"].float(), pseudo_out["logits"].float()  # (B, K, S, S)
+    gt, present, valid = batch.labels[:s], batch.present, batch.valid
+    if s:
+        dyn.update(restricted_argmax(pl[:s], present[:s]), gt)
+    w = dyn.weights(present[s:])  # (B_weak,)
+    terms = {
+        "h_cce": cce(hl[:s], gt, present[:s]),
+        "h_mlsm": params.mlsm_weight * mlsm_loss(hl[s:], present[s:], valid=valid[s:]),
+        "p_cce": params.pseudo_gt_weight * cce(pl[:s], gt, present[:s]),
+        "h2p": params.h2p_weight * h2p_loss(pl[s:], hl[s:], present[s:], valid=valid[s:]),
+        "p2h": params.p2h_weight * p2h_loss(hl[s:], pl[s:], present[s:], w, valid=valid[s:]),
+    }
+    iou = dyn.iou()
+    seen = (dyn.gt + dyn.pred) > 0
+    stats = {"p2h_weight": float(w.mean()) if w.numel() else 0.0,
+             "p_ema_miou": float(iou[seen].mean()) if seen.any() else 0.0}
+    if params.use_contextrast:
+        terms.update(_ctr_terms("h_", hybrid_out, hl[:s], gt, params, stats))
+        terms.update(_ctr_terms("p_", pseudo_out, pl[:s], gt, params, stats))
+    return terms, stats
+
+
+def supervised_losses(out: dict, batch: Batch, params: SegTrainParams) -> tuple[dict[str, Tensor], dict]:
+    """Plain cross entropy (CCE with every class present; 0 when every pixel is ignored) + Contextrast."""
+    logits = out["logits"].float()  # (B, K, S, S)
+    everything = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    terms = {"ce": cce(logits, batch.labels, everything)}
+    stats: dict = {}
+    if params.use_contextrast:
+        terms.update(_ctr_terms("", out, logits, batch.labels, params, stats))
+    return terms, stats
+
+
+def term_names(kind: str, params: SegTrainParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(loss term names, stat names) logged for a run of `kind` ("pct" or "segnet")."""
+    if kind == "pct":
+        ctr = ("h_ctr_nce", "h_ctr_pa", "p_ctr_nce", "p_ctr_pa") if params.use_contextrast else ()
+        return PCT_TERMS + ctr, ("p2h_weight", "p_ema_miou") + (
+            ("h_bane_negatives", "p_bane_negatives") if params.use_contextrast else ())
+    ctr = ("ctr_nce", "ctr_pa") if params.use_contextrast else ()
+    return ("ce",) + ctr, ("bane_negatives",) if params.use_contextrast else ()
+
+
+# ---------------------------------------------------------------- the shared loop
+
+
+def _optimizer(nets: Iterable[SegNet], params: SegTrainParams, dev) -> torch.optim.Optimizer:
+    backbone, head = [], []
+    for net in nets:
+        for name, p in net.named_parameters():
+            (backbone if name.startswith("backbone.") else head).append(p)
+    groups = [{"params": backbone, "lr_mult": params.backbone_lr_mult}, {"params": head, "lr_mult": 1.0}]
+    if params.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=params.lr, weight_decay=params.weight_decay)
+    return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
+
+
+def _check_outputs(outputs: dict[str, Tensor], what: str, step: int) -> None:
+    bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise FloatingPointError(f"{what} step {step}: non-finite network outputs {bad}; try a lower lr, "
+                                 "grad_clip > 0 or amp: false")
+
+
+def _check_terms(terms: dict[str, Tensor], what: str, step: int) -> dict[str, float]:
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    bad = [k for k, v in values.items() if not math.isfinite(v)]
+    if bad:
+        raise FloatingPointError(f"{what} step {step}: non-finite loss terms {bad} (losses: {values})")
+    return values
+
+
+@dataclass
+class _Run:
+    """What differs between PCT and supervised training; `_fit` does the rest."""
+
+    what: str  # "PCT" / "supervised", for messages
+    kind: str  # checkpoint kind
+    module: nn.Module
+    nets: list[SegNet]
+    batch: Callable[[int], Batch]  # 0-based step -> batch
+    losses: Callable[[Batch, int], tuple[dict[str, Tensor], dict[str, Tensor], dict]]  # outputs, terms, stats
+
+
+def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state_dir: str, dev,
+         loss_log: str | None, log_every: int, stop_after: int | None, resolved: dict) -> dict:
+    terms_n, stats_n = term_names(run.kind, params)
+    columns = ("step", "loss", *terms_n, *stats_n, "lr")
+    opt = _optimizer(run.nets, params, dev)
+    use_amp = params.amp and dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    state_path = Path(state_dir) / f"{run.kind}_last.pt"
+    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    start, rows = 0, []
+    state = try_resume(state_path, key=key, fingerprint=fingerprint, what=run.what)
+    if state is not None:
+        start, rows = restore(state, model=run.module, optimizer=opt, scaler=scaler)
+        log.info("resuming %s from %s at step %d/%d", run.what, state_path, start, params.steps)
+    run.module.train()
+    t_start, step = time.perf_counter(), start
+    for step in range(start + 1, params.steps + 1):
+        lr = lr_at(step - 1, params)
+        for group in opt.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        batch = run.batch(step - 1)
+        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+            outputs, terms, stats = run.losses(batch, step)
+        values = _check_terms(terms, run.what, step)
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if params.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for n in run.nets for p in n.parameters()], params.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        rows.append([step, sum(values.values()), *(values[k] for k in terms_n), *(stats[k] for k in stats_n), lr])
+        if step % log_every == 0 or step == params.steps:
+            _log_progress(run.what, step, start, params.steps, dict(zip(columns, rows[-1])), t_start)
+        if step % params.checkpoint_every == 0 and step < params.steps:
+            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=run.module,
+                       optimizer=opt, scaler=scaler, loss_rows=rows)
+        if stop_after is not None and step >= stop_after:
+            log.info("stopping after step %d (stop_after)", step)
+            return {"steps_done": step, "start_step": start, "stopped": True}
+    state_dict = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
+    torch_save_atomic({"model": state_dict, "params": {**params.to_dict(), **resolved, "data": fingerprint},
+                       "kind": run.kind}, out)
+    if loss_log:
+        lines = [",".join(columns)] + [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
+        write_text_atomic(loss_log, "\n".join(lines) + "\n")
+    if state_path.exists():
+        state_path.unlink()
+    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
+            "seconds": time.perf_counter() - t_start, "device": str(dev), "out": str(out),
+            "final": dict(zip(columns, rows[-1])) if rows else {}}
+
+
+def _log_progress(what: str, step: int, start: int, steps: int, row: dict, t_start: float) -> None:
+    elapsed = time.perf_counter() - t_start
+    eta = (steps - step) * elapsed / max(step - start, 1)
+    terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "loss", "lr"))
+    log.info("%s step %d/%d loss %.4f (%s) lr %.5f %.2f s/step ETA %.0f s", what, step, steps, row["loss"],
+             terms, row["lr"], elapsed / max(step - start, 1), eta)
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _to(batch: Batch, dev) -> Batch:
+    return dataclasses.replace(batch, images=batch.images.to(dev), labels=batch.labels.to(dev),
+                               valid=batch.valid.to(dev), present=batch.present.to(dev))
+
+
+def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None], tags: Sequence[Iterable[int]],
+              params: PCTParams, out: str, state_dir: str, backbone: str | None = None, device: str = "auto",
+              threads: int | None = None, loss_log: str | None = None, log_every: int = 10,
+              stop_after: int | None = None) -> dict:
+    """Cross-train Hybrid-Net and Pseudo-Net (module doc); labels[i] None marks a weak image.
+
+    backbone: checkpoint for both backbones (maskless.models.weights.load_backbone), None = random init.
+    Writes `out` as {"model": PCTPair state dict ("hybrid.*", "pseudo.*", "dyn.*"), "params", "kind": "pct"}
+    (maskless.pct.model.load_segnet(out, which=...) rebuilds one network). stop_after: testing hook; stop
+    once that many steps are done, writing neither out nor loss_log, as a kill would.
+    """
+    set_threads(threads)
+    dev = pick_device(device)
+    _check_images(images, labels)
+    if len(tags) != len(images):
+        raise ValueError(f"tags has {len(tags)} entries but images has {len(images)}")
+    k = params.model.num_classes
+    strong = [i for i, lab in enumerate(labels) if lab is not None]
+    weak = [i for i, lab in enumerate(labels) if lab is None]
+    if not strong or not weak:
+        raise ValueError(f"PCT needs strong and weak images, got {len(strong)} strong and {len(weak)} weak; "
+                         "with no weak images train the strong-only network with train_supervised")
+    validate_tags(dict(enumerate(tags)), k, labels={i: labels[i] for i in strong}, tag_file="tags argument",
+                  label_files={i: f"labels[{i}]" for i in strong})
+    present = tag_matrix(tags, k)
+    fingerprint = data_fingerprint(images, labels, tags, backbone)
+    torch.manual_seed(params.seed)
+    hybrid = build_segnet(params.model, backbone)
+    torch.manual_seed(params.seed + 1)  # P starts from a different decoder than H
+    pseudo = build_segnet(params.model, backbone)
+    dyn = DynamicEvaluation(k, momentum=params.ema_momentum, power=params.iou_power, unseen_iou=params.unseen_iou)
+    pair = PCTPair(hybrid, pseudo, dyn).to(dev)
+    half = params.batch_size // 2
+
+    def batch(step: int) -> Batch:
+        s_idx = batch_indices(step, n_images=len(strong), batch_size=half, seed=params.seed)
+        w_idx = batch_indices(step, n_images=len(weak), batch_size=half, seed=params.seed + _WEAK_SEED_OFFSET)
+        rng = np.random.default_rng([params.seed, step, 2])
+        return make_batch(images, labels, present, [strong[i] for i in s_idx], [weak[i] for i in w_idx], rng,
+                          params)
+
+    def losses(b: Batch, step: int):
+        b = _to(b, dev)
+        x = normalize(b.images)  # (B, 3, S, S)
+        ho = hybrid(x, embeddings=params.use_contextrast)
+        po = pseudo(x, embeddings=params.use_contextrast)
+        outputs = {"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}
+        _check_outputs(outputs, "PCT", step)
+        with torch.autocast(device_type=dev.type, enabled=False):  # losses in float32
+            terms, stats = pct_losses(ho, po, b, dyn, params)
+        return outputs, terms, stats
+
+    log.info("PCT: %d strong + %d weak images, %d classes, %d steps of %d+%d, device %s", len(strong),
+             len(weak), k, params.steps, half, half, dev)
+    run = _Run("PCT", "pct", pair, [hybrid, pseudo], batch, losses)
+    summary = _fit(run, params, fingerprint=fingerprint, out=out, state_dir=state_dir, dev=dev,
+                   loss_log=loss_log, log_every=log_every, stop_after=stop_after,
+                   resolved={"strong": len(strong), "weak": len(weak), "backbone": backbone})
+    return {**summary, "strong": len(strong), "weak": len(weak)}
+
+
+def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | None],
+                     params: SegTrainParams, out: str, state_dir: str, backbone: str | None = None,
+                     device: str = "auto", threads: int | None = None, loss_log: str | None = None,
+                     log_every: int = 10, stop_after: int | None = None) -> dict:
+    """One network on pixel labels: the strong-only baseline (labels of the strong images) or the retrain on
+    pseudo labels. Images whose label is None are left out (counted and logged). Writes `out` as
+    {"model": SegNet state dict, "params", "kind": "segnet"}."""
+    set_threads(threads)
+    dev = pick_device(device)
+    _check_images(images, labels)
+    k = params.model.num_classes
+    used = [i for i, lab in enumerate(labels) if lab is not None]
+    if not used:
+        raise ValueError("train_supervised: no image has a label map")
+    if len(used) < len(images):
+        log.info("supervised: %d of %d images have no label map and are left out", len(images) - len(used),
+                 len(images))
+    validate_tags({i: tags_from_label_map(labels[i]) for i in used}, k, labels={i: labels[i] for i in used},
+                  label_files={i: f"labels[{i}]" for i in used})
+    fingerprint = data_fingerprint(images, labels, None, backbone)
+    torch.manual_seed(params.seed)
+    net = build_segnet(params.model, backbone).to(dev)
+    everything = np.ones((len(images), k), dtype=bool)
+
+    def batch(step: int) -> Batch:
+        idx = batch_indices(step, n_images=len(used), batch_size=params.batch_size, seed=params.seed)
+        rng = np.random.default_rng([params.seed, step, 2])
+        return make_batch(images, labels, everything, [used[i] for i in idx], [], rng, params)
+
+    def losses(b: Batch, step: int):
+        b = _to(b, dev)
+        o = net(normalize(b.images), embeddings=params.use_contextrast)
+        _check_outputs({"logits": o["logits"]}, "supervised", step)
+        with torch.autocast(device_type=dev.type, enabled=False):
+            terms, stats = supervised_losses(o, b, params)
+        return {"logits": o["logits"]}, terms, stats
+
+    log.info("supervised: %d labelled images, %d classes, %d steps of %d, device %s", len(used), k,
+             params.steps, params.batch_size, dev)
+    run = _Run("supervised", "segnet", net, [net], batch, losses)
+    summary = _fit(run, params, fingerprint=fingerprint, out=out, state_dir=state_dir, dev=dev,
+                   loss_log=loss_log, log_every=log_every, stop_after=stop_after,
+                   resolved={"images": len(used), "left_out": len(images) - len(used), "backbone": backbone})
+    return {**summary, "images": len(used), "left_out": len(images) - len(used)}

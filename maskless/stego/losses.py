@@ -1,0 +1,118 @@
+"""The STEGO feature-correspondence distillation loss (METHODS.md "STEGO"; Hamilton et al. 2022, Eqs. 3-5).
+
+For an image pair (a, b), both sampled at P x P random points:
+    F[p, q] = cos(f_a[p], f_b[q])                        frozen-feature correspondence   (B, P, P, P, P)
+    F <- F - mean_q F[p, q] + mean_all F                 spatial centring (Eq. 4): subtract the mean over
+                                                         the partner image's points, restore the global mean
+    S[p, q] = cos(s_a[p], s_b[q])                        code correspondence
+    loss(a, b, shift) = mean(-clamp(S, min=0) * (F - shift))
+Where the (centred) features agree above `shift` the gradient raises S (codes pulled together); below it,
+S is pushed down to 0 (the clamp stops pushing further: Sec. 3.2, "zero clamp").
+L = w_self loss(x, x, b_self) + w_knn loss(x, x_knn, b_knn) + w_rand loss(x, x_rand, b_rand); the self pair
+uses a second, independent set of points of the same image.
+
+The "global mean" is the mean over the whole (B, P, P, P, P) tensor of the batch, as in the paper's
+released training (one scalar per batch). Feature correlations carry no gradient (frozen backbone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAIRS = ("self", "knn", "rand")
+TERMS = tuple(f"corr_{p}" for p in PAIRS)
+
+
+@dataclass
+class StegoLossParams:
+    """Weights (w_*) and shifts (b_*) of the three pair terms; the defaults are the synthetic preset."""
+
+    weight_self: float = 0.67
+    weight_knn: float = 0.25
+    weight_rand: float = 0.63
+    shift_self: float = 0.18
+    shift_knn: float = 0.12
+    shift_rand: float = 0.46
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ValueError(f"StegoLossParams.{f.name} must be a finite number, got {value!r}")
+            if f.name.startswith("weight") and value < 0:
+                raise ValueError(f"StegoLossParams.{f.name} must be >= 0, got {value}")
+
+    @classmethod
+    def cocostuff(cls) -> "StegoLossParams":
+        """The reference preset (COCO-Stuff, ViT-S; METHODS.md)."""
+        return cls(weight_self=0.67, weight_knn=0.25, weight_rand=0.63,
+                   shift_self=0.08, shift_knn=0.02, shift_rand=0.66)
+
+    @classmethod
+    def synthetic(cls) -> "StegoLossParams":
+        """Our small synthetic data with a ResNet res3 backbone (the dataclass defaults; see README for how
+        the shifts were picked)."""
+        return cls()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS = {"synthetic": StegoLossParams.synthetic, "cocostuff": StegoLossParams.cocostuff}
+
+
+def random_coords(rng: np.random.Generator, batch: int, points: int) -> torch.Tensor:
+    """(B, P, P, 2) float32 point coordinates uniform in [-1, 1] (grid_sample order: x, y)."""
+    return torch.from_numpy(rng.uniform(-1.0, 1.0, (batch, points, points, 2)).astype(np.float32))
+
+
+def sample_points(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of x (B, C, h, w) at coords (B, P, Q, 2) in [-1, 1] -> (B, C, P, Q).
+
+    align_corners=True: -1 and 1 are the centres of the border cells, so every point lies inside the map.
+    """
+    return F.grid_sample(x, coords.to(x.device, x.dtype), mode="bilinear", align_corners=True)
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine of every point of a (B, C, P, Q) with every point of b (B, C, R, S) -> (B, P, Q, R, S)."""
+    return torch.einsum("bcpq,bcrs->bpqrs", F.normalize(a, dim=1), F.normalize(b, dim=1))
+
+
+def centre(corr: torch.Tensor) -> torch.Tensor:
+    """Spatial centring (Eq. 4) of a (B, P, Q, R, S) correlation: minus the mean over the partner's points
+    (R, S), plus the global mean of the tensor."""
+    return corr - corr.mean(dim=(3, 4), keepdim=True) + corr.mean()
+
+
+def corr_loss(feats_a: torch.Tensor, feats_b: torch.Tensor, codes_a: torch.Tensor, codes_b: torch.Tensor,
+              *, shift: float) -> torch.Tensor:
+    """mean(-clamp(S, min=0) * (F - shift)) for sampled feats (B, C, P, P) and codes (B, D, P, P)."""
+    with torch.no_grad():
+        fd = centre(correlation(feats_a, feats_b))  # (B, P, P, P, P)
+    cd = correlation(codes_a, codes_b)  # (B, P, P, P, P)
+    return -(cd.clamp(min=0) * (fd - shift)).mean()
+
+
+def stego_losses(anchor: tuple[torch.Tensor, torch.Tensor], pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 *, weight_self: float, weight_knn: float, weight_rand: float,
+                 shift_self: float, shift_knn: float, shift_rand: float) -> dict[str, torch.Tensor]:
+    """{"corr_self", "corr_knn", "corr_rand" (unweighted), "corr" (their weighted sum)}.
+
+    anchor: (feats (B, C, P, P), codes (B, D, P, P)) of x at its points; pairs[name] the same for the
+    partner of each pair in PAIRS (self: x at independent points; knn: a neighbour; rand: another image).
+    """
+    missing = [p for p in PAIRS if p not in pairs]
+    if missing:
+        raise ValueError(f"stego_losses: pairs {missing} missing (need {list(PAIRS)})")
+    weights = {"self": weight_self, "knn": weight_knn, "rand": weight_rand}
+    shifts = {"self": shift_self, "knn": shift_knn, "rand": shift_rand}
+    out = {f"corr_{p}": corr_loss(anchor[0], pairs[p][0], anchor[1], pairs[p][1], shift=shifts[p])
+           for p in PAIRS}
+    out["corr"] = sum(weights[p] * out[f"corr_{p}"] for p in PAIRS)
+    return out

@@ -1,0 +1,270 @@
+"""STEGO training on precomputed frozen features (METHODS.md "STEGO").
+
+- Data: features (N, C, h, w) of the frozen backbone (maskless.stego.features), their kNN (N, k)
+  (maskless.stego.knn) and, optionally, label maps (N, H, W) int64 (255 = ignore) for the linear probe.
+- Step s: batch_size images (epoch permutations from (seed, epoch), maskless.pretrain.train.batch_indices);
+  for each, a kNN partner drawn uniformly from its first knn_top neighbours and a random partner from an
+  in-batch derangement; two independent sets of points x points coordinates (anchor, partners). All of it
+  comes from a numpy generator seeded with (seed, s), and dropout from torch.manual_seed((seed, s)): a step
+  never depends on the steps before it.
+- Loss: the correlation loss (maskless.stego.losses) trains the head; the cluster probe's and the linear
+  probe's losses are added to the total but see detached codes, so they train only themselves.
+- Optimisation: Adam, lr for the head (5e-4, METHODS.md) and probe_lr for the probes. They are param groups
+  of one Adam: Adam's update is per parameter and the groups share no parameter, so this equals separate
+  optimizers, and one state file holds it all.
+- Resume: state (modules, optimizer, step, loss rows) to state_dir/stego_last.pt every checkpoint_every
+  steps (maskless.resume), used only when params and data match; removed once `out` is written. A resumed
+  run is bit-identical to an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskless.io import pick_device, torch_save_atomic, write_text_atomic
+from maskless.pretrain.train import batch_indices
+from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.stego.knn import check_knn
+from maskless.stego.losses import TERMS, StegoLossParams, random_coords, sample_points, stego_losses
+from maskless.stego.model import IGNORE, ClusterProbe, LinearProbe, StegoHead
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "stego_last.pt"
+_RESUME_IGNORED = ("checkpoint_every",)
+LOSS_TERMS = (*TERMS, "corr", "cluster", "linear")
+LOSS_COLUMNS = ("step", "loss", *LOSS_TERMS)
+
+
+@dataclass
+class StegoTrainParams:
+    steps: int = 500
+    batch_size: int = 16
+    lr: float = 5e-4
+    probe_lr: float = 5e-3
+    code_dim: int = 70
+    dropout: float = 0.1
+    n_clusters: int = 5
+    points: int = 11
+    knn_top: int = 7  # x_knn is drawn from the first knn_top neighbours
+    checkpoint_every: int = 100
+    seed: int = 0
+    loss: StegoLossParams = field(default_factory=StegoLossParams)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.loss, dict):
+            self.loss = StegoLossParams(**self.loss)
+        name = "StegoTrainParams"
+        for key in ("steps", "batch_size", "code_dim", "n_clusters", "points", "knn_top", "checkpoint_every"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"{name}.batch_size must be >= 2 (random pairs come from the batch), got "
+                             f"{self.batch_size}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"{name}.seed must be an integer >= 0, got {self.seed!r}")
+        for key in ("lr", "probe_lr"):
+            if not (isinstance(getattr(self, key), (int, float)) and math.isfinite(getattr(self, key))
+                    and getattr(self, key) > 0):
+                raise ValueError(f"{name}.{key} must be a finite number > 0, got {getattr(self, key)!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["loss"] = self.loss.to_dict()
+        return out
+
+
+def data_fingerprint(features: torch.Tensor, knn: torch.Tensor, labels: torch.Tensor | None) -> str:
+    """sha256 over the bytes and shapes of features, kNN and labels."""
+    h = hashlib.sha256()
+    for t in (features, knn, labels):
+        if t is None:
+            h.update(b"none")
+            continue
+        arr = np.ascontiguousarray(t.detach().cpu().numpy())
+        h.update(f"{arr.dtype}{arr.shape}".encode())
+        h.update(memoryview(arr).cast("B"))
+    return h.hexdigest()
+
+
+def _check_labels(labels, n_images: int, num_classes: int | None) -> tuple[torch.Tensor, int]:
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.ndim != 3:
+        raise ValueError(f"labels must be an int64 tensor (N, H, W), got "
+                         f"{getattr(labels, 'dtype', type(labels).__name__)} {tuple(getattr(labels, 'shape', ()))}")
+    if labels.shape[0] != n_images:
+        raise ValueError(f"labels has {labels.shape[0]} maps but features has {n_images} images")
+    valid = labels[labels != IGNORE]
+    if valid.numel() == 0:
+        raise ValueError("labels hold no valid pixel (all 255 = ignore); pass labels=None to skip the probe")
+    if num_classes is None:
+        num_classes = int(valid.max()) + 1
+        log.info("linear probe: num_classes not given, %d from the largest label id", num_classes)
+    if int(valid.min()) < 0 or int(valid.max()) >= num_classes:
+        raise ValueError(f"labels hold ids in [{int(valid.min())}, {int(valid.max())}], outside [0, {num_classes}) "
+                         "(255 = ignore)")
+    return labels, num_classes
+
+
+def step_batch(step: int, n_images: int, knn: torch.Tensor, params: StegoTrainParams) -> dict:
+    """0-based step's image indices, kNN partners, in-batch derangement and point coordinates."""
+    idx = batch_indices(step, n_images=n_images, batch_size=params.batch_size, seed=params.seed)
+    rng = np.random.default_rng([params.seed, step, 1])
+    top = min(params.knn_top, knn.shape[1])
+    nn_idx = knn[torch.from_numpy(idx), torch.from_numpy(rng.integers(0, top, len(idx)))]  # (B,)
+    order = rng.permutation(len(idx))
+    perm = np.empty(len(idx), dtype=np.int64)
+    perm[order] = np.roll(order, -1)  # a cyclic derangement: no image is its own random partner
+    return {"idx": torch.from_numpy(idx), "knn": nn_idx, "perm": torch.from_numpy(perm),
+            "coords_a": random_coords(rng, len(idx), params.points),
+            "coords_b": random_coords(rng, len(idx), params.points)}
+
+
+def train_losses(modules: torch.nn.ModuleDict, feats: torch.Tensor, feats_knn: torch.Tensor, batch: dict,
+                 params: StegoTrainParams, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Named loss terms of one batch (feats, feats_knn (B, C, h, w)); "loss" is their sum."""
+    head = modules["head"]
+    codes, codes_knn = head(feats), head(feats_knn)  # (B, D, h, w) each
+    ca, cb = batch["coords_a"], batch["coords_b"]
+    anchor = (sample_points(feats, ca), sample_points(codes, ca))  # (B, C, P, P), (B, D, P, P)
+    other = (sample_points(feats, cb), sample_points(codes, cb))
+    perm = batch["perm"].to(feats.device)
+    pairs = {"self": other, "knn": (sample_points(feats_knn, cb), sample_points(codes_knn, cb)),
+             "rand": (other[0][perm], other[1][perm])}
+    out = stego_losses(anchor, pairs, **params.loss.to_dict())
+    out["cluster"] = modules["cluster"].loss(codes)
+    out["linear"] = modules["linear"].loss(codes, labels) if "linear" in modules else codes.new_zeros(())
+    out["loss"] = out["corr"] + out["cluster"] + out["linear"]
+    return out
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
+    values = {k: float(v.detach()) for k, v in losses.items()}
+    bad = [k for k in (*LOSS_TERMS, "loss") if not math.isfinite(values[k])]
+    if bad:
+        raise FloatingPointError(f"STEGO step {step}: non-finite loss terms {bad} (losses: {values})")
+    return values
+
+
+def _build(in_channels: int, num_classes: int | None, params: StegoTrainParams, dev: torch.device):
+    torch.manual_seed(params.seed)  # head and probe initialisation
+    modules = torch.nn.ModuleDict({"head": StegoHead(in_channels, params.code_dim, params.dropout),
+                                   "cluster": ClusterProbe(params.code_dim, params.n_clusters)})
+    if num_classes is not None:
+        modules["linear"] = LinearProbe(params.code_dim, num_classes)
+    modules = modules.to(dev).train()
+    groups = [{"params": modules["head"].parameters(), "lr": params.lr},
+              {"params": modules["cluster"].parameters(), "lr": params.probe_lr}]
+    if "linear" in modules:
+        groups.append({"params": modules["linear"].parameters(), "lr": params.probe_lr})
+    return modules, torch.optim.Adam(groups)
+
+
+def _write_loss_log(path: str, rows: list[list[float]]) -> None:
+    lines = [",".join(LOSS_COLUMNS)]
+    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _log_progress(step: int, start: int, total_steps: int, values: dict, seconds: float) -> None:
+    eta = (total_steps - step) * seconds / max(step - start, 1)
+    terms = " ".join(f"{k} {values[k]:.4f}" for k in LOSS_TERMS)
+    log.info("step %d/%d loss %.4f (%s) %.2f s/step ETA %.0f s", step, total_steps, values["loss"], terms,
+             seconds / max(step - start, 1), eta)
+
+
+def _checked_inputs(features, knn, labels, num_classes):
+    if not isinstance(features, torch.Tensor) or features.ndim != 4 or not features.is_floating_point():
+        raise ValueError(f"features must be a float tensor (N, C, h, w), got "
+                         f"{getattr(features, 'dtype', type(features).__name__)} "
+                         f"{tuple(getattr(features, 'shape', ()))}")
+    if not torch.isfinite(features).all():
+        raise ValueError("features hold NaN or inf values")
+    n = features.shape[0]
+    if n < 2:
+        raise ValueError(f"STEGO needs at least 2 images, got {n}")
+    knn = check_knn(knn, n)
+    if labels is None:
+        return features, knn, None, None
+    labels, num_classes = _check_labels(labels, n, num_classes)
+    return features, knn, labels, num_classes
+
+
+def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrainParams, out: str,
+                state_dir: str, device: str = "auto", labels: torch.Tensor | None = None,
+                num_classes: int | None = None, loss_log: str | None = None, log_every: int = 25,
+                stop_after: int | None = None) -> dict:
+    """Train the STEGO head and probes; write `out` as {"head", "cluster", "linear" (None without labels),
+    "params": resolved params, "kind": "stego"} (state dicts, loadable with weights_only=True).
+
+    labels: (N, H, W) int64 (255 = ignore) for the linear probe; None skips the probe (reason logged).
+    num_classes: classes of the labels (inferred from them when None). stop_after: testing hook; stop once
+    that many steps are done, writing neither `out` nor loss_log, as a kill would. Returns a summary.
+    """
+    features, knn, labels, num_classes = _checked_inputs(features, knn, labels, num_classes)
+    if labels is None:
+        log.info("linear probe skipped: no ground-truth labels were given (it is an evaluation-only probe)")
+    dev = pick_device(device)
+    n, in_channels = features.shape[:2]
+    fingerprint = data_fingerprint(features, knn, labels)
+    modules, opt = _build(in_channels, num_classes, params, dev)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)  # float32 training; kept for the resume format
+
+    state_path = Path(state_dir) / STATE_NAME
+    key = resume_key({**params.to_dict(), "num_classes": num_classes}, _RESUME_IGNORED)
+    start, loss_rows = 0, []
+    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="STEGO")
+    if state is not None:
+        start, loss_rows = restore(state, model=modules, optimizer=opt, scaler=scaler)
+        log.info("resuming STEGO from %s at step %d/%d", state_path, start, params.steps)
+    log.info("STEGO on %d images, features %s, %d steps of %d, code dim %d, %d clusters, linear probe %s, "
+             "device %s", n, tuple(features.shape[1:]), params.steps, params.batch_size, params.code_dim,
+             params.n_clusters, f"{num_classes} classes" if labels is not None else "skipped", dev)
+    t_start, step = time.perf_counter(), start
+    for step in range(start + 1, params.steps + 1):
+        batch = step_batch(step - 1, n, knn, params)
+        torch.manual_seed(params.seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only
+        feats = features[batch["idx"]].to(dev)  # (B, C, h, w)
+        feats_knn = features[batch["knn"]].to(dev)
+        lab = labels[batch["idx"]].to(dev) if labels is not None else None
+        losses = train_losses(modules, feats, feats_knn, batch, params, lab)
+        values = check_finite(losses, step)
+        opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        opt.step()
+        loss_rows.append([step, values["loss"], *(values[k] for k in LOSS_TERMS)])
+        if step % log_every == 0 or step == params.steps:
+            _log_progress(step, start, params.steps, values, time.perf_counter() - t_start)
+        if step % params.checkpoint_every == 0 and step < params.steps:
+            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=modules, optimizer=opt,
+                       scaler=scaler, loss_rows=loss_rows)
+        if stop_after is not None and step >= stop_after:
+            log.info("stopping after step %d (stop_after)", step)
+            return {"steps_done": step, "start_step": start, "stopped": True}
+
+    resolved = {**params.to_dict(), "in_channels": int(in_channels), "feature_hw": list(features.shape[2:]),
+                "num_classes": num_classes, "images": int(n), "knn_k": int(knn.shape[1]), "data": fingerprint,
+                "linear_probe": "trained" if labels is not None else "skipped: no labels"}
+    cpu = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+    torch_save_atomic({"head": cpu["head"], "cluster": cpu["cluster"], "linear": cpu.get("linear"),
+                       "params": resolved, "kind": "stego"}, out)
+    if loss_log:
+        _write_loss_log(loss_log, loss_rows)
+    if state_path.exists():
+        state_path.unlink()
+        log.info("training finished: removed resume state %s", state_path)
+    seconds = time.perf_counter() - t_start
+    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0, "images": int(n),
+            "device": str(dev), "seconds": seconds, "out": str(out),
+            "final": dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}}

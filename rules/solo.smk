@@ -1,0 +1,120 @@
+# FreeSOLO self-supervised SOLOv2 and its self-training rounds. Round 0 trains on the Free Mask masks;
+# round r >= 1 trains on round r-1's predictions, relabelled shard by shard (score, count and width filters).
+# Prediction and relabel shards follow the Free Mask sharding (freemask.shard_size).
+
+
+rule solo_train:
+    input:
+        unpack(solo_train_inputs),
+    output:
+        weights="results/{experiment}/solo/round{round}/model.pt",
+        loss_log="results/{experiment}/solo/round{round}/loss.csv",
+    log:
+        "results/{experiment}/logs/solo/round{round}/train.log",
+    benchmark:
+        "results/{experiment}/benchmarks/solo/round{round}/train.tsv"
+    params:
+        solo=section_params(config, "solo", exclude=("threads", "predict_threads", "predict_batch_size", "inference")),
+        arch=config["pretrain"]["arch"],
+        emb_dim=config["freemask"]["embedding_dim"],
+        init=lambda wc: "pretrained" if int(wc.round) == 0 else config["selftrain"]["init"],
+        seed=config["seed"],
+        device=config["device"],
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/round{wc.round}",
+    threads: config["solo"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=480,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../stages/solo_train.py"
+
+
+rule solo_predict:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        weights="results/{experiment}/solo/round{round}/model.pt",
+    output:
+        store=directory("results/{experiment}/solo/round{round}/pred/{shard}.zarr"),
+    log:
+        "results/{experiment}/logs/solo/round{round}/pred_{shard}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/solo/round{round}/pred_{shard}.tsv"
+    params:
+        inference=config["solo"]["inference"],
+        input_size=config["solo"]["input_size"],
+        shard_size=config["freemask"]["shard_size"],
+        batch_size=config["solo"]["predict_batch_size"],
+        device=config["device"],
+    threads: config["solo"]["predict_threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../stages/solo_predict.py"
+
+
+rule solo_index:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        shards=lambda wc: shard_paths(wc, f"solo/round{wc.round}/pred"),
+    output:
+        index="results/{experiment}/solo/round{round}/index.parquet",
+        results="results/{experiment}/solo/round{round}/results.json",
+    log:
+        "results/{experiment}/logs/solo/round{round}/index.log",
+    params:
+        max_dets=config["eval"]["max_dets"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/mask_index.py"
+
+
+rule selftrain_relabel:
+    input:
+        unpack(relabel_inputs),
+    output:
+        store=directory("results/{experiment}/solo/round{round}/labels/{shard}.zarr"),
+    log:
+        "results/{experiment}/logs/solo/round{round}/labels_{shard}.log",
+    params:
+        relabel=section_params(config, "selftrain", exclude=("rounds", "init")),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/selftrain_relabel.py"
+
+
+rule selftrain_labels_index:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        shards=lambda wc: shard_paths(wc, f"solo/round{wc.round}/labels"),
+    output:
+        index="results/{experiment}/solo/round{round}/labels.parquet",
+        annotations="results/{experiment}/solo/round{round}/labels.json",
+    log:
+        "results/{experiment}/logs/solo/round{round}/labels_index.log",
+    params:
+        max_dets=config["eval"]["max_dets"],
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/mask_index.py"

@@ -1,0 +1,19 @@
+"""Rule solo_train: SOLOv2 on the coarse masks of round 0 (Free Mask) or of a self-training round."""
+
+from maskless.solo.train import params_from_config, train_solo
+from maskless.stage_utils import begin
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+params = begin(smk)
+train_solo(
+    manifest=smk.input.manifest,
+    masks_index=smk.input.masks,
+    backbone=smk.input.backbone,
+    init_weights=smk.input.get("init"),  # finetune rounds only
+    out_weights=smk.output.weights,
+    loss_log=smk.output.loss_log,
+    state_dir=params["state_dir"],
+    params=params_from_config(params["solo"], arch=params["arch"], emb_dim=params["emb_dim"], seed=params["seed"]),
+    device=params["device"],
+    threads=smk.threads,
+)
