@@ -297,7 +297,7 @@ def term_names(kind: str, params: SegTrainParams) -> tuple[tuple[str, ...], tupl
 # ---------------------------------------------------------------- the shared loop
 
 
-def _optimizer(nets: Iterable[SegNet], params: SegTrainParams, dev) -> torch.optim.Optimizer:
+def _optimizer(nets: Iterable[SegNet], params: SegTrainParams) -> torch.optim.Optimizer:
     backbone, head = [], []
     for net in nets:
         for name, p in net.named_parameters():
@@ -339,7 +339,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
          loss_log: str | None, log_every: int, stop_after: int | None, resolved: dict) -> dict:
     terms_n, stats_n = term_names(run.kind, params)
     columns = ("step", "loss", *terms_n, *stats_n, "lr")
-    opt = _optimizer(run.nets, params, dev)
+    opt = _optimizer(run.nets, params)
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state_path = Path(state_dir) / f"{run.kind}_last.pt"

@@ -39,8 +39,10 @@ from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_
 from maskless.models.resnet import normalize
 from maskless.pretrain.train import batch_indices
 from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.exemplar.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample
 from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
+from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SIZE_DIVISOR, SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry, assign_targets
 
@@ -79,6 +81,7 @@ class SoloTrainParams:
     geometry: str | SoloGeometry = "small"  # a preset name (GEOMETRIES) or explicit values (config)
     model: SoloModelParams = field(default_factory=SoloModelParams)
     loss: SoloLossWeights = field(default_factory=SoloLossWeights)
+    eec: EECParams | None = None  # Exemplar-FreeSOLO's contrastive term (needs an exemplar pool); None: off
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -87,6 +90,8 @@ class SoloTrainParams:
             self.loss = SoloLossWeights(**self.loss)
         if isinstance(self.geometry, dict):
             self.geometry = SoloGeometry(**self.geometry)
+        if isinstance(self.eec, dict):
+            self.eec = EECParams(**self.eec)
         self.lr_decay_at = tuple(float(x) for x in self.lr_decay_at)
         self.scale_jitter = tuple(float(x) for x in self.scale_jitter)
         name = "SoloTrainParams"
@@ -129,6 +134,7 @@ class SoloTrainParams:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["model"] = self.model.to_dict()
         out["loss"] = dataclasses.asdict(self.loss)
+        out["eec"] = dataclasses.asdict(self.eec) if self.eec is not None else None
         if isinstance(self.geometry, SoloGeometry):
             g = dataclasses.asdict(self.geometry)
             out["geometry"] = {k: [list(x) if isinstance(x, tuple) else x for x in v] if isinstance(v, tuple) else v
@@ -214,8 +220,10 @@ def select_images(rows: list[dict], counts: dict[int, int], *, background: bool 
     return keep, skipped
 
 
-def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_weights: str | None = None) -> str:
-    """Identity of images, coarse masks (the index file's bytes), the initial backbone and SOLO weights."""
+def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_weights: str | None = None,
+                     exemplar_pool: str | None = None) -> str:
+    """Identity of images, coarse masks (the index file's bytes), the initial backbone and SOLO weights, and
+    the exemplar pool's files."""
     from maskless.data.images import sha256_file
 
     h = hashlib.sha256()
@@ -224,6 +232,9 @@ def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_wei
     h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())
     if init_weights:
         h.update(f" init {sha256_file(init_weights)}".encode())
+    if exemplar_pool:
+        for f in sorted(p for p in Path(exemplar_pool).rglob("*") if p.is_file()):
+            h.update(f" {f.relative_to(exemplar_pool)} {sha256_file(f)}".encode())
     return h.hexdigest()
 
 
@@ -265,15 +276,20 @@ def freeze_bn(module: torch.nn.Module) -> int:
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
     """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
     values = {k: float(v.detach()) for k, v in losses.items()}
-    bad = [k for k in (*TERMS, "loss") if not math.isfinite(values[k])]
+    bad = [k for k in (*TERMS, "loss_eec", "loss") if k in values and not math.isfinite(values[k])]
     if bad:
         raise FloatingPointError(f"SOLO step {step}: non-finite loss terms {bad} (losses: {values}); "
                                  "try a lower lr, a smaller grad_clip or amp: false")
     return values
 
 
-def _write_loss_log(path: str, rows: list[list[float]]) -> None:
-    lines = [",".join(LOSS_COLUMNS)]
+def loss_columns(params: SoloTrainParams) -> tuple[str, ...]:
+    """Columns of the loss log: the EEC term and its counts sit before lr when EEC is on."""
+    return LOSS_COLUMNS if params.eec is None else (*LOSS_COLUMNS[:-1], *EEC_COLUMNS, "lr")
+
+
+def _write_loss_log(path: str, rows: list[list[float]], columns: tuple[str, ...]) -> None:
+    lines = [",".join(columns)]
     lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
 
@@ -292,19 +308,29 @@ def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None
     return model
 
 
-def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weights: str | None = None):
+def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weights: str | None = None,
+           pool=None):
+    """-> (SOLOv2, EECState or None, the module whose state a resume saves, trainable params, optimizer)."""
     torch.manual_seed(params.seed)  # FPN and head initialisation
     model = _init_model(backbone, params, init_weights).to(dev).train()
     if params.freeze_backbone_bn:
         log.info("froze %d backbone BatchNorm layers", freeze_bn(model.backbone))
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    eec, saved = None, model
+    if params.eec is not None:
+        eec = EECState(params.eec, kernel_dim=params.model.kernel_dim, gn_groups=params.model.gn_groups,
+                       crops=pool.crops, masks=pool.masks).to(dev)
+        saved = torch.nn.ModuleDict({"solo": model, "eec": eec})
+    trainable = [p for p in saved.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=lr_at(0, params), momentum=params.momentum,
                           weight_decay=params.weight_decay)
-    return model, trainable, opt
+    return model, eec, saved, trainable, opt
 
 
-def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTrainParams, dev, use_amp):
+def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTrainParams, dev, use_amp,
+                eec: EECState | None = None):
     images, targets = batch
+    if eec is not None and eec.refresh_due(step):
+        eec.refresh(model, freeze_backbone_bn=params.freeze_backbone_bn)
     images = images.to(dev, non_blocking=True)  # (B, 3, H, W) uint8
     lab = lab_at_mask_resolution(images, targets[0].mask_stride)  # (B, 3, Hf, Wf)
     with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
@@ -315,6 +341,9 @@ def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTra
         losses = solo_losses(outputs, targets, lab, weights=params.loss, step=step)
     except FloatingPointError as e:
         raise FloatingPointError(f"SOLO step {step}: {e}") from e
+    if eec is not None:
+        losses.update(eec_losses(outputs, targets, eec))
+        losses["loss"] = losses["loss"] + params.eec.weight * losses["loss_eec"]
     values = check_finite(losses, step)
     opt.zero_grad(set_to_none=True)
     scaler.scale(losses["loss"]).backward()
@@ -331,12 +360,14 @@ def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTra
 def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: str, state_dir: str,
                params: SoloTrainParams, device: str = "auto", threads: int | None = None,
                loss_log: str | None = None, log_every: int = 10, stop_after: int | None = None,
-               init_weights: str | None = None) -> dict:
+               init_weights: str | None = None, exemplar_pool: str | None = None) -> dict:
     """Train SOLOv2 on the coarse masks of `masks_index` for the images of `manifest`; write out_weights
     as {"model": state_dict, "params": params dict, "kind": "solov2"} (loadable with weights_only=True).
 
     init_weights: an earlier train_solo checkpoint to fine-tune (self-training "finetune"); None starts
     from the pretrained backbone with fresh FPN and heads.
+    exemplar_pool: the exemplar pool folder (maskless.exemplar.pool) the EEC term contrasts with; required
+    when params.eec is set, refused otherwise. The EEC head is saved under "eec_head".
 
     stop_after: testing hook; stop once that many steps are done, writing neither out_weights nor loss_log,
     as a kill would. Returns a summary dict.
@@ -351,10 +382,20 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         log.info("SOLO: manifest images without coarse masks (left out, or kept as background): %s", skipped)
     if not rows or len(rows) == skipped["background"]:
         raise ValueError(f"no image of manifest {manifest} has a coarse mask in {masks_index} ({skipped})")
-    fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights)
+    if (params.eec is None) != (exemplar_pool is None):
+        raise ValueError("SOLO: an exemplar pool needs params.eec, and params.eec needs an exemplar pool "
+                         f"(eec {'on' if params.eec else 'off'}, exemplar_pool {exemplar_pool!r})")
+    pool = None
+    if exemplar_pool is not None:
+        from maskless.exemplar.pool import ExemplarPool
+
+        pool = ExemplarPool.load(exemplar_pool)
+        log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))
+    fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights, exemplar_pool)
     source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
     geometry = params.solo_geometry()
-    model, trainable, opt = _build(backbone, params, dev, init_weights)
+    model, eec, saved, trainable, opt = _build(backbone, params, dev, init_weights, pool)
+    columns = loss_columns(params)
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -363,7 +404,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     key = resume_key(params.to_dict(), _RESUME_IGNORED)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
     if state is not None:
-        start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)
+        start, loss_rows = restore(state, model=saved, optimizer=opt, scaler=scaler)
         log.info("resuming SOLO from %s at step %d/%d", state_path, start, params.steps)
 
     log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s", params.model.arch,
@@ -378,15 +419,15 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         lr = lr_at(step - 1, params)
         for group in opt.param_groups:
             group["lr"] = lr
-        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp)
+        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp, eec)
         timer["data"] += t1 - t0
         timer["total"] += time.perf_counter() - t0
         timer["pasted"] += pasted
-        loss_rows.append([step, *(values[k] for k in LOSS_COLUMNS[1:-1]), lr])
+        loss_rows.append([step, *(values[k] for k in columns[1:-1]), lr])
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images))
         if step % params.checkpoint_every == 0 and step < params.steps:
-            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=model, optimizer=opt,
+            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=saved, optimizer=opt,
                        scaler=scaler, loss_rows=loss_rows)
         if stop_after is not None and step >= stop_after:
             log.info("stopping after step %d (stop_after)", step)
@@ -396,13 +437,16 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint,
                 "init_weights": str(init_weights) if init_weights else None}
     model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    torch_save_atomic({"model": model_state, "params": resolved, "kind": "solov2"}, out_weights)
+    out = {"model": model_state, "params": resolved, "kind": "solov2"}
+    if eec is not None:
+        out["eec_head"] = {k: v.detach().cpu().clone() for k, v in eec.head.state_dict().items()}
+    torch_save_atomic(out, out_weights)
     if loss_log:
-        _write_loss_log(loss_log, loss_rows)
+        _write_loss_log(loss_log, loss_rows, columns)
     if state_path.exists():
         state_path.unlink()
         log.info("training finished: removed resume state %s", state_path)
-    last = dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}
+    last = dict(zip(columns, loss_rows[-1])) if loss_rows else {}
     return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
             "images": len(rows), "skipped": skipped, "device": str(dev), "seconds": seconds,
             "data_fraction": timer["data"] / max(timer["total"], 1e-9), "final": last,
@@ -414,7 +458,10 @@ def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, 
     done, total = step - start, timer["total"]
     rate = done * batch / max(total, 1e-9)
     eta = (params.steps - step) * total / max(done, 1)
-    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in TERMS)
+    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in (*TERMS, "loss_eec") if k in values)
+    if "loss_eec" in values:  # Exemplar-FreeSOLO: positives and negatives of the batch (METHODS.md)
+        terms += (f" eec pairs +{values['num_eec_pos']:.0f}/-{values['num_eec_neg']:.0f}, "
+                  f"{values['num_eec_valid']:.0f} instances")
     log.info("step %d/%d loss %.4f (%s) num_pos %d num_emb %d pasted %d so far lr %.5f %.1f img/s data %.0f%% of "
              "step time ETA %.0f s", step, params.steps, values["loss"], terms, values["num_pos"],
              values["num_emb"], timer["pasted"], lr, rate, 100 * timer["data"] / max(total, 1e-9), eta)

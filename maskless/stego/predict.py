@@ -22,7 +22,8 @@ def load_stego(path: str, device: str | torch.device = "cpu") -> dict:
     modules in eval mode on `device`."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "stego":
-        raise ValueError(f"{path} is not a STEGO checkpoint (kind {ckpt.get('kind') if isinstance(ckpt, dict) else None!r})")
+        kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+        raise ValueError(f"{path} is not a STEGO checkpoint (kind {kind!r})")
     p = ckpt["params"]
     head = StegoHead(p["in_channels"], p["code_dim"], p["dropout"])
     head.load_state_dict(ckpt["head"])

@@ -33,14 +33,14 @@ def test_cluster_probe_trains_centroids_but_gives_no_gradient_to_the_head():
 def test_cluster_probe_loss_and_assignment_by_hand():
     """Centroids (1,0) and (0,1) (scale does not matter); codes (2,0) -> cos 1 to centroid 0, (1,1) -> cos
     1/sqrt2 to both (tie: first, 0), (0,-3) -> cos 0 to centroid 0, -1 to centroid 1 (max 0, id 0),
-    (0.1, 5) -> centroid 1. loss = -(1 + 0.7071 + 0 + cos(atan(50))... ) / 4."""
+    (0.1, 5) -> centroid 1 with cos 5 / sqrt(0.01 + 25). loss = -(1 + 0.7071 + 0 + 0.9998) / 4."""
     probe = ClusterProbe(2, 2)
     with torch.no_grad():
         probe.centroids.copy_(torch.tensor([[3.0, 0.0], [0.0, 0.5]]))
     codes = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, -3.0], [0.1, 5.0]]).T.reshape(1, 2, 2, 2)
     assert probe.assign(codes).flatten().tolist() == [0, 0, 0, 1]
     c4 = 5.0 / (0.1**2 + 25) ** 0.5
-    assert float(probe.loss(codes)) == pytest.approx(-(1 + 2**-0.5 + 0 + c4) / 4, rel=1e-6)
+    assert float(probe.loss(codes).detach()) == pytest.approx(-(1 + 2**-0.5 + 0 + c4) / 4, rel=1e-6)
 
 
 def test_linear_probe_detached_ignores_255_and_handles_all_ignored():
