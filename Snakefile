@@ -27,6 +27,7 @@ include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/freemask.smk"
 include: "rules/solo.smk"
+include: "rules/exemplar.smk"
 include: "rules/eval.smk"
 
 

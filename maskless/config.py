@@ -99,6 +99,13 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append(f"config key 'pretrain.queue_size' ({pre['queue_size']}) must be at least "
                       f"pretrain.batch_size ({pre['batch_size']}): one batch would overwrite itself in the queue")
     errors += _solo_checks(cfg["solo"])
+    eec = cfg["exemplar"]["eec"]
+    if eec["beta"] > eec["alpha"]:
+        errors.append(f"config key 'exemplar.eec.beta' ({eec['beta']}) must not exceed exemplar.eec.alpha "
+                      f"({eec['alpha']})")
+    counts = cfg["exemplar"]["counts"]
+    if len(set(counts)) != len(counts):
+        errors.append(f"config key 'exemplar.counts' repeats a count: {counts}")
     weights = pre.get("weights")
     if weights and not os.path.isfile(weights):
         errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")

@@ -14,6 +14,8 @@ wildcard_constraints:
     shard=r"\d+",
     stage=r"[a-z0-9_]+",
     round=r"\d+",
+    variant=r"freesolo|exemplar_n\d+",
+    n_exemplars=r"\d+",
 
 
 def has_ground_truth():
@@ -42,42 +44,50 @@ def shard_stores(wildcards):
     return shard_paths(wildcards, "freemask/shards")
 
 
-def training_masks(experiment, round, shard=None):
+def training_masks(experiment, variant, round, shard=None):
     """Masks SOLO round `round` trains on: Free Mask for round 0, else that round's relabelled predictions."""
     if round == 0:
         return f"results/{experiment}/freemask/" + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
-    return f"results/{experiment}/solo/round{round}/" + ("labels.parquet" if shard is None else f"labels/{shard}.zarr")
+    base = f"results/{experiment}/solo/{variant}/round{round}/"
+    return base + ("labels.parquet" if shard is None else f"labels/{shard}.zarr")
 
 
 def solo_train_inputs(wildcards):
-    r, exp = int(wildcards.round), wildcards.experiment
+    r, exp, variant = int(wildcards.round), wildcards.experiment, wildcards.variant
     if r > config["selftrain"]["rounds"]:
         raise ValueError(f"SOLO round {r} asked for, but selftrain.rounds is {config['selftrain']['rounds']}")
-    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "masks": training_masks(exp, r),
+    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "masks": training_masks(exp, variant, r),
               "backbone": f"results/{exp}/pretrain/backbone.pt"}
     if r > 0 and config["selftrain"]["init"] == "finetune":
-        inputs["init"] = f"results/{exp}/solo/round{r - 1}/model.pt"
+        inputs["init"] = f"results/{exp}/solo/{variant}/round{r - 1}/model.pt"
+    if variant != "freesolo":
+        inputs["pool"] = f"results/{exp}/exemplar/n{variant.removeprefix('exemplar_n')}/pool"
     return inputs
 
 
 def relabel_inputs(wildcards):
-    r, exp, k = int(wildcards.round), wildcards.experiment, wildcards.shard
+    r, exp, k, variant = int(wildcards.round), wildcards.experiment, wildcards.shard, wildcards.variant
     if r < 1:
         raise ValueError("relabelled masks exist for self-training rounds >= 1 only")
-    inputs = {"predictions": f"results/{exp}/solo/round{r - 1}/pred/{k}.zarr"}
+    inputs = {"predictions": f"results/{exp}/solo/{variant}/round{r - 1}/pred/{k}.zarr"}
     if config["selftrain"]["keep_previous"]:
-        inputs["previous"] = training_masks(exp, r - 1, shard=k)
+        inputs["previous"] = training_masks(exp, variant, r - 1, shard=k)
     return inputs
 
 
-def solo_rounds():
-    return range(config["selftrain"]["rounds"] + 1)
+def solo_variants():
+    return ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]]
+
+
+def solo_evals(wildcards):
+    return [f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
+            for v in solo_variants() for r in range(config["selftrain"]["rounds"] + 1)]
 
 
 def get_final_outputs():
     last = config["selftrain"]["rounds"]
     out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
-           f"results/{EXP}/solo/round{last}/index.parquet"]
+           *[f"results/{EXP}/solo/{v}/round{last}/index.parquet" for v in solo_variants()]]
     if has_ground_truth():
         out.append(f"results/{EXP}/tables/metrics.md")
     return out

@@ -30,17 +30,17 @@ rule eval_instances:
 rule eval_solo:
     input:
         gt="results/{experiment}/data/instances_gt.json",
-        predictions="results/{experiment}/solo/round{round}/results.json",
+        predictions="results/{experiment}/solo/{variant}/round{round}/results.json",
     output:
-        metrics="results/{experiment}/eval/solo/round{round}/metrics.parquet",
-        table="results/{experiment}/eval/solo/round{round}/metrics.md",
+        metrics="results/{experiment}/eval/{variant}/round{round}/metrics.parquet",
+        table="results/{experiment}/eval/{variant}/round{round}/metrics.md",
     log:
-        "results/{experiment}/logs/eval/solo_round{round}.log",
+        "results/{experiment}/logs/eval/{variant}_round{round}.log",
     params:
         dataset=config["dataset"]["name"],
         max_dets=config["eval"]["max_dets"],
         round=lambda wc: int(wc.round),
-        stage="solo",
+        stage=lambda wc: wc.variant,
     threads: 1
     resources:
         mem_mb=4000,
@@ -54,7 +54,7 @@ rule eval_solo:
 rule tables:
     input:
         metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
-        solo=expand("results/{{experiment}}/eval/solo/round{round}/metrics.parquet", round=solo_rounds()),
+        solo=solo_evals,
     output:
         table="results/{experiment}/tables/metrics.md",
     log:

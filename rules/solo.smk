@@ -1,18 +1,20 @@
-# FreeSOLO self-supervised SOLOv2 and its self-training rounds. Round 0 trains on the Free Mask masks;
-# round r >= 1 trains on round r-1's predictions, relabelled shard by shard (score, count and width filters).
-# Prediction and relabel shards follow the Free Mask sharding (freemask.shard_size).
+# Self-supervised SOLOv2 and its self-training rounds, for each variant: "freesolo" (FreeSOLO) and
+# "exemplar_n<count>" (Exemplar-FreeSOLO: the same training plus the EEC term against the exemplar pool mined
+# with <count> images, rules/exemplar.smk). Round 0 trains on the Free Mask masks; round r >= 1 on round
+# r-1's predictions, relabelled shard by shard (score, count and width filters). Prediction and relabel
+# shards follow the Free Mask sharding (freemask.shard_size).
 
 
 rule solo_train:
     input:
         unpack(solo_train_inputs),
     output:
-        weights="results/{experiment}/solo/round{round}/model.pt",
-        loss_log="results/{experiment}/solo/round{round}/loss.csv",
+        weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
+        loss_log="results/{experiment}/solo/{variant}/round{round}/loss.csv",
     log:
-        "results/{experiment}/logs/solo/round{round}/train.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/train.log",
     benchmark:
-        "results/{experiment}/benchmarks/solo/round{round}/train.tsv"
+        "results/{experiment}/benchmarks/solo/{variant}/round{round}/train.tsv"
     params:
         solo=section_params(config, "solo", exclude=("threads", "predict_threads", "predict_batch_size", "inference")),
         arch=config["pretrain"]["arch"],
@@ -20,7 +22,8 @@ rule solo_train:
         init=lambda wc: "pretrained" if int(wc.round) == 0 else config["selftrain"]["init"],
         seed=config["seed"],
         device=config["device"],
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/round{wc.round}",
+        eec=lambda wc: config["exemplar"]["eec"] if wc.variant != "freesolo" else None,
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/{wc.variant}/round{wc.round}",
     threads: config["solo"]["threads"]
     resources:
         mem_mb=8000,
@@ -35,13 +38,13 @@ rule solo_train:
 rule solo_predict:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
-        weights="results/{experiment}/solo/round{round}/model.pt",
+        weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
     output:
-        store=directory("results/{experiment}/solo/round{round}/pred/{shard}.zarr"),
+        store=directory("results/{experiment}/solo/{variant}/round{round}/pred/{shard}.zarr"),
     log:
-        "results/{experiment}/logs/solo/round{round}/pred_{shard}.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/pred_{shard}.log",
     benchmark:
-        "results/{experiment}/benchmarks/solo/round{round}/pred_{shard}.tsv"
+        "results/{experiment}/benchmarks/solo/{variant}/round{round}/pred_{shard}.tsv"
     params:
         inference=config["solo"]["inference"],
         input_size=config["solo"]["input_size"],
@@ -62,12 +65,12 @@ rule solo_predict:
 rule solo_index:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
-        shards=lambda wc: shard_paths(wc, f"solo/round{wc.round}/pred"),
+        shards=lambda wc: shard_paths(wc, f"solo/{wc.variant}/round{wc.round}/pred"),
     output:
-        index="results/{experiment}/solo/round{round}/index.parquet",
-        results="results/{experiment}/solo/round{round}/results.json",
+        index="results/{experiment}/solo/{variant}/round{round}/index.parquet",
+        results="results/{experiment}/solo/{variant}/round{round}/results.json",
     log:
-        "results/{experiment}/logs/solo/round{round}/index.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/index.log",
     params:
         max_dets=config["eval"]["max_dets"],
     threads: 1
@@ -84,9 +87,9 @@ rule selftrain_relabel:
     input:
         unpack(relabel_inputs),
     output:
-        store=directory("results/{experiment}/solo/round{round}/labels/{shard}.zarr"),
+        store=directory("results/{experiment}/solo/{variant}/round{round}/labels/{shard}.zarr"),
     log:
-        "results/{experiment}/logs/solo/round{round}/labels_{shard}.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/labels_{shard}.log",
     params:
         relabel=section_params(config, "selftrain", exclude=("rounds", "init")),
     threads: 1
@@ -102,12 +105,12 @@ rule selftrain_relabel:
 rule selftrain_labels_index:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
-        shards=lambda wc: shard_paths(wc, f"solo/round{wc.round}/labels"),
+        shards=lambda wc: shard_paths(wc, f"solo/{wc.variant}/round{wc.round}/labels"),
     output:
-        index="results/{experiment}/solo/round{round}/labels.parquet",
-        annotations="results/{experiment}/solo/round{round}/labels.json",
+        index="results/{experiment}/solo/{variant}/round{round}/labels.parquet",
+        annotations="results/{experiment}/solo/{variant}/round{round}/labels.json",
     log:
-        "results/{experiment}/logs/solo/round{round}/labels_index.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/labels_index.log",
     params:
         max_dets=config["eval"]["max_dets"],
     threads: 1

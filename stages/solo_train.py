@@ -10,10 +10,12 @@ train_solo(
     masks_index=smk.input.masks,
     backbone=smk.input.backbone,
     init_weights=smk.input.get("init"),  # finetune rounds only
+    exemplar_pool=smk.input.get("pool"),  # Exemplar-FreeSOLO variants only
     out_weights=smk.output.weights,
     loss_log=smk.output.loss_log,
     state_dir=params["state_dir"],
-    params=params_from_config(params["solo"], arch=params["arch"], emb_dim=params["emb_dim"], seed=params["seed"]),
+    params=params_from_config(params["solo"], arch=params["arch"], emb_dim=params["emb_dim"], seed=params["seed"],
+                              eec=params["eec"]),
     device=params["device"],
     threads=smk.threads,
 )

@@ -109,6 +109,18 @@ def _fmt(value: float | None) -> str:
     return "0.0" if text == "-0.0" else text
 
 
+# Pipeline order of the stages in tables: coarse masks, then the segmenters trained on them; exemplar
+# variants by their count (exemplar_n2 before exemplar_n10); stages not listed after these, by name.
+STAGE_ORDER = ("freemask", "freesolo", "exemplar")
+
+
+def stage_rank(stage: str) -> tuple:
+    family, _, count = stage.partition("_n")
+    if family in STAGE_ORDER:
+        return (STAGE_ORDER.index(family), int(count) if count.isdigit() else -1, stage)
+    return (len(STAGE_ORDER), 0, stage)
+
+
 def _table(iou_type: str, rows: list[dict], metrics: tuple[str, ...]) -> str:
     cells: dict[tuple, dict[str, float]] = {}
     for row in rows:
@@ -119,7 +131,7 @@ def _table(iou_type: str, rows: list[dict], metrics: tuple[str, ...]) -> str:
         "| " + " | ".join(KEY + tuple(metrics)) + " |",
         "|" + "|".join([":--", ":--", "--:", ":--"] + ["--:"] * len(metrics)) + "|",
     ]
-    for key in sorted(cells, key=lambda k: (str(k[0]), str(k[1]), int(k[2]), str(k[3]))):
+    for key in sorted(cells, key=lambda k: (str(k[0]), stage_rank(str(k[1])), int(k[2]), str(k[3]))):
         values = [_fmt(cells[key].get(m)) for m in metrics]
         lines.append("| " + " | ".join([str(k) for k in key] + values) + " |")
     return "\n".join(lines) + "\n"

@@ -142,8 +142,8 @@ class SoloTrainParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
-def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None
-                       ) -> SoloTrainParams:
+def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None,
+                       eec: dict | None = None) -> SoloTrainParams:
     """SoloTrainParams from the config's `solo` section (the one boundary where config becomes arguments):
     the model's grids and levels are the geometry's, its arch the pretrain arch, its embedding dimension
     the Free Mask one (the embedding loss compares the two)."""
@@ -156,7 +156,7 @@ def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps:
     if steps is not None:
         train["steps"] = steps
     return SoloTrainParams(**train, seed=seed, geometry=SoloGeometry(**geo), model=model,
-                           loss=SoloLossWeights(**solo["loss"]))
+                           loss=SoloLossWeights(**solo["loss"]), eec=EECParams(**eec) if eec else None)
 
 
 def lr_at(step: int, params: SoloTrainParams) -> float:

@@ -110,3 +110,16 @@ def test_write_metrics_rejects_incomplete_rows(tmp_path):
     with pytest.raises(ValueError, match=r"row 0 lacks keys \['round'\]"):
         write_metrics(tmp_path / "m.parquet", [row])
     assert not (tmp_path / "m.parquet").exists()
+
+
+def test_tables_list_stages_in_pipeline_order():
+    """freemask, freesolo rounds 0 and 1, exemplar_n2 before exemplar_n10 (numeric), then other stages."""
+    from maskless.eval.metrics import metric_rows, metrics_markdown
+
+    rows = []
+    for stage, rnd in [("zeta", 0), ("exemplar_n10", 0), ("freesolo", 1), ("exemplar_n2", 0), ("freesolo", 0),
+                       ("freemask", 0)]:
+        rows += metric_rows({"segm": {"AP": 1.0}}, experiment="e", stage=stage, round=rnd, dataset="d")
+    lines = [ln for ln in metrics_markdown(rows).splitlines() if ln.startswith("| e |")]
+    assert [ln.split(" | ")[1:3] for ln in lines] == [["freemask", "0"], ["freesolo", "0"], ["freesolo", "1"],
+                                                       ["exemplar_n2", "0"], ["exemplar_n10", "0"], ["zeta", "0"]]

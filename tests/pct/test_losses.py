@@ -54,9 +54,11 @@ def test_cce_edge_cases():
     out = cce(logits, torch.full((1, 2, 2), 255), torch.ones(1, 3, dtype=torch.bool))
     out.backward()
     assert out.item() == 0.0 and logits.grad.abs().sum().item() == 0.0
-    assert cce(torch.zeros(0, 3, 2, 2), torch.zeros(0, 2, 2, dtype=torch.long), torch.zeros(0, 3, dtype=bool)).item() == 0
+    empty = cce(torch.zeros(0, 3, 2, 2), torch.zeros(0, 2, 2, dtype=torch.long), torch.zeros(0, 3, dtype=bool))
+    assert empty.item() == 0
     with pytest.raises(ValueError, match="non-finite"):
-        cce(torch.full((1, 3, 1, 1), float("nan")), torch.zeros(1, 1, 1, dtype=torch.long), torch.ones(1, 3, dtype=bool))
+        cce(torch.full((1, 3, 1, 1), float("nan")), torch.zeros(1, 1, 1, dtype=torch.long),
+            torch.ones(1, 3, dtype=bool))
     with pytest.raises(ValueError, match="absent"):
         cce(torch.zeros(1, 3, 1, 1), torch.tensor([[[1]]]), torch.tensor([[True, False, True]]))
     with pytest.raises(ValueError, match="outside"):
@@ -75,6 +77,10 @@ def test_mlsm_by_hand_and_valid_mask():
     expected = (math.log(2) + math.log(1 + math.exp(-3))) / 2  # class 2 max is now -3
     assert mlsm_loss(logits, tags, valid=valid).item() == pytest.approx(expected, abs=1e-6)
     assert mlsm_loss(torch.zeros(0, 3, 1, 2), torch.zeros(0, 3, dtype=bool)).item() == 0.0
+    with pytest.raises(ValueError, match="non-finite"):
+        mlsm_loss(torch.full((1, 3, 1, 2), float("nan")), tags)
+    with pytest.raises(ValueError, match="without any pixel"):
+        mlsm_loss(logits, tags, valid=torch.zeros(1, 1, 2, dtype=torch.bool))
 
 
 def test_restricted_argmax_and_cross_terms():
@@ -142,7 +148,8 @@ def test_every_term_has_gradient(term):
     present = torch.tensor([[True, True, False], [True, True, True]])
     target = restricted_argmax(torch.randn(2, 3, 4, 4), present)
     loss = {"cce": lambda: cce(h, target, present), "mlsm": lambda: mlsm_loss(h, present),
-            "h2p": lambda: h2p_loss(p, h, present), "p2h": lambda: p2h_loss(h, p, present, torch.tensor([1.0, 0.5]))}[term]()
+            "h2p": lambda: h2p_loss(p, h, present),
+            "p2h": lambda: p2h_loss(h, p, present, torch.tensor([1.0, 0.5]))}[term]()
     loss.backward()
     grad = p.grad if term == "h2p" else h.grad
     assert torch.isfinite(loss) and grad.abs().sum() > 0

@@ -182,6 +182,9 @@ def gpu_and_cpu_jobs(tmp_path_factory) -> SlurmRun:
     return run_fake_slurm(workdir, targets, ["pretrain", "synthetic"], inputs)
 
 
+VARIANTS = ("freesolo", "exemplar_n2")  # tiny.yaml: exemplar.counts [2], selftrain.rounds 1
+
+
 @pytest.fixture(scope="module")
 def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     """freemask_shard (GPU) and the localrule tables in one run."""
@@ -189,7 +192,7 @@ def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     targets = [f"results/{EXP}/freemask/shards/0.zarr", f"results/{EXP}/tables/metrics.md"]
     inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/pretrain/backbone.pt"]
     inputs.append(f"results/{EXP}/eval/freemask/metrics.parquet")
-    inputs += [f"results/{EXP}/eval/solo/round{r}/metrics.parquet" for r in (0, 1)]  # config.yaml: 1 round
+    inputs += [f"results/{EXP}/eval/{v}/round{r}/metrics.parquet" for v in VARIANTS for r in (0, 1)]
     return run_fake_slurm(workdir, targets, ["freemask_shard", "tables"], inputs)
 
 

@@ -40,18 +40,24 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     assert {r["stage"] for r in rows} == {"freemask"}
     assert "freemask" in (res / "tables" / "metrics.md").read_text()
 
-    # SOLO round 0 on the Free Mask masks, then one self-training round on its relabelled predictions.
-    for r in (0, 1):
-        solo = res / "solo" / f"round{r}"
-        assert (solo / "model.pt").exists() and (solo / "loss.csv").exists()
-        assert sorted(p.name for p in (solo / "pred").iterdir()) == ["0.zarr", "1.zarr"]
-        rows = pq.read_table(res / "eval" / "solo" / f"round{r}" / "metrics.parquet").to_pylist()
-        assert {(x["stage"], x["round"]) for x in rows} == {("solo", r)}
-    assert sorted(p.name for p in (res / "solo" / "round1" / "labels").iterdir()) == ["0.zarr", "1.zarr"]
-    assert not (res / "solo" / "round0" / "labels").exists()  # round 0 trains on the Free Mask masks
+    # SOLO round 0 on the Free Mask masks, then one self-training round on its relabelled predictions, for
+    # FreeSOLO and for Exemplar-FreeSOLO with a pool mined from 2 exemplar images (tiny.yaml).
+    for variant in ("freesolo", "exemplar_n2"):
+        for r in (0, 1):
+            solo = res / "solo" / variant / f"round{r}"
+            assert (solo / "model.pt").exists() and (solo / "loss.csv").exists()
+            assert sorted(p.name for p in (solo / "pred").iterdir()) == ["0.zarr", "1.zarr"]
+            rows = pq.read_table(res / "eval" / variant / f"round{r}" / "metrics.parquet").to_pylist()
+            assert {(x["stage"], x["round"]) for x in rows} == {(variant, r)}
+        labels = res / "solo" / variant / "round1" / "labels"
+        assert sorted(p.name for p in labels.iterdir()) == ["0.zarr", "1.zarr"]
+        assert not (res / "solo" / variant / "round0" / "labels").exists()  # round 0: the Free Mask masks
+    assert "loss_eec" in (res / "solo" / "exemplar_n2" / "round0" / "loss.csv").read_text().splitlines()[0]
+    assert "loss_eec" not in (res / "solo" / "freesolo" / "round0" / "loss.csv").read_text()
+    assert (res / "exemplar" / "n2" / "pool" / "exemplars.parquet").exists()
     table = (res / "tables" / "metrics.md").read_text()
-    assert "| tiny | solo | 0 |" in table and "| tiny | solo | 1 |" in table
-    assert (res / "pretrain" / "backbone.pt.params.json").exists()
+    for line in ("| tiny | freesolo | 0 |", "| tiny | freesolo | 1 |", "| tiny | exemplar_n2 | 1 |"):
+        assert line in table
 
     # A finished run has nothing left to do (Snakemake owns caching).
     dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml"))
@@ -67,8 +73,8 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     (workflow_dir / "relabel.yaml").write_text("selftrain:\n  max_per_image: 5\n")
     dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml", "relabel.yaml"))
     out = dry.stdout + dry.stderr
-    assert "selftrain_relabel" in out and "solo/round1/model.pt" in out
-    assert re.search(r"^solo_train\s+1$", out, re.M), out  # round 1 only: round 0 is untouched
+    assert "selftrain_relabel" in out and "solo/freesolo/round1/model.pt" in out
+    assert re.search(r"^solo_train\s+2$", out, re.M), out  # round 1 of both variants: round 0 is untouched
 
 
 def test_config_typo_stops_with_key_named(workflow_dir):
@@ -90,7 +96,9 @@ def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
         img = (rng.random((48 + 8 * i, 64, 3)) * 255).astype(np.uint8)
         cv2.imwrite(str(photos / f"p{i}.png"), img)
     (workflow_dir / "folder.yaml").write_text(
-        f"experiment: photos\ndataset: {{kind: folder, name: photos, images: {photos}}}\n")
+        f"experiment: photos\ndataset: {{kind: folder, name: photos, images: {photos}}}\n"
+        # Noise images have no foreground for GrabCut: an exemplar pool would be empty (a clear error).
+        "exemplar: {counts: []}\n")
     _ok(snakemake(workflow_dir, "--cores", "2", "--configfile", "tiny.yaml", "folder.yaml"))
     res = workflow_dir / "results" / "photos"
     assert [r["id"] for r in pq.read_table(res / "data" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
