@@ -1,13 +1,11 @@
 """Self-supervised SOLOv2 training on coarse masks (METHODS.md "Self-supervised SOLO (FreeSOLO)").
 
 Follows maskless.pretrain.train's design:
-- Data: the manifest images that have at least one coarse mask in the mask index; images without masks
-  (or absent from the index) are counted, logged and left out (with background_images, indexed images with
-  zero masks are kept as all-background samples: they feed only the focal loss's negatives). Each image and
-  its masks are resized once to a short side of input_size x max(scale_jitter) and kept in memory up to
-  CACHE_LIMIT_BYTES (then re-read: same pixels, slower). Per step: maskless.solo.augment.batch_samples
-  (weak geometry, copy-paste, strong view), padding to a common multiple of 32, assign_targets per image,
-  Lab at mask resolution.
+- Data (maskless.solo.data): the manifest images that have at least one coarse mask in the mask index;
+  images without masks (or absent from the index) are counted, logged and left out (with
+  background_images, indexed images with zero masks are kept as all-background samples: they feed only the
+  focal loss's negatives). Per step: weak geometry, copy-paste, strong view, padding to a common multiple
+  of 32, assign_targets per image, Lab at mask resolution.
 - Views (`views`): "strong" (default) trains on the strong view only: its geometry and masks are the weak
   view's, so the coarse masks stay aligned while the colours vary; "weak" on the weak view only; "both"
   puts both views of each image in the batch (2 x batch_size samples, twice the compute).
@@ -23,33 +21,29 @@ Follows maskless.pretrain.train's design:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from maskless.data.images import resized_hw
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
 from maskless.models.resnet import normalize
-from maskless.pretrain.train import batch_indices
 from maskless.resume import restore, resume_key, save_state, try_resume
 from maskless.exemplar.eec import EECParams
-from maskless.solo.augment import SoloAugmentParams, batch_samples, padded_size, resize_sample
+from maskless.solo.augment import SoloAugmentParams
+from maskless.solo.data import SampleSource, data_fingerprint, make_batch, mask_counts, select_images  # noqa: F401
 from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
-from maskless.solo.model import SIZE_DIVISOR, SOLOv2, SoloModelParams
-from maskless.solo.targets import SoloGeometry, assign_targets
+from maskless.solo.model import SOLOv2, SoloModelParams
+from maskless.solo.targets import SoloGeometry
 
 log = logging.getLogger(__name__)
 
 STATE_NAME = "solo_last.pt"
-CACHE_LIMIT_BYTES = 2 << 30
 GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
 SCHEDULES = ("cosine", "step")
 VIEWS = ("strong", "weak", "both")
@@ -167,98 +161,6 @@ def lr_at(step: int, params: SoloTrainParams) -> float:
         return params.lr * 0.1 ** sum(step >= f * params.steps for f in params.lr_decay_at)
     span = max(1, params.steps - params.warmup_steps)
     return params.lr * 0.5 * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
-
-
-class SampleSource:
-    """Training images with their coarse masks, resized to a short side of `short` (cached up to a limit)."""
-
-    def __init__(self, rows: list[dict], store, short: float, cache_limit: int = CACHE_LIMIT_BYTES):
-        self.rows, self.store, self.short = rows, store, short
-        self.cache: dict[int, tuple] = {}
-        self.cache_limit, self.cached_bytes = cache_limit, 0
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        from maskless.data.images import load_rgb
-
-        row = self.rows[i]
-        image, masks = load_rgb(row["path"]), self.store.get(int(row["id"]))
-        if image.shape[:2] != (masks.height, masks.width):
-            raise ValueError(f"image {row['path']} (id {row['id']}) is {image.shape[0]}x{image.shape[1]} but "
-                             f"its masks in {self.store.index_path} are {masks.height}x{masks.width}")
-        s = resize_sample(image, masks.masks, masks.embeddings, resized_hw(*image.shape[:2], self.short))
-        return s.image, s.masks, s.embeddings
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        if i in self.cache:
-            return self.cache[i]
-        item = self._load(i)
-        size = sum(a.nbytes for a in item if a is not None)
-        if self.cached_bytes + size <= self.cache_limit:
-            self.cache[i], self.cached_bytes = item, self.cached_bytes + size
-        return item
-
-
-def mask_counts(masks_index: str) -> dict[int, int]:
-    """Masks per image id, from the index's per-image table."""
-    from maskless.store import MaskStore
-
-    return MaskStore(masks_index).mask_counts()
-
-
-def select_images(rows: list[dict], counts: dict[int, int], *, background: bool = False
-                  ) -> tuple[list[dict], dict[str, int]]:
-    """Manifest rows with at least one coarse mask (or, with background, any row in the index); counts of
-    the rows left out by reason (rows kept as all-background are counted under "background")."""
-    least = 0 if background else 1
-    keep = [r for r in rows if counts.get(int(r["id"]), -1) >= least]
-    n_empty = sum(counts.get(int(r["id"]), -1) == 0 for r in rows)
-    skipped = {"not_in_index": sum(int(r["id"]) not in counts for r in rows),
-               "no_masks": 0 if background else n_empty, "background": n_empty if background else 0}
-    return keep, skipped
-
-
-def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_weights: str | None = None,
-                     exemplar_pool: str | None = None) -> str:
-    """Identity of images, coarse masks (the index file's bytes), the initial backbone and SOLO weights, and
-    the exemplar pool's files."""
-    from maskless.data.images import sha256_file
-
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
-    h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())
-    if init_weights:
-        h.update(f" init {sha256_file(init_weights)}".encode())
-    if exemplar_pool:
-        for f in sorted(p for p in Path(exemplar_pool).rglob("*") if p.is_file()):
-            h.update(f" {f.relative_to(exemplar_pool)} {sha256_file(f)}".encode())
-    return h.hexdigest()
-
-
-def make_batch(source: SampleSource, step: int, params: SoloTrainParams, geometry: SoloGeometry):
-    """0-based step `step`'s batch -> (uint8 images (B, 3, H, W), [SoloTargets], pasted count); random only via
-    (seed, step)."""
-    idx = batch_indices(step, n_images=len(source), batch_size=params.batch_size, seed=params.seed)
-    rng = np.random.default_rng([params.seed, step, 1])
-    samples, pasted = batch_samples([source[int(i)] for i in idx], rng, params.augment_params())
-    views = {"strong": ("strong",), "weak": ("image",), "both": ("image", "strong")}[params.views]
-    hp, wp = padded_size(samples, SIZE_DIVISOR)
-    images, targets = [], []
-    for s in samples:
-        h, w = s.image.shape[:2]
-        masks = np.zeros((len(s.masks), hp, wp), dtype=bool)
-        masks[:, :h, :w] = s.masks
-        tgt = assign_targets(torch.from_numpy(masks), geometry, image_hw=(h, w),
-                             embeddings=None if s.embeddings is None else torch.from_numpy(s.embeddings))
-        for view in views:
-            img = np.zeros((hp, wp, 3), dtype=np.uint8)
-            img[:h, :w] = getattr(s, view)
-            images.append(torch.from_numpy(img).permute(2, 0, 1))  # (3, H, W)
-            targets.append(tgt)
-    return torch.stack(images), targets, pasted  # (B, 3, H, W)
 
 
 def freeze_bn(module: torch.nn.Module) -> int:
