@@ -25,10 +25,19 @@ import numpy as np
 import torch
 
 
-def coarse_masks_from_gt(instances: str, manifest: str, out_dir: Path, emb_dim: int) -> str:
-    """The ground-truth masks of every image as one mask store (random unit embeddings) -> index path."""
+def _decode(seg, h: int, w: int) -> np.ndarray:
+    """(H, W) bool of a COCO segmentation: polygons or an RLE (compressed or not)."""
     from pycocotools import mask as mask_utils
 
+    from maskless.ops.masks import decode_rle
+
+    if isinstance(seg, list):
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(seg, h, w))).astype(bool)
+    return decode_rle(seg)
+
+
+def coarse_masks_from_gt(instances: str, manifest: str, out_dir: Path, emb_dim: int) -> str:
+    """The ground-truth masks of every image as one mask store (random unit embeddings) -> index path."""
     from maskless.data.manifest import read_manifest
     from maskless.store import ImageMasks, build_index, write_shard
 
@@ -41,9 +50,8 @@ def coarse_masks_from_gt(instances: str, manifest: str, out_dir: Path, emb_dim: 
     for r in read_manifest(manifest):
         h, w = int(r["height"]), int(r["width"])
         anns = [a for a in by_image.get(int(r["id"]), []) if not a.get("iscrowd")]
-        masks = [mask_utils.decode(mask_utils.frPyObjects(a["segmentation"], h, w)) for a in anns]
-        masks = np.stack([m.max(axis=2) if m.ndim == 3 else m for m in masks]).astype(bool) if masks else \
-            np.zeros((0, h, w), bool)
+        masks = [_decode(a["segmentation"], h, w) for a in anns]
+        masks = np.stack(masks) if masks else np.zeros((0, h, w), bool)
         emb = rng.normal(size=(len(masks), emb_dim)).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-9
         images.append(ImageMasks(int(r["id"]), h, w, masks, np.ones(len(masks)), emb))

@@ -71,6 +71,7 @@ class SoloTrainParams:
     checkpoint_every: int = 50
     seed: int = 0
     freeze_backbone_bn: bool = True
+    freeze_at: int = 2  # detectron2's BACKBONE.FREEZE_AT (FreeSOLO's configs inherit 2): stem + res2 frozen
     background_images: bool = False  # also train on indexed images with zero masks (all-background samples)
     geometry: str | SoloGeometry = "small"  # a preset name (GEOMETRIES) or explicit values (config)
     model: SoloModelParams = field(default_factory=SoloModelParams)
@@ -92,6 +93,9 @@ class SoloTrainParams:
         for key in ("steps", "batch_size", "input_size", "checkpoint_every"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{name}.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.freeze_at not in range(6):
+            raise ValueError(f"{name}.freeze_at must be 0..5 (0 none, 1 stem, 2 stem + res2, ...), got "
+                             f"{self.freeze_at!r}")
         for key in ("warmup_steps", "copy_paste_max", "seed"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ValueError(f"{name}.{key} must be an integer >= 0, got {getattr(self, key)!r}")
@@ -175,6 +179,20 @@ def freeze_bn(module: torch.nn.Module) -> int:
     return n
 
 
+def freeze_stages(backbone: torch.nn.Module, freeze_at: int) -> int:
+    """Stop the gradient of the stem (freeze_at >= 1) and of res2.. res<freeze_at> (detectron2's FREEZE_AT);
+    returns the number of parameters frozen. Their BatchNorm is frozen by freeze_bn in any case."""
+    parts = [[backbone.conv1, backbone.bn1]] if freeze_at >= 1 else []
+    parts += [[getattr(backbone, f"layer{i}")] for i in range(1, freeze_at)]
+    n = 0
+    for part in parts:
+        for module in part:
+            for p in module.parameters():
+                p.requires_grad_(False)
+                n += p.numel()
+    return n
+
+
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
     """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
     values = {k: float(v.detach()) for k, v in losses.items()}
@@ -217,6 +235,9 @@ def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weigh
     model = _init_model(backbone, params, init_weights).to(dev).train()
     if params.freeze_backbone_bn:
         log.info("froze %d backbone BatchNorm layers", freeze_bn(model.backbone))
+    if params.freeze_at:
+        log.info("froze the backbone up to stage %d (%d parameters)", params.freeze_at,
+                 freeze_stages(model.backbone, params.freeze_at))
     eec, saved = None, model
     if params.eec is not None:
         eec = EECState(params.eec, kernel_dim=params.model.kernel_dim, gn_groups=params.model.gn_groups,

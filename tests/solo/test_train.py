@@ -265,3 +265,18 @@ def test_finetune_starts_from_every_weight_of_the_init_checkpoint(tmp_path, data
     with pytest.raises(ValueError, match="cannot fine-tune from"):
         train_solo(params=other, out_weights=str(tmp_path / "x.pt"), state_dir=str(tmp_path / "s3"),
                    init_weights=str(tmp_path / "r0.pt"), **kw)
+
+
+def test_freeze_at_two_stops_stem_and_res2_only():
+    """detectron2's FREEZE_AT = 2: conv1/bn1 and layer1 get no gradient, layer2 does; 0 freezes nothing."""
+    from maskless.solo.train import freeze_stages
+
+    net = build_resnet("resnet18")
+    n = freeze_stages(net, 2)
+    frozen = {name.split(".")[0] for name, p in net.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "bn1", "layer1"}
+    assert n == sum(p.numel() for m in (net.conv1, net.bn1, net.layer1) for p in m.parameters())
+    fresh = build_resnet("resnet18")
+    assert freeze_stages(fresh, 0) == 0 and all(p.requires_grad for p in fresh.parameters())
+    with pytest.raises(ValueError, match="freeze_at"):
+        SoloTrainParams(freeze_at=6)
