@@ -28,6 +28,7 @@ include: "rules/pretrain.smk"
 include: "rules/freemask.smk"
 include: "rules/solo.smk"
 include: "rules/exemplar.smk"
+include: "rules/stego.smk"
 include: "rules/eval.smk"
 
 

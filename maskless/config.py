@@ -103,6 +103,10 @@ def _cross_checks(cfg: dict) -> list[str]:
     if eec["beta"] > eec["alpha"]:
         errors.append(f"config key 'exemplar.eec.beta' ({eec['beta']}) must not exceed exemplar.eec.alpha "
                       f"({eec['alpha']})")
+    st = cfg["stego"]
+    if st["train"]["knn_top"] > st["knn_k"]:
+        errors.append(f"config key 'stego.train.knn_top' ({st['train']['knn_top']}) exceeds stego.knn_k "
+                      f"({st['knn_k']}), the neighbours kept")
     counts = cfg["exemplar"]["counts"]
     if len(set(counts)) != len(counts):
         errors.append(f"config key 'exemplar.counts' repeats a count: {counts}")

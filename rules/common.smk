@@ -54,8 +54,9 @@ def training_masks(experiment, variant, round, shard=None):
 
 def solo_train_inputs(wildcards):
     r, exp, variant = int(wildcards.round), wildcards.experiment, wildcards.variant
-    if r > config["selftrain"]["rounds"]:
-        raise ValueError(f"SOLO round {r} asked for, but selftrain.rounds is {config['selftrain']['rounds']}")
+    if r > variant_rounds(variant):
+        raise ValueError(f"SOLO {variant} round {r} asked for, but the config gives it {variant_rounds(variant)} "
+                         f"self-training rounds (selftrain.rounds, exemplar.rounds)")
     inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "masks": training_masks(exp, variant, r),
               "backbone": f"results/{exp}/pretrain/backbone.pt"}
     if r > 0 and config["selftrain"]["init"] == "finetune":
@@ -79,15 +80,36 @@ def solo_variants():
     return ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]]
 
 
+def variant_rounds(variant):
+    """Self-training rounds after round 0 of a SOLO variant."""
+    if variant != "freesolo" and config["exemplar"]["rounds"] is not None:
+        return config["exemplar"]["rounds"]
+    return config["selftrain"]["rounds"]
+
+
 def solo_evals(wildcards):
     return [f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
-            for v in solo_variants() for r in range(config["selftrain"]["rounds"] + 1)]
+            for v in solo_variants() for r in range(variant_rounds(v) + 1)]
+
+
+def stego_train_inputs(wildcards):
+    exp = wildcards.experiment
+    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "backbone": f"results/{exp}/pretrain/backbone.pt"}
+    if has_ground_truth():
+        inputs["gt"] = f"results/{exp}/data/instances_gt.json"  # the linear probe (evaluation only)
+    return inputs
+
+
+def stego_evals(wildcards):
+    on = config["stego"]["enabled"] and has_ground_truth()
+    return [f"results/{wildcards.experiment}/eval/stego/metrics.parquet"] if on else []
 
 
 def get_final_outputs():
-    last = config["selftrain"]["rounds"]
     out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
-           *[f"results/{EXP}/solo/{v}/round{last}/index.parquet" for v in solo_variants()]]
+           *[f"results/{EXP}/solo/{v}/round{variant_rounds(v)}/index.parquet" for v in solo_variants()]]
+    if config["stego"]["enabled"]:
+        out.append(f"results/{EXP}/stego/model.pt")
     if has_ground_truth():
         out.append(f"results/{EXP}/tables/metrics.md")
     return out

@@ -55,6 +55,7 @@ rule tables:
     input:
         metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
         solo=solo_evals,
+        stego=stego_evals,
     output:
         table="results/{experiment}/tables/metrics.md",
     log:

@@ -15,7 +15,7 @@ rule exemplar_pool:
     benchmark:
         "results/{experiment}/benchmarks/exemplar/n{n_exemplars}.tsv"
     params:
-        pool=section_params(config, "exemplar", exclude=("counts", "eec", "threads")),
+        pool=section_params(config, "exemplar", exclude=("counts", "eec", "threads", "rounds")),
         n_exemplars=lambda wc: int(wc.n_exemplars),
         seed=config["seed"],
         device=config["device"],

@@ -6,6 +6,7 @@ from maskless.stage_utils import begin
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)
 cfg = dict(params["pool"])
+cfg.pop("rounds", None)  # a SOLO setting of the exemplar variants (older runs passed it here)
 select = {**cfg.pop("select"), "count": params["n_exemplars"], "seed": params["seed"]}
 grabcut = {**cfg.pop("grabcut"), "seed": params["seed"]}
 build_pool(

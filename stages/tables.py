@@ -6,4 +6,4 @@ from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 begin(smk)
-write_text_atomic(smk.output.table, metrics_markdown(read_metrics(list(smk.input.metrics) + list(smk.input.solo))))
+write_text_atomic(smk.output.table, metrics_markdown(read_metrics([*smk.input.metrics, *smk.input.solo, *smk.input.stego])))

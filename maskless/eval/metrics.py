@@ -28,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # The COCO summary metrics reported for every instance output (METHODS.md, "Evaluation").
 INSTANCE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
+# Semantic outputs (STEGO, PCT): mean IoU over classes and pixel accuracy, after Hungarian matching for
+# unsupervised clusters (maskless.eval.semantic).
+SEMANTIC_METRICS = ("mIoU", "Acc")
 
 SCHEMA = pa.schema(
     [
@@ -111,7 +114,7 @@ def _fmt(value: float | None) -> str:
 
 # Pipeline order of the stages in tables: coarse masks, then the segmenters trained on them; exemplar
 # variants by their count (exemplar_n2 before exemplar_n10); stages not listed after these, by name.
-STAGE_ORDER = ("freemask", "freesolo", "exemplar")
+STAGE_ORDER = ("freemask", "freesolo", "exemplar", "kmeans", "stego")
 
 
 def stage_rank(stage: str) -> tuple:
@@ -139,14 +142,15 @@ def _table(iou_type: str, rows: list[dict], metrics: tuple[str, ...]) -> str:
 
 def metrics_markdown(rows: list[dict], *, metrics: tuple[str, ...] = INSTANCE_METRICS) -> str:
     """Markdown: one table per iou_type, one line per (experiment, stage, round, dataset), one column per
-    metric in `metrics`; values with 1 decimal, NaN (undefined) and absent values as "-".
+    metric in `metrics` (SEMANTIC_METRICS for the semantic table); values with 1 decimal, NaN (undefined)
+    and absent values as "-".
 
     iou_types come in the order segm, bbox, semantic; lines sorted by their key. Rows whose metric is not
     in `metrics` are left out (counted in the log); an iou_type with none of `metrics` gets no table.
     """
     _check_rows(rows, "for the markdown table")
-    metrics = tuple(metrics)
-    shown = [r for r in rows if r["metric"] in metrics]
+    columns = {t: SEMANTIC_METRICS if t == "semantic" else tuple(metrics) for t in IOU_TYPES}
+    shown = [r for r in rows if r["metric"] in columns[r["iou_type"]]]
     if len(shown) < len(rows):
         n_hidden = len(rows) - len(shown)
         log.info("markdown table: %d of %d metric rows not in the requested columns, not shown", n_hidden, len(rows))
@@ -155,5 +159,5 @@ def metrics_markdown(rows: list[dict], *, metrics: tuple[str, ...] = INSTANCE_ME
         by_type.setdefault(row["iou_type"], []).append(row)
     if not by_type:
         return "(no metrics)\n"
-    tables = [_table(t, by_type[t], metrics) for t in sorted(by_type, key=IOU_TYPES.index)]
+    tables = [_table(t, by_type[t], columns[t]) for t in sorted(by_type, key=IOU_TYPES.index)]
     return "\n".join(tables)

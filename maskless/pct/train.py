@@ -332,7 +332,7 @@ class _Run:
     module: nn.Module
     nets: list[SegNet]
     batch: Callable[[int], Batch]  # 0-based step -> batch
-    losses: Callable[[Batch, int], tuple[dict[str, Tensor], dict[str, Tensor], dict]]  # outputs, terms, stats
+    losses: Callable[[Batch, int], tuple[dict[str, Tensor], dict]]  # (batch, step) -> (terms, stats)
 
 
 def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state_dir: str, dev,
@@ -357,7 +357,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
             group["lr"] = lr * group["lr_mult"]
         batch = run.batch(step - 1)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-            outputs, terms, stats = run.losses(batch, step)
+            terms, stats = run.losses(batch, step)
         values = _check_terms(terms, run.what, step)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
@@ -451,11 +451,9 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
         x = normalize(b.images)  # (B, 3, S, S)
         ho = hybrid(x, embeddings=params.use_contextrast)
         po = pseudo(x, embeddings=params.use_contextrast)
-        outputs = {"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}
-        _check_outputs(outputs, "PCT", step)
+        _check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", step)
         with torch.autocast(device_type=dev.type, enabled=False):  # losses in float32
-            terms, stats = pct_losses(ho, po, b, dyn, params)
-        return outputs, terms, stats
+            return pct_losses(ho, po, b, dyn, params)
 
     log.info("PCT: %d strong + %d weak images, %d classes, %d steps of %d+%d, device %s", len(strong),
              len(weak), k, params.steps, half, half, dev)
@@ -500,8 +498,7 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
         o = net(normalize(b.images), embeddings=params.use_contextrast)
         _check_outputs({"logits": o["logits"]}, "supervised", step)
         with torch.autocast(device_type=dev.type, enabled=False):
-            terms, stats = supervised_losses(o, b, params)
-        return {"logits": o["logits"]}, terms, stats
+            return supervised_losses(o, b, params)
 
     log.info("supervised: %d labelled images, %d classes, %d steps of %d, device %s", len(used), k,
              params.steps, params.batch_size, dev)

@@ -13,7 +13,7 @@ from maskless.eval.metrics import SCHEMA, metric_rows, metrics_markdown, read_me
 
 
 def _rows() -> list[dict]:
-    """Two (experiment, stage, round, dataset) keys, segm and bbox, plus a semantic row not shown."""
+    """Two (experiment, stage, round, dataset) keys, segm and bbox, plus a semantic row (its own columns)."""
     rows = metric_rows(
         {"segm": {"AP": 4.349, "AP50": 9.85, "APs": math.nan}, "bbox": {"AP": 5.0, "AP50": 0.04}},
         experiment="exp", stage="solo", round=1, dataset="coco",
@@ -38,6 +38,12 @@ GOLDEN = """\
 | experiment | stage | round | dataset | AP | AP50 | APs |
 |:--|:--|--:|:--|--:|--:|--:|
 | exp | solo | 1 | coco | 5.0 | 0.0 | - |
+
+### semantic
+
+| experiment | stage | round | dataset | mIoU | Acc |
+|:--|:--|--:|:--|--:|--:|
+| exp | freemask | 0 | coco | 33.3 | - |
 """
 
 
@@ -51,7 +57,7 @@ def test_markdown_golden():
     """Hand-written expected table: segm before bbox, lines sorted by stage (freemask < solo), 1 decimal
     with Python's round-half-even on the binary value (12.25 -> 12.2, 9.85 -> 9.8 as 9.85 is stored as
     9.8499..., 21.96 -> 22.0, 0.04 -> 0.0), NaN and a metric absent for a line as "-", the semantic row
-    (mIoU not among the columns) left out."""
+    in a table of its own with the semantic columns (mIoU, Acc; Acc absent -> "-")."""
     assert metrics_markdown(_rows(), metrics=("AP", "AP50", "APs")) == GOLDEN
 
 
@@ -123,3 +129,16 @@ def test_tables_list_stages_in_pipeline_order():
     lines = [ln for ln in metrics_markdown(rows).splitlines() if ln.startswith("| e |")]
     assert [ln.split(" | ")[1:3] for ln in lines] == [["freemask", "0"], ["freesolo", "0"], ["freesolo", "1"],
                                                        ["exemplar_n2", "0"], ["exemplar_n10", "0"], ["zeta", "0"]]
+
+
+def test_semantic_rows_get_their_own_columns():
+    """A semantic row shows mIoU and Acc, not the COCO columns; instance tables are unchanged."""
+    from maskless.eval.metrics import metric_rows, metrics_markdown
+
+    rows = metric_rows({"semantic": {"mIoU": 12.34, "Acc": 56.78}}, experiment="e", stage="stego_cluster",
+                       round=0, dataset="d")
+    rows += metric_rows({"segm": {"AP": 1.0}}, experiment="e", stage="freemask", round=0, dataset="d")
+    text = metrics_markdown(rows)
+    assert "| experiment | stage | round | dataset | mIoU | Acc |" in text
+    assert "| e | stego_cluster | 0 | d | 12.3 | 56.8 |" in text
+    assert text.index("### segm") < text.index("### semantic")

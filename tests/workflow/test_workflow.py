@@ -55,7 +55,14 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     assert "loss_eec" in (res / "solo" / "exemplar_n2" / "round0" / "loss.csv").read_text().splitlines()[0]
     assert "loss_eec" not in (res / "solo" / "freesolo" / "round0" / "loss.csv").read_text()
     assert (res / "exemplar" / "n2" / "pool" / "exemplars.parquet").exists()
+    # STEGO: the probes with and without CRF and the k-means baseline, as semantic rows.
+    rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
+    assert {(x["stage"], x["metric"]) for x in rows} == {
+        (s, m) for s in ("kmeans", "stego_cluster", "stego_cluster_crf", "stego_linear", "stego_linear_crf")
+        for m in ("mIoU", "Acc")}
+    assert all(0.0 <= x["value"] <= 100.0 for x in rows)
     table = (res / "tables" / "metrics.md").read_text()
+    assert "### semantic" in table and "| tiny | stego_cluster | 0 |" in table
     for line in ("| tiny | freesolo | 0 |", "| tiny | freesolo | 1 |", "| tiny | exemplar_n2 | 1 |"):
         assert line in table
 
@@ -104,3 +111,6 @@ def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
     assert [r["id"] for r in pq.read_table(res / "data" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
     assert (res / "freemask" / "annotations.json").exists()
     assert not (res / "data" / "instances_gt.json").exists() and not (res / "eval").exists()
+    # STEGO trains without labels; its linear probe (an evaluation probe) is skipped with the reason logged.
+    assert (res / "stego" / "model.pt").exists()
+    assert "linear probe skipped" in (res / "logs" / "stego" / "train.log").read_text()

@@ -1,0 +1,124 @@
+"""The STEGO stages of the workflow: train (features, kNN, head and probes) and evaluate (rows of a table).
+
+Images are made square (short side resized to input_size, centre crop: maskless.stego.features.square_image)
+so the frozen features of every image stack into one tensor; the ground truth gets the same geometry
+(maskless.data.semantic.square_labels). Ground truth comes from the experiment's validated COCO instances
+(thing classes 1..C, background 0, crowd 255): for the synthetic data these are the generator's own objects.
+
+Evaluation rows (iou_type "semantic", metrics mIoU and Acc, maskless.eval.metrics), one stage name each:
+  kmeans             k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat)
+  stego_cluster      the cluster probe (Hungarian-matched to the classes over the whole dataset)
+  stego_cluster_crf  the same after the dense CRF
+  stego_linear       the linear probe (trained on the labels: an evaluation probe, not unsupervised)
+  stego_linear_crf   the same after the dense CRF
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from maskless.data.images import load_rgb
+from maskless.data.manifest import read_manifest
+from maskless.io import pick_device, set_threads, write_text_atomic
+from maskless.stego.features import extract_all, square_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StegoStageParams:
+    layer: str = "res3"
+    input_size: int = 160
+    knn_k: int = 7
+    batch_size: int = 16  # images per backbone forward
+
+
+def _images(manifest: str, size: int) -> tuple[list[int], np.ndarray]:
+    rows = read_manifest(manifest)
+    ids = [int(r["id"]) for r in rows]
+    return ids, np.stack([square_image(load_rgb(r["path"]), size) for r in rows])  # (N, S, S, 3)
+
+
+def square_ground_truth(gt: str, ids: list[int], size: int) -> tuple[torch.Tensor, int]:
+    """(N, S, S) int64 labels of the images in ids, and the class count (background included)."""
+    from maskless.data.semantic import coco_labels, num_classes, square_labels
+
+    labels = [square_labels(lab, size) for lab in coco_labels(gt, ids)]
+    return torch.from_numpy(np.stack(labels).astype(np.int64)), num_classes(gt)
+
+
+def load_frozen(backbone_path: str, device) -> torch.nn.Module:
+    from maskless.models.weights import load_backbone
+
+    return load_backbone(backbone_path).to(device).eval()
+
+
+def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: str, state_dir: str,
+                    params: StegoStageParams, train_params, gt: str | None = None, loss_log: str | None = None,
+                    device: str = "auto", threads: int | None = None) -> dict:
+    """Features of the frozen backbone, their kNN (saved to out_knn), then train_stego -> out_model."""
+    from maskless.stego.knn import compute_knn, pool_features, save_knn
+    from maskless.stego.train import train_stego
+
+    set_threads(threads)
+    dev = pick_device(device)
+    t0 = time.perf_counter()
+    ids, images = _images(manifest, params.input_size)
+    feats = extract_all(load_frozen(backbone, dev), list(images), layer=params.layer,
+                        batch_size=params.batch_size)  # (N, C, h, w)
+    log.info("STEGO: %s features %s of %d images in %.1f s", params.layer, tuple(feats.shape[1:]), len(ids),
+             time.perf_counter() - t0)
+    knn = compute_knn(pool_features(feats), params.knn_k)
+    save_knn(out_knn, knn)
+    labels, n_classes = square_ground_truth(gt, ids, params.input_size) if gt else (None, None)
+    return train_stego(features=feats, knn=knn, params=train_params, out=out_model, state_dir=state_dir,
+                       device=device, labels=labels, num_classes=n_classes, loss_log=loss_log)
+
+
+def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_metrics: str, out_table: str,
+                   experiment: str, dataset: str, params: StegoStageParams, crf: dict | None, flip: bool = True,
+                   kmeans_seed: int = 0, device: str = "auto", threads: int | None = None) -> list[dict]:
+    """Score the STEGO probes (with and without CRF) and the k-means baseline; write the rows and a table."""
+    from maskless.eval.metrics import metric_rows, metrics_markdown, write_metrics
+    from maskless.eval.semantic import semantic_results
+    from maskless.stego.baseline import KMeansParams, kmeans_baseline
+    from maskless.stego.crf import CrfParams
+    from maskless.stego.predict import load_stego, predict
+
+    set_threads(threads)
+    dev = pick_device(device)
+    ids, images = _images(manifest, params.input_size)
+    gts, n_classes = square_ground_truth(gt, ids, params.input_size)
+    stego = load_stego(model, dev)
+    k = stego["params"]["n_clusters"]
+    net = load_frozen(backbone, dev)
+    feats = extract_all(net, list(images), layer=params.layer, batch_size=params.batch_size)  # (N, C, h, w)
+    size = (params.input_size, params.input_size)
+    preds = {"kmeans": kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=kmeans_seed))}
+    variants = [("", None)] + ([("_crf", CrfParams(**crf))] if crf is not None else [])
+    for suffix, crf_params in variants:
+        maps = {"cluster": [], "linear": []}
+        for start in range(0, len(images), params.batch_size):
+            batch = torch.from_numpy(images[start : start + params.batch_size]).permute(0, 3, 1, 2)  # (B, 3, S, S)
+            out = predict(net, stego, batch.to(dev), layer=params.layer, flip=flip, crf=crf_params)
+            for key in maps:
+                if out[key] is not None:
+                    maps[key].append(out[key])
+        preds[f"stego_cluster{suffix}"] = torch.cat(maps["cluster"])
+        if maps["linear"]:
+            preds[f"stego_linear{suffix}"] = torch.cat(maps["linear"])
+    rows = []
+    for stage, pred in preds.items():
+        linear = stage.startswith("stego_linear")
+        res = semantic_results(list(pred.numpy()), list(gts.numpy()), num_pred=n_classes if linear else k,
+                               num_classes=n_classes, match="identity" if linear else "hungarian")
+        rows += metric_rows(res, experiment=experiment, stage=stage, round=0, dataset=dataset)
+        log.info("%s: %s", stage, res["semantic"])
+    write_metrics(out_metrics, rows)
+    write_text_atomic(out_table, metrics_markdown(rows))
+    return rows

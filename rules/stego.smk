@@ -1,0 +1,59 @@
+# STEGO unsupervised semantic segmentation on the frozen pretrain backbone: features + kNN + head and probes
+# (one job), then the evaluation of the cluster probe, the linear probe (each with and without CRF) and the
+# k-means baseline against the instances' thing classes.
+
+
+rule stego_train:
+    input:
+        unpack(stego_train_inputs),
+    output:
+        model="results/{experiment}/stego/model.pt",
+        knn="results/{experiment}/stego/knn.npy",
+        loss_log="results/{experiment}/stego/loss.csv",
+    log:
+        "results/{experiment}/logs/stego/train.log",
+    benchmark:
+        "results/{experiment}/benchmarks/stego/train.tsv"
+    params:
+        stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
+        train=config["stego"]["train"],
+        seed=config["seed"],
+        device=config["device"],
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/stego",
+    threads: config["stego"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=1,
+    conda:
+        ENV
+    script:
+        "../stages/stego_train.py"
+
+
+rule stego_eval:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        backbone="results/{experiment}/pretrain/backbone.pt",
+        model="results/{experiment}/stego/model.pt",
+        gt="results/{experiment}/data/instances_gt.json",
+    output:
+        metrics="results/{experiment}/eval/stego/metrics.parquet",
+        table="results/{experiment}/eval/stego/metrics.md",
+    log:
+        "results/{experiment}/logs/eval/stego.log",
+    params:
+        stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
+        flip=config["stego"]["flip"],
+        crf=config["stego"]["crf"],
+        dataset=config["dataset"]["name"],
+        seed=config["seed"],
+        device=config["device"],
+    threads: config["stego"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../stages/stego_eval.py"

@@ -1,0 +1,23 @@
+"""Rule stego_eval: mIoU and pixel accuracy of the STEGO probes (with and without CRF) and of k-means."""
+
+from maskless.stego.stage import StegoStageParams, run_stego_eval
+from maskless.stage_utils import begin
+
+smk = snakemake  # noqa: F821 (injected by Snakemake)
+params = begin(smk)
+run_stego_eval(
+    manifest=smk.input.manifest,
+    backbone=smk.input.backbone,
+    model=smk.input.model,
+    gt=smk.input.gt,
+    out_metrics=smk.output.metrics,
+    out_table=smk.output.table,
+    experiment=smk.wildcards.experiment,
+    dataset=params["dataset"],
+    params=StegoStageParams(**params["stage"]),
+    crf={} if params["crf"] else None,
+    flip=params["flip"],
+    kmeans_seed=params["seed"],
+    device=params["device"],
+    threads=smk.threads,
+)
