@@ -24,7 +24,12 @@ The paper describes EEC in words only and publishes no code; this is our design,
    MIL-NCE), and the loss is the mean over those instances. Positives are exemplars the instance already
    resembles: the loss pulls it further towards those pivots and away from unlike exemplars.
    No such instance: an exact zero that keeps the graph (0 * e.sum()), never NaN, with the counts logged.
-Defaults (ours, no published values): alpha 0.5, beta 0.1, temperature 0.2 (MoCo v2's), weight 0.1 (a tenth
+   Thresholds: with "absolute" (the paper's wording) alpha and beta are fixed cosines. On our embedding
+   maps every instance-exemplar cosine lay above 0.5 in the demo (+1050 positives, 0 negatives per batch:
+   the term was exactly zero for the whole run), so the default is "quantile": per instance, the exemplars
+   at or above the pos_quantile of its similarities are positives and those at or below neg_quantile
+   negatives - the nearest pivots pull, the farthest push, on any scale of the space.
+Defaults (ours, no published values): thresholds quantile 0.75 / 0.25; absolute alpha 0.5, beta 0.1, temperature 0.2 (MoCo v2's), weight 0.1 (a tenth
 of the mask terms' scale while the method is unproven here), refresh_every 50 steps.
 """
 
@@ -49,6 +54,9 @@ class EECParams:
     refresh_every: int = 50
     upsample: int = 2
     detach_masks: bool = True
+    thresholds: str = "quantile"
+    pos_quantile: float = 0.75
+    neg_quantile: float = 0.25
 
     def __post_init__(self) -> None:
         name = "EECParams"
@@ -59,6 +67,11 @@ class EECParams:
         if not -1.0 <= self.beta <= self.alpha <= 1.0:
             raise ValueError(f"{name}: need -1 <= beta <= alpha <= 1 (cosine similarities), got alpha "
                              f"{self.alpha}, beta {self.beta}")
+        if self.thresholds not in ("absolute", "quantile"):
+            raise ValueError(f"{name}.thresholds {self.thresholds!r} unknown; choices: ['absolute', 'quantile']")
+        if not 0.0 <= self.neg_quantile < self.pos_quantile <= 1.0:
+            raise ValueError(f"{name}: need 0 <= neg_quantile < pos_quantile <= 1, got {self.neg_quantile}, "
+                             f"{self.pos_quantile}")
         if not self.temperature > 0:
             raise ValueError(f"{name}.temperature must be > 0, got {self.temperature}")
         if self.weight < 0:
@@ -187,13 +200,19 @@ def pool_embeddings(model: nn.Module, head: nn.Module | None, crops, masks, *, b
 
 
 def eec_loss(inst_emb: Tensor, pool_emb: Tensor, *, alpha: float, beta: float, temperature: float,
-             valid: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+             valid: Tensor | None = None, thresholds: str = "absolute", pos_quantile: float = 0.75,
+             neg_quantile: float = 0.25) -> tuple[Tensor, dict[str, Tensor]]:
     """EEC InfoNCE (module docstring, 4). inst_emb: (N, E) unit rows (zero rows allowed where valid is
     False); pool_emb: (P, E) unit rows, treated as constants; valid: (N,) bool, rows to use (default all).
 
     Returns (loss, stats): loss a scalar mean over the instances with >= 1 positive and >= 1 negative (an
     exact 0 that keeps the graph when there are none); stats: detached float counts "num_pos" and "num_neg"
     (positive / negative pairs of used rows), "num_valid" (instances in the mean). NaN/inf: ValueError.
+
+    thresholds "absolute": positives s > alpha, negatives s < beta (the paper's fixed similarity bounds).
+    "quantile": per instance, positives s >= the pos_quantile of its similarities to the pool, negatives
+    s <= its neg_quantile (never a positive too): every instance whose similarities are not all equal has
+    both, whatever the scale of the embedding space (module docstring, 4).
     """
     if inst_emb.ndim != 2 or pool_emb.ndim != 2 or inst_emb.shape[1] != pool_emb.shape[1]:
         raise ValueError(f"eec_loss: want inst_emb (N, E) and pool_emb (P, E), got {tuple(inst_emb.shape)}, "
@@ -203,8 +222,16 @@ def eec_loss(inst_emb: Tensor, pool_emb: Tensor, *, alpha: float, beta: float, t
     if valid is None:
         valid = torch.ones(inst_emb.shape[0], dtype=torch.bool, device=inst_emb.device)
     sim = inst_emb.float() @ pool_emb.detach().float().T  # (N, P)
-    pos = (sim > alpha) & valid[:, None]  # (N, P)
-    neg = (sim < beta) & valid[:, None]  # (N, P)
+    if thresholds == "absolute":
+        pos, neg = sim > alpha, sim < beta  # (N, P)
+    elif thresholds == "quantile":
+        q = torch.tensor([neg_quantile, pos_quantile], device=sim.device)
+        lo, hi = torch.quantile(sim.detach(), q, dim=1, keepdim=True)  # (N, 1) each
+        pos = sim >= hi  # (N, P)
+        neg = (sim <= lo) & ~pos
+    else:
+        raise ValueError(f"eec_loss: thresholds {thresholds!r} unknown; choices: ['absolute', 'quantile']")
+    pos, neg = pos & valid[:, None], neg & valid[:, None]
     rows = pos.any(1) & neg.any(1)  # (N,)
     stats = {"num_pos": pos.sum().float().detach(), "num_neg": neg.sum().float().detach(),
              "num_valid": rows.sum().float().detach()}
@@ -229,6 +256,7 @@ def eec_term(emb_map: Tensor, masks: Tensor, batch_index: Tensor, pool_emb: Tens
         masks = masks.detach()
     emb, ok = mask_pooled_embeddings(emb_map, masks, batch_index)
     loss, stats = eec_loss(emb, pool_emb, alpha=params.alpha, beta=params.beta,
-                           temperature=params.temperature, valid=ok)
+                           temperature=params.temperature, valid=ok, thresholds=params.thresholds,
+                           pos_quantile=params.pos_quantile, neg_quantile=params.neg_quantile)
     return {"loss_eec": loss, **{f"num_eec_{k[4:]}": v for k, v in stats.items()},
             "num_eec_empty": (~ok).sum().float().detach()}

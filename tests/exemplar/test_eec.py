@@ -191,3 +191,26 @@ def test_params_validation(bad):
 def test_refresh_schedule():
     p = EECParams(refresh_every=3)
     assert [s for s in range(8) if p.refresh_due(s)] == [0, 3, 6]
+
+
+def test_quantile_thresholds_by_hand():
+    """One instance e = (1, 0) against a pool at cosines 0.9, 0.8, 0.7, 0.6 (all above the absolute
+    alpha 0.5: no negative, loss 0). Quantiles 0.75 / 0.25 of [0.6, 0.7, 0.8, 0.9] (linear interpolation)
+    are 0.825 and 0.675: positive 0.9, negative 0.6, and with t = 1
+    loss = -log(e^0.9 / (e^0.9 + e^0.6)) = log(1 + e^-0.3)."""
+    import math
+
+    import torch
+
+    from maskless.exemplar.eec import eec_loss
+
+    cos = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    pool = torch.stack([cos, (1 - cos**2).sqrt()], dim=1)  # (4, 2) unit rows
+    e = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss, stats = eec_loss(e, pool, alpha=0.5, beta=0.1, temperature=1.0)
+    assert float(loss.detach()) == 0.0 and stats["num_neg"] == 0
+    loss, stats = eec_loss(e, pool, alpha=0.5, beta=0.1, temperature=1.0, thresholds="quantile")
+    assert (stats["num_pos"], stats["num_neg"], stats["num_valid"]) == (1, 1, 1)
+    assert float(loss.detach()) == pytest.approx(math.log(1 + math.exp(-0.3)), abs=1e-6)
+    loss.backward()
+    assert e.grad.abs().sum() > 0
