@@ -102,6 +102,7 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
     preds = {"kmeans": kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=kmeans_seed))}
     variants = [("", None)] + ([("_crf", CrfParams(**crf))] if crf is not None else [])
     for suffix, crf_params in variants:
+        t0 = time.perf_counter()
         maps = {"cluster": [], "linear": []}
         for start in range(0, len(images), params.batch_size):
             batch = torch.from_numpy(images[start : start + params.batch_size]).permute(0, 3, 1, 2)  # (B, 3, S, S)
@@ -112,6 +113,8 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
         preds[f"stego_cluster{suffix}"] = torch.cat(maps["cluster"])
         if maps["linear"]:
             preds[f"stego_linear{suffix}"] = torch.cat(maps["linear"])
+        log.info("STEGO maps%s of %d images in %.1f s", " with CRF" if crf_params else "", len(images),
+                 time.perf_counter() - t0)
     rows = []
     for stage, pred in preds.items():
         linear = stage.startswith("stego_linear")
