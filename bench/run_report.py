@@ -8,6 +8,7 @@ Prints a markdown table (rule, jobs, summed seconds, largest max RSS) and the to
 from __future__ import annotations
 
 import csv
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +23,10 @@ def main(argv: list[str]) -> None:
     rss: dict[str, float] = defaultdict(float)
     jobs: dict[str, int] = defaultdict(int)
     for tsv in sorted(bench.rglob("*.tsv")):
-        rule = tsv.parent.name if tsv.parent != bench else tsv.stem
+        # One line per job family: shard jobs (freemask/3.tsv, solo/<variant>/round<r>/pred_3.tsv) together.
+        parts = list(tsv.relative_to(bench).with_suffix("").parts)
+        parts[-1] = re.sub(r"_\d+$|^\d+$", "", parts[-1])
+        rule = "/".join(p for p in parts if p)
         with open(tsv) as f:
             for row in csv.DictReader(f, delimiter="\t"):
                 seconds[rule] += float(row["s"])

@@ -193,6 +193,7 @@ def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/pretrain/backbone.pt"]
     inputs.append(f"results/{EXP}/eval/freemask/metrics.parquet")
     inputs += [f"results/{EXP}/eval/{v}/round{r}/metrics.parquet" for v in VARIANTS for r in (0, 1)]
+    inputs.append(f"results/{EXP}/eval/stego/metrics.parquet")
     return run_fake_slurm(workdir, targets, ["freemask_shard", "tables"], inputs)
 
 
