@@ -9,10 +9,9 @@ import torch
 from maskless.exemplar.eec import EECParams
 from maskless.exemplar.pool import ExemplarPool
 from maskless.solo.eec_train import EEC_COLUMNS
-from maskless.solo.model import SoloModelParams
 from maskless.solo.train import SoloTrainParams, train_solo
 
-from .test_train import TINY, TINY_MODEL, data  # noqa: F401 (fixture)
+from .test_train import TINY, data  # noqa: F401 (data is a fixture)
 
 # alpha 0.3 / beta 0.1 with a 16-d head on 3 exemplars; gn_groups of the tiny model is 8.
 EEC = dict(alpha=0.3, beta=0.1, dim=16, refresh_every=2, weight=1.0)
