@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from maskless.ops.masks import boxes_xywh
+from maskless.ops.masks import boxes_xywh, mask_iou
 from maskless.store import ImageMasks, ShardReader, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,6 @@ class RelabelParams:
             raise ValueError(f"RelabelParams.max_per_image must be >= 1, got {self.max_per_image}")
         if self.embeddings not in EMBEDDING_MODES:
             raise ValueError(f"RelabelParams.embeddings {self.embeddings!r} unknown; choices: {list(EMBEDDING_MODES)}")
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of every mask of a (N, H, W) with every mask of b (M, H, W) -> (N, M) float64 (0 where both empty)."""
-    fa = a.reshape(a.shape[0], -1).astype(np.float32)  # (N, HW)
-    fb = b.reshape(b.shape[0], -1).astype(np.float32)  # (M, HW)
-    inter = fa @ fb.T  # (N, M)
-    union = fa.sum(1)[:, None] + fb.sum(1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0).astype(np.float64)
 
 
 def select_predictions(pred: ImageMasks, params: RelabelParams) -> tuple[np.ndarray, dict[str, int]]:

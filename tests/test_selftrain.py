@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from maskless.selftrain import RelabelParams, mask_iou, relabel_image, relabel_shard, select_predictions
+from maskless.ops.masks import mask_iou
+from maskless.selftrain import RelabelParams, relabel_image, relabel_shard, select_predictions
 from maskless.store import ImageMasks, ShardReader, write_shard
 
 H, W = 10, 20

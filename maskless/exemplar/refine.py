@@ -94,10 +94,9 @@ def crop_box(mask: np.ndarray, *, margin: float, square: bool) -> tuple[int, int
 
 def mask_iou(masks: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """IoU (N,) float64 of each of masks (N, H, W) with ref (H, W); 0 where the union is empty."""
-    masks, ref = np.asarray(masks, dtype=bool), np.asarray(ref, dtype=bool)
-    inter = (masks & ref).reshape(len(masks), -1).sum(1)
-    union = (masks | ref).reshape(len(masks), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    from maskless.ops.masks import mask_iou as iou_matrix
+
+    return iou_matrix(np.asarray(masks, dtype=bool), np.asarray(ref, dtype=bool)[None])[:, 0]
 
 
 def best_match(masks: np.ndarray, ref: np.ndarray, min_iou: float) -> tuple[int | None, float]:

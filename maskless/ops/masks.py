@@ -143,3 +143,13 @@ def decode_rle(rle: dict) -> np.ndarray:
     else:
         rle = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     return mask_util.decode(rle).astype(bool)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every mask of a (N, H, W) with every mask of b (M, H, W) -> (N, M) float64 (0 where both empty)."""
+    fa = a.reshape(a.shape[0], -1).astype(np.float32)  # (N, HW)
+    fb = b.reshape(b.shape[0], -1).astype(np.float32)  # (M, HW)
+    # Pixel counts are exact in float32 below 2^24 pixels; the ratio is taken in float64.
+    inter = (fa @ fb.T).astype(np.float64)  # (N, M)
+    union = fa.sum(1, dtype=np.float64)[:, None] + fb.sum(1, dtype=np.float64)[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
