@@ -35,19 +35,16 @@ image. Shard paths are stored relative to the index's folder (the results tree c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from maskless.io import write_parquet_atomic
+from maskless.io import atomic_dir, write_parquet_atomic
 from maskless.ops.masks import pack_mask_delta, unpack_mask_delta
 
 log = logging.getLogger(__name__)
@@ -93,29 +90,6 @@ class ImageMasks:
             self.embeddings = np.asarray(self.embeddings, dtype=np.float32)
             if self.embeddings.ndim != 2 or self.embeddings.shape[0] != n:
                 raise ValueError(f"image {self.image_id}: embeddings must be ({n}, D), got {self.embeddings.shape}")
-
-
-@contextlib.contextmanager
-def _atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` (an old store is removed after)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the store the usual permissions
-    try:
-        yield tmp
-        if path.exists():
-            old = tmp.with_name(tmp.name + ".old")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
-        else:
-            os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
 def _create(group, name: str, data: np.ndarray, chunk_rows: int, per_shard: int | None, compressor) -> None:
@@ -205,7 +179,7 @@ class ShardWriter:
         clash = sorted(set(meta) & set(self.attrs))
         if clash:
             raise ValueError(f"attrs {clash} are the store's own; pick other names (store {self.path})")
-        with _atomic_dir(self.path) as tmp:
+        with atomic_dir(self.path) as tmp:
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             for name, data in arrays.items():
                 _create(group, name, data, *_layout(name))

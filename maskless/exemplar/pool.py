@@ -138,7 +138,7 @@ class ExemplarPool:
         import pyarrow.parquet as pq
         import zarr
 
-        from maskless.store import _atomic_dir
+        from maskless.io import atomic_dir
 
         if len(self) == 0:
             raise ValueError(f"exemplar pool {path} would be empty: no exemplar to save")
@@ -155,7 +155,7 @@ class ExemplarPool:
             **{c: pa.array(self.boxes[:, j], pa.int64()) for j, c in enumerate("xywh")},
             "method": pa.array(self.methods, pa.string()), "iou": pa.array(self.ious, pa.float32()),
             "pivot": pa.array(np.full(len(self), -1) if self.pivots is None else self.pivots, pa.int64())})
-        with _atomic_dir(path) as tmp:
+        with atomic_dir(path) as tmp:
             group = zarr.open_group(str(Path(tmp) / ARRAYS_NAME), mode="w", zarr_format=3)
             for name, data in arrays.items():
                 if data is not None:
