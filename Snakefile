@@ -1,4 +1,5 @@
-# maskless: images -> manifest -> backbone -> coarse masks -> SOLO rounds -> metrics -> tables.
+# maskless: images -> manifest -> backbone -> coarse masks -> SOLO rounds (FreeSOLO, Exemplar-FreeSOLO),
+# STEGO, PCT -> metrics -> tables.
 #
 # Paths (one folder per experiment, `experiment` in the config):
 #   data/synthetic/<experiment>/                  generated dataset (dataset.kind: synthetic)
@@ -6,13 +7,23 @@
 #   results/<experiment>/pretrain/backbone.pt     DenseCL backbone (or the given pretrain.weights)
 #   results/<experiment>/freemask/shards/<k>.zarr one mask store per shard of images
 #   results/<experiment>/freemask/index.parquet   masks of all shards; results.json / annotations.json in COCO
-#   results/<experiment>/solo/round<r>/          SOLOv2 of self-training round r: model.pt, pred/<k>.zarr,
-#                                                 index.parquet, results.json; labels/ (r >= 1: its masks)
-#   results/<experiment>/eval/<stage>/metrics.*   COCO AP/AR rows (parquet) and a markdown table
-#                                                 (eval/solo/round<r>/ for each SOLO round)
+#   results/<experiment>/solo/<variant>/round<r>/ SOLOv2 (variant freesolo | exemplar_n<count>) of round r:
+#                                                 model.pt, pred/<k>.zarr, index.parquet, results.json;
+#                                                 labels/ (r >= 1: the relabelled masks it trained on)
+#   results/<experiment>/exemplar/n<count>/pool   exemplar pool of Exemplar-FreeSOLO
+#   results/<experiment>/stego/                   STEGO head and probes (model.pt), kNN table
+#   results/<experiment>/pct/ratio<r>/            PCT split.json; <mode>/{strong_only,pct,retrain}/model.pt,
+#                                                 <mode>/pseudo/<id>.png (mode plain | ctr)
+#   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/freemask,
+#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/ratio<r>/<mode>
 #   results/<experiment>/tables/metrics.md        every metric of the experiment in one table
+#   results/<experiment>/tables/paper/            paper tables as markdown, CSV and LaTeX
+#   results/<experiment>/report/                  figures of `snakemake --report report.html`
+#   results/<experiment>/record.json              config, versions, git commit, each job's time and memory
 #   results/<experiment>/_state/                  resumable training state (never a rule output)
 #   results/<experiment>/logs/, benchmarks/       rule logs and Snakemake benchmark records
+
+import os
 
 from snakemake.utils import min_version
 
@@ -29,7 +40,9 @@ include: "rules/freemask.smk"
 include: "rules/solo.smk"
 include: "rules/exemplar.smk"
 include: "rules/stego.smk"
+include: "rules/pct.smk"
 include: "rules/eval.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -37,3 +50,11 @@ rule all:
         get_final_outputs(),
     localrule: True
     default_target: True
+
+
+onsuccess:
+    # results/<experiment>/record.json: config, seed, git commit, versions, devices, each job's time and memory.
+    from maskless.record import write_run_record
+
+    if os.path.isdir(f"results/{EXP}"):
+        write_run_record(f"results/{EXP}", config)

@@ -110,6 +110,13 @@ def _cross_checks(cfg: dict) -> list[str]:
     counts = cfg["exemplar"]["counts"]
     if len(set(counts)) != len(counts):
         errors.append(f"config key 'exemplar.counts' repeats a count: {counts}")
+    pct = cfg["pct"]
+    for key in ("ratios", "contextrast"):
+        if len(set(pct[key])) != len(pct[key]):
+            errors.append(f"config key 'pct.{key}' repeats a value: {pct[key]}")
+    if pct["train"]["batch_size"] % 2:
+        errors.append(f"config key 'pct.train.batch_size' ({pct['train']['batch_size']}) must be even: PCT batches "
+                      "are half strong, half weak")
     weights = pre.get("weights")
     if weights and not os.path.isfile(weights):
         errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")

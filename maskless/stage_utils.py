@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from maskless.io import set_threads, setup_logging, write_json_atomic
+from maskless.record import environment
 
 log = logging.getLogger("maskless.stage")
 
@@ -29,15 +30,18 @@ def begin(smk: Any, params_beside: str | None = None) -> dict:
     """Set up a stage run from the `snakemake` object; return its params as a plain dict.
 
     The resolved params are written as `<params_beside>.params.json` (default: beside the first output)
-    so every output folder records what made it.
+    so every output folder records what made it, with the resolved config, the seed, the git commit,
+    package versions and devices (maskless.record.environment).
     """
     setup_logging(smk.log[0] if len(smk.log) else None)
     set_threads(smk.threads)
     params = _plain(dict(smk.params.items()))
     log.info("rule %s: threads=%s params=%s", smk.rule, smk.threads, params)
     target = params_beside or str(smk.output[0])
+    config = _plain(dict(getattr(smk, "config", {}) or {}))
     record = {"rule": smk.rule, "wildcards": dict(smk.wildcards.items()), "params": params,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": config.get("seed"), "config": config,
+              "environment": environment()}
     out = Path(target)
     # A directory output (a zarr store) records its params inside itself, written by the stage.
     if not str(target).endswith(".zarr"):

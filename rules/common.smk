@@ -16,6 +16,8 @@ wildcard_constraints:
     round=r"\d+",
     variant=r"freesolo|exemplar_n\d+",
     n_exemplars=r"\d+",
+    ratio=r"[0-9]*\.?[0-9]+",
+    mode=r"plain|ctr",
 
 
 def has_ground_truth():
@@ -105,11 +107,59 @@ def stego_evals(wildcards):
     return [f"results/{wildcards.experiment}/eval/stego/metrics.parquet"] if on else []
 
 
-def get_final_outputs():
+def pct_on():
+    return config["pct"]["enabled"] and has_ground_truth()
+
+
+def pct_families():
+    """(ratio wildcard, mode) of every PCT run the config asks for."""
+    from maskless.pct.stage import ratio_name
+
+    return [(ratio_name(r), "ctr" if c else "plain") for r in config["pct"]["ratios"] for c in config["pct"]["contextrast"]]
+
+
+def pct_train_inputs(wildcards, kind):
+    exp, base = wildcards.experiment, f"results/{wildcards.experiment}/pct/ratio{wildcards.ratio}"
+    inputs = {"split": f"{base}/split.json", "manifest": f"results/{exp}/data/manifest.parquet",
+              "gt": f"results/{exp}/data/instances_gt.json"}
+    if config["pct"]["backbone"] == "pretrain":
+        inputs["backbone"] = f"results/{exp}/pretrain/backbone.pt"
+    if kind == "retrain":
+        inputs["pseudo"] = f"{base}/{wildcards.mode}/pseudo"
+    return inputs
+
+
+def pct_train_params(kind):
+    """Params of the three training rules (they differ only by kind and inputs)."""
+    return dict(
+        kind=kind,
+        pct=section_params(config, "pct", exclude=("threads", "enabled", "ratios", "contextrast", "pseudo")),
+        arch=config["pretrain"]["arch"],
+        seed=config["seed"],
+        device=config["device"],
+    )
+
+
+def pct_evals(wildcards):
+    if not pct_on():
+        return []
+    return [f"results/{wildcards.experiment}/eval/pct/ratio{r}/{m}/metrics.parquet" for r, m in pct_families()]
+
+
+def report_inputs(wildcards):
+    """Everything the run makes, so the report figures come last."""
+    return [p for p in get_final_outputs(report=False)]
+
+
+def get_final_outputs(report=True):
     out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
            *[f"results/{EXP}/solo/{v}/round{variant_rounds(v)}/index.parquet" for v in solo_variants()]]
     if config["stego"]["enabled"]:
         out.append(f"results/{EXP}/stego/model.pt")
     if has_ground_truth():
         out.append(f"results/{EXP}/tables/metrics.md")
+    if pct_on():
+        out += [f"results/{EXP}/pct/ratio{r}/{m}/retrain/model.pt" for r, m in pct_families()]
+    if report and config["report"]["enabled"]:
+        out.append(f"results/{EXP}/report")
     return out

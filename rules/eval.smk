@@ -4,6 +4,8 @@ INSTANCE_OUTPUTS = {"freemask": "results/{experiment}/freemask/results.json"}
 
 
 rule eval_instances:
+    wildcard_constraints:
+        stage="|".join(INSTANCE_OUTPUTS),
     input:
         gt="results/{experiment}/data/instances_gt.json",
         predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage],
@@ -56,8 +58,10 @@ rule tables:
         metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
         solo=solo_evals,
         stego=stego_evals,
+        pct=pct_evals,
     output:
         table="results/{experiment}/tables/metrics.md",
+        paper=directory("results/{experiment}/tables/paper"),
     log:
         "results/{experiment}/logs/tables.log",
     threads: 1

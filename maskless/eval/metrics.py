@@ -157,7 +157,60 @@ def metrics_markdown(rows: list[dict], *, metrics: tuple[str, ...] = INSTANCE_ME
     by_type: dict[str, list[dict]] = {}
     for row in shown:
         by_type.setdefault(row["iou_type"], []).append(row)
-    if not by_type:
+    ratio_rows = [r for r in by_type.get("semantic", []) if split_ratio_stage(r["stage"]) is not None]
+    if ratio_rows:
+        by_type["semantic"] = [r for r in by_type["semantic"] if split_ratio_stage(r["stage"]) is None]
+        if not by_type["semantic"]:
+            del by_type["semantic"]
+    if not by_type and not ratio_rows:
         return "(no metrics)\n"
     tables = [_table(t, by_type[t], columns[t]) for t in sorted(by_type, key=IOU_TYPES.index)]
+    tables += [ratio_table(ratio_rows, m) for m in SEMANTIC_METRICS if any(r["metric"] == m for r in ratio_rows)]
     return "\n".join(tables)
+
+
+# Semi/weakly supervised rows (maskless.pct.stage): stage "<model>[+ctr]@<label ratio>", rendered as one
+# table per metric with a column per label ratio, models in pipeline order, without Contextrast first.
+RATIO_MODELS = ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels", "pct_retrain")
+
+
+def split_ratio_stage(stage: str) -> tuple[str, bool, float, str] | None:
+    """(model, with Contextrast, ratio, ratio text) of a stage "<model>[+ctr]@<ratio>", else None."""
+    name, at, ratio = stage.partition("@")
+    if not at:
+        return None
+    try:
+        value = float(ratio)
+    except ValueError:
+        return None
+    ctr = name.endswith("+ctr")
+    return name.removesuffix("+ctr"), ctr, value, ratio
+
+
+def _model_rank(model: str) -> tuple:
+    return (RATIO_MODELS.index(model), "") if model in RATIO_MODELS else (len(RATIO_MODELS), model)
+
+
+def ratio_table(rows: list[dict], metric: str) -> str:
+    """Markdown: one line per (experiment, model, Contextrast, dataset), one column per label ratio."""
+    cells: dict[tuple, dict[str, float]] = {}
+    ratios: dict[str, float] = {}
+    for row in rows:
+        parsed = split_ratio_stage(row["stage"])
+        if parsed is None or row["metric"] != metric:
+            continue
+        model, ctr, value, text = parsed
+        ratios[text] = value
+        cells.setdefault((row["experiment"], model, ctr, row["dataset"]), {})[text] = row["value"]
+    cols = sorted(ratios, key=lambda t: (ratios[t], t))
+    lines = [
+        f"### semi/weak {metric} per label ratio (held-out images)",
+        "",
+        "| experiment | model | contextrast | dataset | " + " | ".join(cols) + " |",
+        "|" + "|".join([":--", ":--", ":--", ":--"] + ["--:"] * len(cols)) + "|",
+    ]
+    for key in sorted(cells, key=lambda k: (str(k[0]), k[2], _model_rank(k[1]), str(k[3]))):
+        exp, model, ctr, dataset = key
+        values = [_fmt(cells[key].get(c)) for c in cols]
+        lines.append("| " + " | ".join([str(exp), model, "yes" if ctr else "no", str(dataset)] + values) + " |")
+    return "\n".join(lines) + "\n"

@@ -15,6 +15,7 @@ Evaluation rows (iou_type "semantic", metrics mIoU and Acc, maskless.eval.metric
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -77,7 +78,8 @@ def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: st
     save_knn(out_knn, knn)
     labels, n_classes = square_ground_truth(gt, ids, params.input_size) if gt else (None, None)
     return train_stego(features=feats, knn=knn, params=train_params, out=out_model, state_dir=state_dir,
-                       device=device, labels=labels, num_classes=n_classes, loss_log=loss_log)
+                       device=device, labels=labels, num_classes=n_classes, loss_log=loss_log,
+                       feature_source={**dataclasses.asdict(params), "backbone": str(backbone)})
 
 
 def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_metrics: str, out_table: str,

@@ -204,9 +204,11 @@ def _checked_inputs(features, knn, labels, num_classes):
 def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrainParams, out: str,
                 state_dir: str, device: str = "auto", labels: torch.Tensor | None = None,
                 num_classes: int | None = None, loss_log: str | None = None, log_every: int = 25,
-                stop_after: int | None = None) -> dict:
+                stop_after: int | None = None, feature_source: dict | None = None) -> dict:
     """Train the STEGO head and probes; write `out` as {"head", "cluster", "linear" (None without labels),
     "params": resolved params, "kind": "stego"} (state dicts, loadable with weights_only=True).
+    feature_source: how the features were made (layer, input size, backbone), kept in params["features"] so
+    the checkpoint alone says how to run it.
 
     labels: (N, H, W) int64 (255 = ignore) for the linear probe; None skips the probe (reason logged).
     num_classes: classes of the labels (inferred from them when None). stop_after: testing hook; stop once
@@ -255,7 +257,8 @@ def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrain
 
     resolved = {**params.to_dict(), "in_channels": int(in_channels), "feature_hw": list(features.shape[2:]),
                 "num_classes": num_classes, "images": int(n), "knn_k": int(knn.shape[1]), "data": fingerprint,
-                "linear_probe": "trained" if labels is not None else "skipped: no labels"}
+                "linear_probe": "trained" if labels is not None else "skipped: no labels",
+                "features": dict(feature_source or {})}
     cpu = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
     torch_save_atomic({"head": cpu["head"], "cluster": cpu["cluster"], "linear": cpu.get("linear"),
                        "params": resolved, "kind": "stego"}, out)

@@ -194,6 +194,7 @@ def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     inputs.append(f"results/{EXP}/eval/freemask/metrics.parquet")
     inputs += [f"results/{EXP}/eval/{v}/round{r}/metrics.parquet" for v in VARIANTS for r in (0, 1)]
     inputs.append(f"results/{EXP}/eval/stego/metrics.parquet")
+    inputs += [f"results/{EXP}/eval/pct/ratio0.5/{m}/metrics.parquet" for m in ("plain", "ctr")]
     return run_fake_slurm(workdir, targets, ["freemask_shard", "tables"], inputs)
 
 

@@ -7,6 +7,7 @@ import re
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from .conftest import snakemake
 
@@ -61,10 +62,43 @@ def test_whole_dag_runs_and_caches(workflow_dir):
         (s, m) for s in ("kmeans", "stego_cluster", "stego_cluster_crf", "stego_linear", "stego_linear_crf")
         for m in ("mIoU", "Acc")}
     assert all(0.0 <= x["value"] <= 100.0 for x in rows)
+    ckpt = torch.load(res / "stego" / "model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["params"]["features"]["layer"] == "res3" and ckpt["params"]["features"]["input_size"] == 64
     table = (res / "tables" / "metrics.md").read_text()
     assert "### semantic" in table and "| tiny | stego_cluster | 0 |" in table
     for line in ("| tiny | freesolo | 0 |", "| tiny | freesolo | 1 |", "| tiny | exemplar_n2 | 1 |"):
         assert line in table
+    # PCT at label ratio 0.5 without and with Contextrast: the baseline, the pair, pseudo labels of the weak
+    # images (8 images: 2 held out, 3 strong, 3 weak), the retrain, and one row per model in the ratio table.
+    split = json.loads((res / "pct" / "ratio0.5" / "split.json").read_text())
+    assert [len(split[k]) for k in ("eval", "strong", "weak")] == [2, 3, 3]
+    for mode, suffix in (("plain", ""), ("ctr", "+ctr")):
+        base = res / "pct" / "ratio0.5" / mode
+        assert sorted(p.name for p in (base / "pseudo").glob("*.png")) == sorted(f"{i}.png" for i in split["weak"])
+        assert ("ctr_nce" in (base / "retrain" / "loss.csv").read_text().splitlines()[0]) == (mode == "ctr")
+        rows = pq.read_table(res / "eval" / "pct" / "ratio0.5" / mode / "metrics.parquet").to_pylist()
+        assert {x["stage"] for x in rows} == {f"{m}{suffix}@0.5" for m in
+                                              ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels", "pct_retrain")}
+        assert f"| tiny | pct_retrain | {'yes' if suffix else 'no'} | synthetic-tiny |" in table
+    assert "### semi/weak mIoU per label ratio" in table
+    paper = res / "tables" / "paper"
+    assert sorted(p.name for p in paper.glob("*.*") if not p.name.startswith(".")) == sorted(
+        f"{t}.{f}" for t in ("instance_segm", "instance_bbox", "semantic", "semi") for f in ("md", "csv", "tex"))
+    assert "PCT retrained + Contextrast" in (paper / "semi.tex").read_text()
+    # The run record (Snakefile onsuccess): config, environment and every job's wall time and peak memory.
+    record = json.loads((res / "record.json").read_text())
+    assert record["seed"] == 0 and record["config"]["experiment"] == "tiny" and record["environment"]["git"]
+    assert {"pretrain", "pct/ratio0.5/ctr/pct"} <= set(record["families"])
+    params = json.loads((res / "pretrain" / "backbone.pt.params.json").read_text())
+    assert params["config"]["pretrain"]["steps"] == 4 and params["environment"]["packages"]["torch"]
+    # Report figures (last job of the run), then the self-contained HTML report from the finished run.
+    figures = json.loads((res / "report" / "index.json").read_text())
+    assert {f["category"] for f in figures} == {"masks", "semantic", "losses", "metrics", "exemplars"}
+    assert all((res / "report" / f["file"]).is_file() for f in figures)
+    _ok(snakemake(workflow_dir, "--cores", "1", "--configfile", "tiny.yaml", "--report", "report.html"))
+    html = (workflow_dir / "report.html").read_text()
+    assert "masks_1.png" in html and "metrics_semi.png" in html
+    assert not re.search(r'(src|href)="https?://', html)  # opens with no network
 
     # A finished run has nothing left to do (Snakemake owns caching).
     dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml"))
