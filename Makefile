@@ -23,6 +23,9 @@ demo: venv
 	@echo
 	@echo "metrics table:   results/$(EXP)/tables/metrics.md"
 	@echo "metrics parquet: results/$(EXP)/eval/*/metrics.parquet"
+	@echo "paper tables:    results/$(EXP)/tables/paper/ (markdown, CSV, LaTeX)"
+	@echo "run record:      results/$(EXP)/record.json"
+	@echo "HTML report:     $(BIN)/snakemake --configfile $(CONFIG) --report report.html"
 	@cat results/$(EXP)/tables/metrics.md 2>/dev/null || true
 
 test: venv

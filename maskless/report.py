@@ -225,9 +225,13 @@ def _mask_figures(root: Path, records: list[dict], gt: dict | None, add) -> None
 # --------------------------------------------------------------------------------------------- semantic
 
 def _stego_geometry(model_path: Path, params: dict, backbone) -> tuple[int, str]:
-    """(square input size, feature layer) STEGO was trained at: from the stage's params record beside the
-    model (maskless.stage_utils.begin), else inferred from the checkpoint (feature channels -> layer,
-    feature map size x layer stride -> input size)."""
+    """(square input size, feature layer) STEGO was trained at: from the checkpoint's params["features"]
+    (maskless.stego.stage), else the stage's params record beside the model (maskless.stage_utils.begin),
+    else inferred from the checkpoint (feature channels -> layer, feature map size x layer stride -> input
+    size; checkpoints from before params["features"])."""
+    source = params.get("features") or {}
+    if "input_size" in source and "layer" in source:
+        return int(source["input_size"]), str(source["layer"])
     record = model_path.with_name(model_path.name + ".params.json")
     if record.is_file():
         with open(record) as f:
