@@ -137,6 +137,8 @@ rule pct_eval:
         table="results/{experiment}/eval/pct/ratio{ratio}/{mode}/metrics.md",
     log:
         "results/{experiment}/logs/eval/pct_ratio{ratio}_{mode}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/eval/pct_ratio{ratio}_{mode}.tsv"
     params:
         input_size=config["pct"]["train"]["input_size"],
         pseudo=config["pct"]["pseudo"],

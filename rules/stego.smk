@@ -42,6 +42,8 @@ rule stego_eval:
         table="results/{experiment}/eval/stego/metrics.md",
     log:
         "results/{experiment}/logs/eval/stego.log",
+    benchmark:
+        "results/{experiment}/benchmarks/eval/stego.tsv"
     params:
         stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
         flip=config["stego"]["flip"],
