@@ -148,7 +148,7 @@ def pct_evals(wildcards):
 
 def report_inputs(wildcards):
     """Everything the run makes, so the report figures come last."""
-    return [p for p in get_final_outputs(report=False)]
+    return get_final_outputs(report=False)
 
 
 def get_final_outputs(report=True):
