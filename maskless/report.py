@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 
 from maskless import viz
+from maskless.data.images import load_record
 from maskless.io import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -124,16 +125,6 @@ def _ground_truth(root: Path) -> dict | None:
         return json.load(f)
 
 
-def _load_image(rec: dict) -> np.ndarray:
-    from maskless.data.images import load_rgb
-
-    image = load_rgb(rec["path"])
-    if image.shape[:2] != (int(rec["height"]), int(rec["width"])):
-        raise ValueError(f"image {rec['path']} (id {rec['id']}) is {image.shape[0]}x{image.shape[1]} but the "
-                         f"manifest says {rec['height']}x{rec['width']}")
-    return image
-
-
 def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | None:
     """bool (N, H, W) non-crowd ground-truth instances of an image, largest first (the smaller, usually
     occluding, drawn over them); None when the image is not in the ground truth."""
@@ -206,7 +197,7 @@ def _mask_figures(root: Path, records: list[dict], gt: dict | None, add) -> None
     shown = (["ground-truth instances"] if gt is not None else []) + [s for _, s, _, _ in stores]
     for rec in records:
         image_id = int(rec["id"])
-        image = _load_image(rec)
+        image = load_record(rec)
         hw = image.shape[:2]
         panels = [("image", image)]
         if gt is not None:
@@ -324,7 +315,7 @@ def _semantic_figures(root: Path, records: list[dict], gt: dict | None, device: 
 
     dev = pick_device(device)
     ids = [int(r["id"]) for r in records]
-    images = [_load_image(r) for r in records]
+    images = [load_record(r) for r in records]
     gt_ids = set() if gt is None else {int(im["id"]) for im in gt.get("images", [])}
     if gt is not None and not set(ids) <= gt_ids:
         log.warning("report: images %s are not in the ground truth: semantic figures without it",

@@ -237,17 +237,25 @@ def resized_hw(height: int, width: int, short: float) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def load_resized(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Load one manifest image, check its size against the manifest, resize it (resized_hw).
-
-    Returns (resized uint8 (h, w, 3), original (H, W)). Area interpolation when shrinking (no aliasing),
-    bilinear when enlarging.
-    """
+def load_record(record: dict) -> np.ndarray:
+    """One manifest image (a row with path, id, height, width) as uint8 (H, W, 3) RGB; ValueError when its
+    size differs from the manifest's (the file changed since ingest)."""
     img = load_rgb(record["path"])
     hw = img.shape[:2]
     if hw != (int(record["height"]), int(record["width"])):
         raise ValueError(f"image {record['path']} (id {record['id']}) is {hw[0]}x{hw[1]} but the manifest says "
                          f"{record['height']}x{record['width']}")
+    return img
+
+
+def load_resized(record: dict, input_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """Load one manifest image, check its size against the manifest (load_record), resize it (resized_hw).
+
+    Returns (resized uint8 (h, w, 3), original (H, W)). Area interpolation when shrinking (no aliasing),
+    bilinear when enlarging.
+    """
+    img = load_record(record)
+    hw = img.shape[:2]
     h, w = resized_hw(hw[0], hw[1], input_size)
     down = h < hw[0] and w < hw[1]
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR), hw

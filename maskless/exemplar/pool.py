@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from maskless.data.images import load_record
 from maskless.exemplar.grabcut import GrabCutParams, grabcut_foreground
 from maskless.exemplar.refine import REFINE_METHODS, Exemplar, RefineParams, refine_exemplar
 from maskless.exemplar.select import SelectParams, check_count, choose_exemplars, pooled_features
@@ -224,21 +225,11 @@ class PoolParams:
         return dataclasses.asdict(self)
 
 
-def _load_checked(rec: dict) -> np.ndarray:
-    from maskless.data.images import load_rgb
-
-    img = load_rgb(rec["path"])
-    if img.shape[:2] != (int(rec["height"]), int(rec["width"])):
-        raise ValueError(f"image {rec['path']} (id {rec['id']}) is {img.shape[0]}x{img.shape[1]} but the manifest "
-                         f"says {rec['height']}x{rec['width']}")
-    return img
-
-
 def _mine(chosen: list[dict], model, params: PoolParams, store, dev, counts: Counter, failed: dict) -> list:
     exemplars = []
     for rec in chosen:
         image_id = int(rec["id"])
-        img = _load_checked(rec)
+        img = load_record(rec)
         masks = store.get(image_id) if store is not None and image_id in store else None
         fg = grabcut_foreground(img, params.grabcut, masks=masks, image_id=image_id)
         counts[f"init_{fg.init}"] += 1
