@@ -219,7 +219,8 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     split = read_split(split_path)
     k, held, weak = split["num_classes"], split["eval"], split["weak"]
     images = load_images(manifest, held)
-    gts, _ = load_labels(gt, held)
+    labels, _ = load_labels(gt, held + weak)  # one read of the instances JSON (large for full COCO)
+    gts, weak_gt = labels[: len(held)], labels[len(held) :]
     preds: dict[str, list[np.ndarray]] = {}
     t0 = time.perf_counter()
     for name, path, which in (("strong_only", models["strong_only"], None), ("pct_hybrid", models["pct"], "hybrid"),
@@ -236,7 +237,6 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
         rows += metric_rows(res, experiment=experiment, stage=stage_name(name, mode, ratio), round=0,
                             dataset=dataset)
         log.info("%s: %s", stage_name(name, mode, ratio), res["semantic"])
-    weak_gt, _ = load_labels(gt, weak)
     res = semantic_results(read_pseudo(pseudo, weak), weak_gt, num_pred=k, num_classes=k, match="identity")
     rows += metric_rows(res, experiment=experiment, stage=stage_name("pct_labels", mode, ratio), round=0,
                         dataset=dataset)
