@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from maskless.exemplar import grabcut as gc_mod
-from maskless.exemplar.grabcut import (CENTER_FALLBACK, GrabCutParams, center_rect, grabcut_foreground,
+from maskless.exemplar.grabcut import (BOX_FALLBACK, CENTER_FALLBACK, GrabCutParams, center_rect, grabcut_foreground,
                                        strongest_box)
 from maskless.store import ImageMasks
 
@@ -52,6 +52,32 @@ def test_freemask_without_masks_falls_back_to_centre(make_disc):
     for masks in (None, ImageMasks(1, 96, 96, np.zeros((0, 96, 96), bool), [])):
         fg = grabcut_foreground(img, GrabCutParams(init="freemask"), masks=masks)
         assert fg.init == CENTER_FALLBACK and fg.rect == (10, 10, 76, 76) and not fg.empty
+
+
+def test_freemask_sliver_in_the_background_falls_back_to_centre(make_disc, mask_iou):
+    """The strongest Free Mask is a 4 x 4 sliver of plain background in a corner (as coco-tiny's strongest
+    masks were: 0.1-0.4% of the photo). Its grown box (rows/cols 1..7) holds no object, GrabCut's foreground
+    there is below min_area (0.5% of 96 x 96 = 46 px > the whole 6 x 6 box), so the centred rectangle is tried
+    and finds the disc (same bound as the centred test)."""
+    img, disc = make_disc()
+    sliver = np.zeros((96, 96), bool)
+    sliver[2:6, 2:6] = True
+    masks = ImageMasks(4, 96, 96, sliver[None], [0.9])
+    fg = grabcut_foreground(img, GrabCutParams(init="freemask"), masks=masks, image_id=4)
+    assert fg.init == BOX_FALLBACK and fg.rect == (10, 10, 76, 76) and not fg.empty
+    assert mask_iou(fg.mask, disc) > DISC_IOU
+
+
+def test_failed_fallback_names_both_attempts():
+    """An image where every rectangle yields too little (min_area 0.9): the reason names the Free Mask box too,
+    the sliver 2..4 grown by 0.1 x 3 px per side: floor(1.7) = 1, ceil(5.3) = 6 -> (1, 1, 5, 5)."""
+    img = np.full((64, 64, 3), 100, np.uint8)
+    img[::2] = 110  # std 5 > min_std, but no object: a huge min_area rejects whatever GrabCut keeps
+    sliver = np.zeros((64, 64), bool)
+    sliver[2:5, 2:5] = True
+    fg = grabcut_foreground(img, GrabCutParams(init="freemask", min_area=0.9), masks=ImageMasks(1, 64, 64,
+                            sliver[None], [0.5]), image_id=1)
+    assert fg.empty and fg.init == BOX_FALLBACK and "with the Free Mask box (1, 1, 5, 5)" in fg.reason
 
 
 def test_largest_component_keeps_one_object(make_disc, mask_iou):
