@@ -137,6 +137,7 @@ def pct_train_params(kind):
         arch=config["pretrain"]["arch"],
         seed=config["seed"],
         device=config["device"],
+        processes=config["train_processes"],
     )
 
 

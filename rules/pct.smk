@@ -42,7 +42,7 @@ rule pct_strong_only:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=config["train_processes"],
     conda:
         ENV
     script:
@@ -66,7 +66,7 @@ rule pct_train:
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=config["train_processes"],
     conda:
         ENV
     script:
@@ -116,7 +116,7 @@ rule pct_retrain:
     resources:
         mem_mb=8000,
         runtime=120,
-        gpu=1,
+        gpu=config["train_processes"],
     conda:
         ENV
     script:

@@ -16,13 +16,14 @@ rule pretrain:
         weights=config["pretrain"]["weights"],
         seed=config["seed"],
         device=config["device"],
+        processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
         # Resumable state lives outside the outputs: Snakemake deletes outputs before a job starts.
         state_dir=lambda wc: f"results/{wc.experiment}/_state/pretrain",
     threads: config["pretrain"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
-        gpu=1,
+        gpu=config["train_processes"],
     conda:
         ENV
     script:

@@ -23,12 +23,13 @@ rule solo_train:
         seed=config["seed"],
         device=config["device"],
         eec=lambda wc: config["exemplar"]["eec"] if wc.variant != "freesolo" else None,
+        processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
         state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/{wc.variant}/round{wc.round}",
     threads: config["solo"]["threads"]
     resources:
         mem_mb=8000,
         runtime=480,
-        gpu=1,
+        gpu=config["train_processes"],
     conda:
         ENV
     script:

@@ -1,5 +1,6 @@
 """Rules pct_strong_only, pct_train and pct_retrain: one model of a (label ratio, mode) family."""
 
+from maskless.dist import launch
 from maskless.pct.stage import read_split, run_pct_train, train_params
 from maskless.stage_utils import begin
 
@@ -7,7 +8,10 @@ smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)
 kind = params["kind"]
 split = read_split(smk.input.split)
-run_pct_train(
+launch(
+    run_pct_train,  # in params["processes"] data-parallel processes (maskless/dist.py); 1: this process
+    processes=params["processes"],
+    log_file=smk.log[0],
     kind=kind,
     split_path=smk.input.split,
     manifest=smk.input.manifest,

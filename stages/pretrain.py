@@ -1,5 +1,6 @@
 """Rule pretrain: DenseCL pretraining, or validation of the given pretrain.weights."""
 
+from maskless.dist import launch
 from maskless.pretrain.densecl import DenseCLParams
 from maskless.pretrain.train import train_densecl, use_given_weights
 from maskless.io import write_text_atomic
@@ -11,7 +12,10 @@ if params["weights"]:
     use_given_weights(src=params["weights"], out_weights=smk.output.weights, arch=params["densecl"]["arch"])
     write_text_atomic(smk.output.loss_log, "step,loss,loss_global,loss_dense,lr\n")
 else:
-    train_densecl(
+    launch(
+        train_densecl,  # in params["processes"] data-parallel processes (maskless/dist.py); 1: this process
+        processes=params["processes"],
+        log_file=smk.log[0],
         manifest=smk.input.manifest,
         out_weights=smk.output.weights,
         state_dir=params["state_dir"],

@@ -1,11 +1,15 @@
 """Rule solo_train: SOLOv2 on the coarse masks of round 0 (Free Mask) or of a self-training round."""
 
+from maskless.dist import launch
 from maskless.solo.train import params_from_config, train_solo
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)
-train_solo(
+launch(
+    train_solo,  # in params["processes"] data-parallel processes (maskless/dist.py); 1: this process
+    processes=params["processes"],
+    log_file=smk.log[0],
     manifest=smk.input.manifest,
     masks_index=smk.input.masks,
     backbone=smk.input.backbone,

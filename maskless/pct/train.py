@@ -23,6 +23,9 @@ iterable of foreground class ids (PCT; a strong image's tags must equal its labe
 - Resume (maskless.resume): state in state_dir every checkpoint_every steps, used when params, data and
   backbone match; bit-identical on CPU. Non-finite network outputs or terms raise FloatingPointError naming
   them and the step. Output {"model": state_dict, "params": resolved dict, "kind": "pct" | "segnet"}.
+- Data parallel (maskless.dist, config key train_processes): each rank takes its share of both halves of the
+  global batch; DDP averages the gradients of each network; the dynamic evaluation sums its counts over the
+  ranks (equal weights everywhere); rank 0 alone writes checkpoints, the model and the loss log.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from maskless import dist
 from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
 from maskless.models.resnet import IMAGENET_MEAN, normalize
 from maskless.pct.contextrast import ContextrastParams, contextrast_losses
@@ -316,7 +320,8 @@ def _check_outputs(outputs: dict[str, Tensor], what: str, step: int) -> None:
 
 
 def _check_terms(terms: dict[str, Tensor], what: str, step: int) -> dict[str, float]:
-    values = {k: float(v.detach()) for k, v in terms.items()}
+    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
+    values = dist.mean_values({k: float(v.detach()) for k, v in terms.items()})
     bad = [k for k, v in values.items() if not math.isfinite(v)]
     if bad:
         raise FloatingPointError(f"{what} step {step}: non-finite loss terms {bad} (losses: {values})")
@@ -370,12 +375,16 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
         rows.append([step, sum(values.values()), *(values[k] for k in terms_n), *(stats[k] for k in stats_n), lr])
         if step % log_every == 0 or step == params.steps:
             _log_progress(run.what, step, start, params.steps, dict(zip(columns, rows[-1])), t_start)
-        if step % params.checkpoint_every == 0 and step < params.steps:
+        if step % params.checkpoint_every == 0 and step < params.steps and dist.current().is_main:
             save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=run.module,
                        optimizer=opt, scaler=scaler, loss_rows=rows)
         if stop_after is not None and step >= stop_after:
             log.info("stopping after step %d (stop_after)", step)
             return {"steps_done": step, "start_step": start, "stopped": True}
+    digest = dist.param_digest(run.module)
+    if not dist.current().is_main:
+        return {"steps_done": step, "start_step": start, "stopped": False, "rank": dist.current().rank,
+                "param_digest": digest}
     state_dict = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
     torch_save_atomic({"model": state_dict, "params": {**params.to_dict(), **resolved, "data": fingerprint},
                        "kind": run.kind}, out)
@@ -385,7 +394,8 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
     if state_path.exists():
         state_path.unlink()
     return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
-            "seconds": time.perf_counter() - t_start, "device": str(dev), "out": str(out),
+            "seconds": time.perf_counter() - t_start, "device": str(dev), "out": str(out), "rank": 0,
+            "param_digest": digest,
             "final": dict(zip(columns, rows[-1])) if rows else {}}
 
 
@@ -417,7 +427,8 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     once that many steps are done, writing neither out nor loss_log, as a kill would.
     """
     set_threads(threads)
-    dev = pick_device(device)
+    dev = dist.device(pick_device(device))
+    dist.check_batch(params.batch_size // 2, "pct.train.batch_size (half of it, the strong or weak share)")
     _check_images(images, labels)
     if len(tags) != len(images):
         raise ValueError(f"tags has {len(tags)} entries but images has {len(images)}")
@@ -438,19 +449,22 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     dyn = DynamicEvaluation(k, momentum=params.ema_momentum, power=params.iou_power, unseen_iou=params.unseen_iou)
     pair = PCTPair(hybrid, pseudo, dyn).to(dev)
     half = params.batch_size // 2
+    # DDP wrappers for the forward calls (the embedding head is unused without Contextrast).
+    hybrid_fwd, pseudo_fwd = dist.wrap(hybrid, find_unused=True), dist.wrap(pseudo, find_unused=True)
 
     def batch(step: int) -> Batch:
-        s_idx = batch_indices(step, n_images=len(strong), batch_size=half, seed=params.seed)
-        w_idx = batch_indices(step, n_images=len(weak), batch_size=half, seed=params.seed + _WEAK_SEED_OFFSET)
-        rng = np.random.default_rng([params.seed, step, 2])
+        s_idx = dist.shard(batch_indices(step, n_images=len(strong), batch_size=half, seed=params.seed))
+        w_idx = dist.shard(batch_indices(step, n_images=len(weak), batch_size=half,
+                                         seed=params.seed + _WEAK_SEED_OFFSET))
+        rng = np.random.default_rng(dist.rng_key(params.seed, step, 2))
         return make_batch(images, labels, present, [strong[i] for i in s_idx], [weak[i] for i in w_idx], rng,
                           params)
 
     def losses(b: Batch, step: int):
         b = _to(b, dev)
         x = normalize(b.images)  # (B, 3, S, S)
-        ho = hybrid(x, embeddings=params.use_contextrast)
-        po = pseudo(x, embeddings=params.use_contextrast)
+        ho = hybrid_fwd(x, embeddings=params.use_contextrast)
+        po = pseudo_fwd(x, embeddings=params.use_contextrast)
         _check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", step)
         with torch.autocast(device_type=dev.type, enabled=False):  # losses in float32
             return pct_losses(ho, po, b, dyn, params)
@@ -472,7 +486,8 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     pseudo labels. Images whose label is None are left out (counted and logged). Writes `out` as
     {"model": SegNet state dict, "params", "kind": "segnet"}."""
     set_threads(threads)
-    dev = pick_device(device)
+    dev = dist.device(pick_device(device))
+    dist.check_batch(params.batch_size, "pct.train.batch_size")
     _check_images(images, labels)
     k = params.model.num_classes
     used = [i for i, lab in enumerate(labels) if lab is not None]
@@ -486,16 +501,17 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     fingerprint = data_fingerprint(images, labels, None, backbone)
     torch.manual_seed(params.seed)
     net = build_segnet(params.model, backbone).to(dev)
+    net_fwd = dist.wrap(net, find_unused=True)  # DDP in a process group (the embedding head may be unused)
     everything = np.ones((len(images), k), dtype=bool)
 
     def batch(step: int) -> Batch:
-        idx = batch_indices(step, n_images=len(used), batch_size=params.batch_size, seed=params.seed)
-        rng = np.random.default_rng([params.seed, step, 2])
+        idx = dist.shard(batch_indices(step, n_images=len(used), batch_size=params.batch_size, seed=params.seed))
+        rng = np.random.default_rng(dist.rng_key(params.seed, step, 2))
         return make_batch(images, labels, everything, [used[i] for i in idx], [], rng, params)
 
     def losses(b: Batch, step: int):
         b = _to(b, dev)
-        o = net(normalize(b.images), embeddings=params.use_contextrast)
+        o = net_fwd(normalize(b.images), embeddings=params.use_contextrast)
         _check_outputs({"logits": o["logits"]}, "supervised", step)
         with torch.autocast(device_type=dev.type, enabled=False):
             return supervised_losses(o, b, params)

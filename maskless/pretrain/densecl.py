@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from maskless.dist import all_gather_cat
 from maskless.models.resnet import ARCHS, build_resnet
 
 _INT_FIELDS = ("steps", "batch_size", "crop_size", "queue_size", "feat_dim", "hidden_dim", "checkpoint_every",
@@ -201,7 +202,11 @@ class DenseCL(nn.Module):
 
     @torch.no_grad()
     def _enqueue(self, k: torch.Tensor, dk_pooled: torch.Tensor) -> None:
-        """Overwrite the oldest entries of both queues with this batch's keys (FIFO, wrapping around)."""
+        """Overwrite the oldest entries of both queues with this batch's keys (FIFO, wrapping around).
+
+        In data-parallel training every rank enqueues the keys of all ranks (rank order), so the queues stay
+        equal across ranks and hold the keys of the whole global batch, as in single-process training."""
+        k, dk_pooled = all_gather_cat(k), all_gather_cat(dk_pooled)
         n, size = k.shape[0], self.queue_global.shape[0]
         if n > size:
             raise ValueError(f"batch of {n} keys does not fit the queue of {size}")

@@ -12,6 +12,9 @@
   goes to state_dir/densecl_last.pt every checkpoint_every steps, atomically. state_dir must lie outside the
   rule's outputs (Snakemake deletes outputs before a job starts). The state is used only when its
   parameters and images match this run's; it is deleted once the final weights are written.
+- Data parallel (maskless.dist, config key train_processes): each rank builds its share of the global batch
+  of batch_size images, DDP averages the gradients, the queues take every rank's keys; rank 0 alone writes
+  checkpoints, weights and the loss log. One process (the default) is the plain loop above.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 
+from maskless import dist
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, write_text_atomic
 from maskless.models.resnet import normalize
@@ -96,18 +100,20 @@ def batch_indices(step: int, *, n_images: int, batch_size: int, seed: int) -> np
 class StepBatches(torch.utils.data.Dataset):
     """Item `step` -> (view_q, view_k), each (B, 3, S, S) float in [0, 1]; random only through (seed, step)."""
 
-    def __init__(self, images: ImageSource, params: DenseCLParams):
+    def __init__(self, images: ImageSource, params: DenseCLParams, rank: dist.Rank | None = None):
         self.images = images
         self.params = params
         self.aug = AugmentParams(crop_size=params.crop_size)
+        self.rank = rank or dist.current()  # kept: DataLoader workers run outside the process group
 
     def __len__(self) -> int:
         return self.params.steps
 
     def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
-        idx = batch_indices(step, n_images=len(self.images), batch_size=p.batch_size, seed=p.seed)
-        rng = np.random.default_rng([p.seed, step, 1])
+        idx = dist.shard(batch_indices(step, n_images=len(self.images), batch_size=p.batch_size, seed=p.seed),
+                         self.rank)
+        rng = np.random.default_rng(dist.rng_key(p.seed, step, 1, rank=self.rank))
         pairs = [two_views(self.images[int(i)], rng, self.aug) for i in idx]
         view_q = torch.from_numpy(np.stack([a for a, _ in pairs]))  # (B, 3, S, S)
         view_k = torch.from_numpy(np.stack([b for _, b in pairs]))  # (B, 3, S, S)
@@ -132,7 +138,8 @@ def data_fingerprint(rows: list[dict]) -> str:
 
 
 def _check_finite(out: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    values = {k: float(v.detach()) for k, v in out.items()}
+    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
+    values = dist.mean_values({k: float(v.detach()) for k, v in out.items()})
     for name in ("loss_global", "loss_dense", "loss"):
         if not math.isfinite(values[name]):
             raise FloatingPointError(f"DenseCL step {step}: {name} is {values[name]} (losses: {values}); "
@@ -163,19 +170,24 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
     out_weights or loss_log, as a kill would. Returns a summary dict.
     """
     set_threads(threads)
-    dev = pick_device(device)
+    rank = dist.current()
+    dev = dist.device(pick_device(device))
+    if params.batch_size // rank.world_size < 2:
+        raise ValueError(f"config key pretrain.batch_size ({params.batch_size}) gives fewer than 2 images to each of "
+                         f"{rank.world_size} processes (BatchNorm needs two): raise it or lower train_processes")
     rows = read_manifest(manifest)
     if not rows:
         raise ValueError(f"image manifest {manifest} has no images to pretrain on")
     fingerprint = data_fingerprint(rows)
     images = ImageSource(rows, math.ceil(CACHE_SHORT_SIDE_FACTOR * params.crop_size))
-    data = StepBatches(images, params)
+    data = StepBatches(images, params, rank)
 
     torch.manual_seed(params.seed)
     model = DenseCL.from_params(params).to(dev).train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=lr_at(0, params), momentum=params.momentum,
                           weight_decay=params.weight_decay)
+    forward = dist.wrap(model)  # DDP in a process group; state dicts come from `model`
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -187,8 +199,9 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
         start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)
         log.info("resuming DenseCL from %s at step %d/%d", state_path, start, params.steps)
 
-    log.info("DenseCL %s on %d images, %d steps of %d, crop %d, device %s%s", params.arch, len(rows),
-             params.steps, params.batch_size, params.crop_size, dev, ", AMP" if use_amp else "")
+    log.info("DenseCL %s on %d images, %d steps of %d, crop %d, device %s%s%s", params.arch, len(rows),
+             params.steps, params.batch_size, params.crop_size, dev, ", AMP" if use_amp else "",
+             f", {rank.world_size} processes" if rank.world_size > 1 else "")
     t0, step = time.perf_counter(), start
     for step, (view_q, view_k) in enumerate(_batches(data, start, params.num_workers), start=start + 1):
         lr = lr_at(step - 1, params)
@@ -197,7 +210,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
         view_q = normalize(view_q.to(dev, non_blocking=True))  # (B, 3, S, S)
         view_k = normalize(view_k.to(dev, non_blocking=True))  # (B, 3, S, S)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-            out = model(view_q, view_k)
+            out = forward(view_q, view_k)
         values = _check_finite(out, step)
         opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
@@ -206,7 +219,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
         loss_rows.append([step, values["loss"], values["loss_global"], values["loss_dense"], lr])
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, time.perf_counter() - t0)
-        if step % params.checkpoint_every == 0 and step < params.steps:
+        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
             save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=model, optimizer=opt,
                        scaler=scaler, loss_rows=loss_rows)
         if stop_after is not None and step >= stop_after:
@@ -214,6 +227,10 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
             return {"steps_done": step, "start_step": start, "stopped": True}
 
     seconds = time.perf_counter() - t0
+    digest = dist.param_digest(model.encoder_q)
+    if not rank.is_main:
+        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank, "param_digest": digest,
+                "queue_ptr": int(model.queue_ptr)}
     save_backbone(out_weights, model.encoder_q, params.arch,
                   {**params.to_dict(), "method": "densecl", "images": len(rows), "data": fingerprint})
     if loss_log:
@@ -224,7 +241,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
     last = dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}
     return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
             "images": len(rows), "device": str(dev), "seconds": seconds, "final": last,
-            "out_weights": str(out_weights)}
+            "out_weights": str(out_weights), "rank": rank.rank, "param_digest": digest, "queue_ptr": int(model.queue_ptr)}
 
 
 def _log_progress(step: int, start: int, params: DenseCLParams, values: dict, lr: float, elapsed: float) -> None:

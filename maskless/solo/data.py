@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from maskless import dist
 from maskless.data.images import resized_hw
 from maskless.pretrain.train import batch_indices
 from maskless.solo.augment import batch_samples, padded_size, resize_sample
@@ -99,11 +100,13 @@ def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_wei
     return h.hexdigest()
 
 
-def make_batch(source: SampleSource, step: int, params: "SoloTrainParams", geometry: SoloGeometry):
+def make_batch(source: SampleSource, step: int, params: "SoloTrainParams", geometry: SoloGeometry,
+               rank: dist.Rank | None = None):
     """0-based step `step`'s batch -> (uint8 images (B, 3, H, W), [SoloTargets], pasted count); random only via
-    (seed, step)."""
-    idx = batch_indices(step, n_images=len(source), batch_size=params.batch_size, seed=params.seed)
-    rng = np.random.default_rng([params.seed, step, 1])
+    (seed, step). In data-parallel training, this rank's share of the global batch (maskless.dist)."""
+    idx = dist.shard(batch_indices(step, n_images=len(source), batch_size=params.batch_size, seed=params.seed),
+                     rank)
+    rng = np.random.default_rng(dist.rng_key(params.seed, step, 1, rank=rank))
     samples, pasted = batch_samples([source[int(i)] for i in idx], rng, params.augment_params())
     views = {"strong": ("strong",), "weak": ("image",), "both": ("image", "strong")}[params.views]
     hp, wp = padded_size(samples, SIZE_DIVISOR)

@@ -53,8 +53,10 @@ class EECState(nn.Module):
             freeze_bn(model.backbone)
 
 
-def eec_losses(outputs: dict, targets: list[SoloTargets], state: EECState) -> dict[str, Tensor]:
-    """"loss_eec" (unweighted) and its counts for a batch (outputs in float32, as solo_losses takes them)."""
+def eec_losses(outputs: dict, targets: list[SoloTargets], state: EECState, head: nn.Module | None = None
+               ) -> dict[str, Tensor]:
+    """"loss_eec" (unweighted) and its counts for a batch (outputs in float32, as solo_losses takes them).
+    head: what to call for the embedding map (state.head, or its DDP wrapper in data-parallel training)."""
     device = outputs["mask_feat"].device
     pos = gather_positives(outputs, [t.to(device) for t in targets])
     feat = outputs["mask_feat"]  # (B, D, Hf, Wf)
@@ -62,5 +64,5 @@ def eec_losses(outputs: dict, targets: list[SoloTargets], state: EECState) -> di
     masks = torch.cat(soft)  # (P, Hf, Wf)
     batch_index = torch.cat([torch.full((len(k),), b, device=device, dtype=torch.long)
                              for b, k in enumerate(pos.kernels)])  # (P,)
-    emb_map = state.head(feat)  # (B, E, Hf * up, Wf * up)
+    emb_map = (head or state.head)(feat)  # (B, E, Hf * up, Wf * up)
     return eec_term(emb_map, masks, batch_index, state.pool_emb, state.params)

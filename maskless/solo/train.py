@@ -16,6 +16,9 @@ Follows maskless.pretrain.train's design:
 - Determinism and resume: batch of step s from (seed, s) only; state (model, optimizer, AMP scaler, step,
   loss rows, torch RNG) to state_dir/solo_last.pt every checkpoint_every steps, used only when params,
   images, masks and backbone match; removed once out_weights is written. Resume is bit-identical on CPU.
+- Data parallel (maskless.dist, config key train_processes): each rank trains on its share of the global
+  batch; DDP averages the gradients of SOLO (and of the EEC head) before clipping; logged values are rank
+  means; rank 0 alone writes checkpoints, weights and the loss log.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from maskless import dist
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
 from maskless.models.resnet import normalize
@@ -195,7 +199,8 @@ def freeze_stages(backbone: torch.nn.Module, freeze_at: int) -> int:
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
     """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
-    values = {k: float(v.detach()) for k, v in losses.items()}
+    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
+    values = dist.mean_values({k: float(v.detach()) for k, v in losses.items()})
     bad = [k for k in (*TERMS, "loss_eec", "loss") if k in values and not math.isfinite(values[k])]
     if bad:
         raise FloatingPointError(f"SOLO step {step}: non-finite loss terms {bad} (losses: {values}); "
@@ -250,14 +255,17 @@ def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weigh
 
 
 def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTrainParams, dev, use_amp,
-                eec: EECState | None = None):
+                eec: EECState | None = None, forward: dict | None = None):
+    """One optimizer step. forward: {"model": ..., "eec_head": ...} to call instead of the modules themselves
+    (their DDP wrappers in data-parallel training)."""
+    forward = forward or {}
     images, targets = batch
     if eec is not None and eec.refresh_due(step):
         eec.refresh(model, freeze_backbone_bn=params.freeze_backbone_bn)
     images = images.to(dev, non_blocking=True)  # (B, 3, H, W) uint8
     lab = lab_at_mask_resolution(images, targets[0].mask_stride)  # (B, 3, Hf, Wf)
     with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-        outputs = model(normalize(images))
+        outputs = forward.get("model", model)(normalize(images))
     # The losses run in float32 (sigmoids, logs and dice sums are fragile in half precision).
     outputs = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in outputs.items()}
     try:
@@ -265,7 +273,7 @@ def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTra
     except FloatingPointError as e:
         raise FloatingPointError(f"SOLO step {step}: {e}") from e
     if eec is not None:
-        losses.update(eec_losses(outputs, targets, eec))
+        losses.update(eec_losses(outputs, targets, eec, head=forward.get("eec_head")))
         losses["loss"] = losses["loss"] + params.eec.weight * losses["loss_eec"]
     values = check_finite(losses, step)
     opt.zero_grad(set_to_none=True)
@@ -298,7 +306,9 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     from maskless.store import MaskStore
 
     set_threads(threads)
-    dev = pick_device(device)
+    rank = dist.current()
+    dev = dist.device(pick_device(device))
+    dist.check_batch(params.batch_size, "solo.batch_size", rank)
     rows, skipped = select_images(read_manifest(manifest), mask_counts(masks_index),
                                   background=params.background_images)
     if any(skipped.values()):
@@ -318,6 +328,10 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
     geometry = params.solo_geometry()
     model, eec, saved, trainable, opt = _build(backbone, params, dev, init_weights, pool)
+    # DDP wrappers for the forward calls (a loss term without positives leaves some parameters unused).
+    forward = {"model": dist.wrap(model, find_unused=True)}
+    if eec is not None:
+        forward["eec_head"] = dist.wrap(eec.head, find_unused=True)
     columns = loss_columns(params)
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -330,26 +344,27 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         start, loss_rows = restore(state, model=saved, optimizer=opt, scaler=scaler)
         log.info("resuming SOLO from %s at step %d/%d", state_path, start, params.steps)
 
-    log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s", params.model.arch,
+    log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s%s", params.model.arch,
              len(rows), params.steps, params.batch_size, params.views, params.input_size, dev,
-             ", AMP" if use_amp else "")
+             ", AMP" if use_amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
     timer = {"start": time.perf_counter(), "data": 0.0, "total": 0.0, "pasted": 0}
     step = start
     for step in range(start + 1, params.steps + 1):
         t0 = time.perf_counter()
-        images, targets, pasted = make_batch(source, step - 1, params, geometry)
+        images, targets, pasted = make_batch(source, step - 1, params, geometry, rank)
         t1 = time.perf_counter()
         lr = lr_at(step - 1, params)
         for group in opt.param_groups:
             group["lr"] = lr
-        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp, eec)
+        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp, eec,
+                             forward)
         timer["data"] += t1 - t0
         timer["total"] += time.perf_counter() - t0
         timer["pasted"] += pasted
         loss_rows.append([step, *(values[k] for k in columns[1:-1]), lr])
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images))
-        if step % params.checkpoint_every == 0 and step < params.steps:
+        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
             save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=saved, optimizer=opt,
                        scaler=scaler, loss_rows=loss_rows)
         if stop_after is not None and step >= stop_after:
@@ -357,6 +372,9 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
             return {"steps_done": step, "start_step": start, "stopped": True}
 
     seconds = time.perf_counter() - timer["start"]
+    digest = dist.param_digest(saved)
+    if not rank.is_main:
+        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank, "param_digest": digest}
     resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint,
                 "init_weights": str(init_weights) if init_weights else None}
     model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -373,7 +391,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
             "images": len(rows), "skipped": skipped, "device": str(dev), "seconds": seconds,
             "data_fraction": timer["data"] / max(timer["total"], 1e-9), "final": last,
-            "out_weights": str(out_weights)}
+            "out_weights": str(out_weights), "rank": rank.rank, "param_digest": digest}
 
 
 def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, lr: float, timer: dict,

@@ -199,3 +199,40 @@ def test_zero_jitter_is_identity_and_bad_input_rejected():
     assert np.allclose(color_jitter(img, np.random.default_rng(0), (0, 0, 0, 0)), img)
     with pytest.raises(ValueError, match="uint8"):
         augment_view(np.zeros((4, 4, 3), dtype=np.float32), np.random.default_rng(0), AugmentParams())
+
+
+def test_ddp_group_of_one_matches_one_process(tmp_path, manifest, process_group_of_one):
+    """Inside a Gloo group of one (DDP wrapper, key all-gather into the queues, rank-0 writes), 3 steps give
+    the plain run's backbone and loss log bit for bit."""
+    import torch.distributed as tdist
+
+    params = DenseCLParams(**TINY, steps=3)
+    kw = dict(manifest=manifest, params=params, device="cpu", threads=1)
+    a = train_densecl(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"),
+                      loss_log=str(tmp_path / "a.csv"), **kw)
+    tdist.destroy_process_group()
+    try:
+        b = train_densecl(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                          loss_log=str(tmp_path / "b.csv"), **kw)
+    finally:
+        tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg2'}", rank=0, world_size=1)
+    assert a["param_digest"] == b["param_digest"]
+    wa, wb = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("a", "b"))
+    assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
+    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+
+
+def test_two_gloo_processes_share_batch_and_queues(tmp_path, manifest):
+    """Two spawned CPU processes with 2 of the 4 images of each global batch: the same parameters on both
+    ranks after 3 steps, one output, and queues filled with both ranks' keys (4 per step: the ring of 8
+    is full after 2 steps, so its pointer is back at 3 x 4 mod 8 = 4)."""
+    from maskless import dist
+
+    params = DenseCLParams(**TINY, steps=3)
+    results = dist.launch(train_densecl, processes=2, all_ranks=True, manifest=manifest, params=params,
+                          device="cpu", threads=2, out_weights=str(tmp_path / "w.pt"),
+                          state_dir=str(tmp_path / "s"), loss_log=str(tmp_path / "loss.csv"))
+    assert results[0]["param_digest"] == results[1]["param_digest"]
+    assert results[0]["queue_ptr"] == results[1]["queue_ptr"] == 4
+    assert "out_weights" in results[0] and "out_weights" not in results[1]
+    assert len(open(tmp_path / "loss.csv").read().splitlines()) == 4

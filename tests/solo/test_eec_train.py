@@ -100,3 +100,32 @@ def test_eec_head_gets_a_gradient_and_backbone_bn_stays_frozen(tmp_path, data, p
     terms["loss_eec"].backward()
     grads = [p.grad for p in eec.head.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("with_eec", [False, True])
+def test_ddp_group_of_one_matches_one_process(tmp_path, data, pool, process_group_of_one,  # noqa: F811
+                                              monkeypatch, with_eec):
+    """Inside a Gloo group of one, SOLO (and the EEC head) train through DDP wrappers: the forward really goes
+    through them (counted), and 3 steps give the plain run's weights and loss log bit for bit."""
+    import torch.distributed as tdist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    calls = []
+    real_forward = DDP.forward
+    monkeypatch.setattr(DDP, "forward", lambda self, *a, **k: calls.append(type(self.module).__name__)
+                        or real_forward(self, *a, **k))
+    params = _params(steps=3) if with_eec else SoloTrainParams(**TINY, steps=3)
+    kw = dict(**data, params=params, device="cpu", threads=1, exemplar_pool=pool if with_eec else None)
+    a = train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"),
+                   loss_log=str(tmp_path / "a.csv"), **kw)
+    assert calls.count("SOLOv2") == 3 and calls.count("EECHead") == (3 if with_eec else 0)
+    tdist.destroy_process_group()
+    try:
+        b = train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                       loss_log=str(tmp_path / "b.csv"), **kw)
+    finally:
+        tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg2'}", rank=0, world_size=1)
+    assert a["param_digest"] == b["param_digest"]
+    wa, wb = (torch.load(tmp_path / f"{n}.pt", weights_only=True) for n in ("a", "b"))
+    assert all(torch.equal(wa["model"][k], wb["model"][k]) for k in wa["model"])
+    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
