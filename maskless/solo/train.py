@@ -363,7 +363,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         timer["pasted"] += pasted
         loss_rows.append([step, *(values[k] for k in columns[1:-1]), lr])
         if step % log_every == 0 or step == params.steps:
-            _log_progress(step, start, params, values, lr, timer, len(images))
+            _log_progress(step, start, params, values, lr, timer, len(images) * rank.world_size)
         if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
             save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=saved, optimizer=opt,
                        scaler=scaler, loss_rows=loss_rows)
