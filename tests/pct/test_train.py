@@ -184,3 +184,38 @@ def test_poly_lr():
     """lr (1 - s / steps)^0.9: step 0 -> lr, step 5 of 10 -> 0.01 x 0.5^0.9 = 0.0053589."""
     p = SegTrainParams(**TINY, steps=10, lr=0.01)
     assert lr_at(0, p) == 0.01 and lr_at(5, p) == pytest.approx(0.0053589, abs=1e-7)
+
+
+def test_ddp_group_of_one_matches_one_process(tmp_path, data, process_group_of_one):
+    """Inside a Gloo group of one the networks are DDP-wrapped and the dynamic evaluation all-reduces; the
+    weights after 3 PCT steps equal a plain run's bit for bit (averaging over one rank changes nothing)."""
+    from maskless import dist
+
+    assert isinstance(dist.wrap(torch.nn.Linear(2, 2)), torch.nn.parallel.DistributedDataParallel)
+    params = PCTParams(**TINY, steps=3)
+    in_group = train_pct(**data, params=params, out=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"),
+                         device="cpu", threads=1)
+    with process_group_of_one.paused():
+        plain = train_pct(**data, params=params, out=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                          device="cpu", threads=1)
+    assert in_group["param_digest"] == plain["param_digest"]
+    a, b = (torch.load(tmp_path / f, weights_only=True)["model"] for f in ("a.pt", "b.pt"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_gloo_processes_stay_in_step(tmp_path, data):
+    """Two spawned CPU processes, each with half of every global batch: after 3 steps both hold the same
+    parameters (DDP averaged the same gradients), only rank 0 wrote the model and the loss log, and the
+    result differs from one process (each rank saw other images and augmentations)."""
+    from maskless import dist
+
+    fn, params = train_pct, PCTParams(**TINY, steps=3)
+    kw = dict(params=params, device="cpu", threads=2, **data)
+    results = dist.launch(fn, processes=2, all_ranks=True, out=str(tmp_path / "m.pt"), state_dir=str(tmp_path / "s"),
+                          loss_log=str(tmp_path / "loss.csv"), **kw)
+    assert [r["rank"] for r in results] == [0, 1]
+    assert results[0]["param_digest"] == results[1]["param_digest"]
+    assert "out" in results[0] and "out" not in results[1]
+    assert len(open(tmp_path / "loss.csv").read().splitlines()) == 1 + 3
+    single = fn(out=str(tmp_path / "one.pt"), state_dir=str(tmp_path / "s1"), **kw)
+    assert single["param_digest"] != results[0]["param_digest"]
