@@ -59,3 +59,20 @@ def test_param_digest_sees_every_parameter():
     with torch.no_grad():
         net.bias[0] += 1e-6
     assert dist.param_digest(net) != before
+
+
+def test_under_torchrun_launch_joins_its_group(monkeypatch):
+    """torchrun's environment (RANK, WORLD_SIZE, ...) of one process: launch joins that Gloo group instead of
+    spawning, runs fn inside it, and leaves it; a process count other than WORLD_SIZE is an error."""
+    for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(dist._free_port())}.items():
+        monkeypatch.setenv(key, value)
+
+    def fn(device):
+        r = dist.current()
+        return (r.active, r.rank, r.world_size, tdist.get_backend())
+
+    assert dist.launch(fn, processes=1, device="cpu") == (True, 0, 1, "gloo")
+    assert not tdist.is_initialized()
+    with pytest.raises(ValueError, match="torchrun started 1 processes but config key train_processes is 2"):
+        dist.launch(fn, processes=2, device="cpu")
