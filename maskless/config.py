@@ -87,8 +87,9 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append("config key 'dataset.annotations' must be set when dataset.kind is 'coco'")
     for key in ("images", "annotations"):
         path = ds.get(key)
-        if ds["kind"] != "synthetic" and path and not os.path.exists(path):
+        if ds["kind"] != "synthetic" and isinstance(path, str) and path and not os.path.exists(path):
             errors.append(f"config key 'dataset.{key}': {path!r} does not exist")
+    errors += _dataset_list_and_eval_checks(ds)
     syn = cfg["synthetic"]
     for key in ("objects_per_image", "scale_range"):
         lo, hi = syn[key]
@@ -111,15 +112,74 @@ def _cross_checks(cfg: dict) -> list[str]:
     if len(set(counts)) != len(counts):
         errors.append(f"config key 'exemplar.counts' repeats a count: {counts}")
     pct = cfg["pct"]
-    for key in ("ratios", "contextrast"):
+    for key in ("ratios", "counts", "contextrast"):
         if len(set(pct[key])) != len(pct[key]):
             errors.append(f"config key 'pct.{key}' repeats a value: {pct[key]}")
+    if pct["enabled"] and not pct["ratios"] and not pct["counts"]:
+        errors.append("config keys 'pct.ratios' and 'pct.counts' are both empty: give at least one label ratio or "
+                      "count (or set pct.enabled false)")
+    errors += _pct_data_checks(pct.get("data"))
     if pct["train"]["batch_size"] % 2:
         errors.append(f"config key 'pct.train.batch_size' ({pct['train']['batch_size']}) must be even: PCT batches "
                       "are half strong, half weak")
     weights = pre.get("weights")
     if weights and not os.path.isfile(weights):
         errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")
+    return errors
+
+
+def _dataset_list_and_eval_checks(ds: dict) -> list[str]:
+    """dataset.images as a list of folders (kind folder only) and the evaluation set dataset.eval."""
+    errors = []
+    images = ds.get("images")
+    if isinstance(images, list):
+        if ds["kind"] != "folder":
+            errors.append(f"config key 'dataset.images' is a list of folders, which only dataset.kind 'folder' "
+                          f"reads (kind is {ds['kind']!r}): give one folder")
+        elif len(set(images)) != len(images):
+            errors.append(f"config key 'dataset.images' repeats a folder: {images}")
+        else:
+            errors += [f"config key 'dataset.images[{i}]': {p!r} {_missing(p, 'folder')}" for i, p in enumerate(images)
+                       if not os.path.isdir(p)]
+    ev = ds.get("eval")
+    if ev is not None:
+        for key, what, kind, exists in (("images", "folder of the evaluation images", "folder", os.path.isdir),
+                                        ("annotations", "COCO instances JSON of the evaluation images", "file",
+                                         os.path.isfile)):
+            path = ev.get(key)
+            if not path:
+                errors.append(f"config key 'dataset.eval.{key}' must be set when dataset.eval is given (the {what})")
+            elif not exists(path):
+                errors.append(f"config key 'dataset.eval.{key}': {path!r} {_missing(path, kind)}")
+    return errors
+
+
+def _missing(path: str, kind: str) -> str:
+    return "does not exist" if not os.path.exists(path) else f"is not a {kind}"
+
+
+def _pct_data_checks(data: dict | None) -> list[str]:
+    """pct.data: its files and folders exist, classes or num_classes given (and agreeing), ignore_index not a class."""
+    if data is None:
+        return []
+    errors = []
+    for key, kind, exists in (("images", "folder", os.path.isdir), ("labels", "folder", os.path.isdir),
+                              ("train_list", "file", os.path.isfile), ("val_list", "file", os.path.isfile),
+                              ("tags", "file", os.path.isfile)):
+        path = data.get(key)
+        if path is not None and not exists(path):
+            errors.append(f"config key 'pct.data.{key}': {path!r} {_missing(path, kind)}")
+    names, k = data.get("classes"), data.get("num_classes")
+    if names is None and k is None:
+        errors.append("config key 'pct.data': give pct.data.classes (names, background first) or pct.data.num_classes")
+    elif names is not None and k is not None and len(names) != k:
+        errors.append(f"config key 'pct.data.num_classes' ({k}) differs from the {len(names)} names of "
+                      "pct.data.classes")
+    elif names is not None and len(set(names)) != len(names):
+        errors.append(f"config key 'pct.data.classes' repeats a name: {names}")
+    n = len(names) if names is not None else k
+    if n is not None and 0 <= data["ignore_index"] < n:
+        errors.append(f"config key 'pct.data.ignore_index' ({data['ignore_index']}) is a class id (0..{n - 1})")
     return errors
 
 

@@ -1,5 +1,6 @@
 # Config validation, path helpers, wildcard constraints and small input functions. Nothing else.
 
+from maskless import evalset
 from maskless.config import section_params, validate_config
 from maskless.data.manifest import num_shards
 
@@ -16,7 +17,7 @@ wildcard_constraints:
     round=r"\d+",
     variant=r"freesolo|exemplar_n\d+",
     n_exemplars=r"\d+",
-    ratio=r"[0-9]*\.?[0-9]+",
+    budget=r"ratio[0-9]*\.?[0-9]+|count[0-9]+",
     mode=r"plain|ctr",
 
 
@@ -44,6 +45,37 @@ def shard_paths(wildcards, folder):
 
 def shard_stores(wildcards):
     return shard_paths(wildcards, "freemask/shards")
+
+
+# The evaluation set (dataset.eval, maskless/evalset.py holds its paths): Free Mask and the evaluated SOLO
+# rounds also predict on its images; the instance evaluations score those against its ground truth.
+
+
+def eval_set():
+    return evalset.eval_set(config)
+
+
+def eval_shard_paths(wildcards, shard_template):
+    """One store per shard of the evaluation manifest (the checkpoint ingest_eval makes it); `shard_template`
+    is a maskless.evalset path with a {shard} wildcard, formatted with the wildcards and each shard number."""
+    manifest = checkpoints.ingest_eval.get(experiment=wildcards.experiment).output.manifest
+    n = num_shards(manifest, config["freemask"]["shard_size"])
+    return [shard_template.format(**dict(wildcards.items()), shard=k) for k in range(n)]
+
+
+def instance_gt(wildcards):
+    """The ground truth of the instance evaluations: the evaluation set's, else the training images'."""
+    return evalset.instance_gt(config, wildcards.experiment)
+
+
+def freemask_scored(wildcards):
+    """The Free Mask results the instance evaluation scores (on the evaluation images when there are some)."""
+    return evalset.freemask_results(config, wildcards.experiment)
+
+
+def solo_scored(wildcards):
+    """The SOLO results of a variant and round that eval_solo scores."""
+    return evalset.solo_results(config, wildcards.experiment, wildcards.variant, wildcards.round)
 
 
 def training_masks(experiment, variant, round, shard=None):
@@ -108,20 +140,39 @@ def stego_evals(wildcards):
 
 
 def pct_on():
-    return config["pct"]["enabled"] and has_ground_truth()
+    """PCT runs on the dataset's ground truth or on the user files of pct.data."""
+    return config["pct"]["enabled"] and (has_ground_truth() or config["pct"]["data"] is not None)
 
 
 def pct_families():
-    """(ratio wildcard, mode) of every PCT run the config asks for."""
-    from maskless.pct.stage import ratio_name
+    """(budget wildcard, mode) of every PCT run the config asks for: ratio<r> per pct.ratios, count<n> per
+    pct.counts."""
+    from maskless.pct.stage import budget_name
 
-    return [(ratio_name(r), "ctr" if c else "plain") for r in config["pct"]["ratios"] for c in config["pct"]["contextrast"]]
+    budgets = [budget_name(ratio=r) for r in config["pct"]["ratios"]]
+    budgets += [budget_name(count=n) for n in config["pct"]["counts"]]
+    return [(b, "ctr" if c else "plain") for b in budgets for c in config["pct"]["contextrast"]]
+
+
+def pct_data_inputs(wildcards):
+    """The image manifest and label source of the PCT rules: the dataset's (ingest), or pct.data's (pct_data)."""
+    exp = wildcards.experiment
+    if config["pct"]["data"] is None:
+        return {"manifest": f"results/{exp}/data/manifest.parquet", "gt": f"results/{exp}/data/instances_gt.json"}
+    return {"manifest": f"results/{exp}/pct/data/manifest.parquet", "gt": f"results/{exp}/pct/data/labels.json"}
+
+
+def pct_split_params():
+    """Params of pct_split: eval_fraction only where it is used (the dataset-ground-truth source)."""
+    params = dict(stratified=config["pct"]["stratified"], seed=config["seed"])
+    if config["pct"]["data"] is None:
+        params = dict(eval_fraction=config["pct"]["eval_fraction"], **params)
+    return params
 
 
 def pct_train_inputs(wildcards, kind):
-    exp, base = wildcards.experiment, f"results/{wildcards.experiment}/pct/ratio{wildcards.ratio}"
-    inputs = {"split": f"{base}/split.json", "manifest": f"results/{exp}/data/manifest.parquet",
-              "gt": f"results/{exp}/data/instances_gt.json"}
+    exp, base = wildcards.experiment, f"results/{wildcards.experiment}/pct/{wildcards.budget}"
+    inputs = {"split": f"{base}/split.json", **pct_data_inputs(wildcards)}
     if config["pct"]["backbone"] == "pretrain":
         inputs["backbone"] = f"results/{exp}/pretrain/backbone.pt"
     if kind == "retrain":
@@ -133,7 +184,8 @@ def pct_train_params(kind):
     """Params of the three training rules (they differ only by kind and inputs)."""
     return dict(
         kind=kind,
-        pct=section_params(config, "pct", exclude=("threads", "enabled", "ratios", "contextrast", "pseudo")),
+        pct=section_params(config, "pct", exclude=("threads", "enabled", "ratios", "counts", "contextrast",
+                                                     "pseudo", "data")),
         arch=config["pretrain"]["arch"],
         seed=config["seed"],
         device=config["device"],
@@ -144,7 +196,7 @@ def pct_train_params(kind):
 def pct_evals(wildcards):
     if not pct_on():
         return []
-    return [f"results/{wildcards.experiment}/eval/pct/ratio{r}/{m}/metrics.parquet" for r, m in pct_families()]
+    return [f"results/{wildcards.experiment}/eval/pct/{b}/{m}/metrics.parquet" for b, m in pct_families()]
 
 
 def report_inputs(wildcards):
@@ -153,14 +205,18 @@ def report_inputs(wildcards):
 
 
 def get_final_outputs(report=True):
+    # The last round's predictions: on the evaluation images when there is an evaluation set (the training
+    # images' are only made where a self-training round relabels them).
     out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
-           *[f"results/{EXP}/solo/{v}/round{variant_rounds(v)}/index.parquet" for v in solo_variants()]]
+           *[evalset.solo_index(config, EXP, v, variant_rounds(v)) for v in solo_variants()]]
     if config["stego"]["enabled"]:
         out.append(f"results/{EXP}/stego/model.pt")
-    if has_ground_truth():
+    if evalset.instance_eval_on(config):
         out.append(f"results/{EXP}/tables/metrics.md")
     if pct_on():
-        out += [f"results/{EXP}/pct/ratio{r}/{m}/retrain/model.pt" for r, m in pct_families()]
+        out += [f"results/{EXP}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]
+        if config["pct"]["data"] is not None:
+            out.append(f"results/{EXP}/tables/pct.md")  # the PCT table (metrics.md needs instance ground truth)
     if report and config["report"]["enabled"]:
         out.append(f"results/{EXP}/report")
     return out

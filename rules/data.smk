@@ -43,8 +43,37 @@ checkpoint ingest:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=240,  # decodes every image once: ~241k for COCO train2017 + unlabeled2017
     conda:
         ENV
     script:
         "../stages/ingest.py"
+
+
+# The evaluation set (dataset.eval, COCO format: e.g. val2017 when training on train2017 + unlabeled2017):
+# its own manifest and ground truth, beside the training set's. Paths: maskless/evalset.py.
+if eval_set() is not None:
+
+    checkpoint ingest_eval:
+        output:
+            manifest=evalset.EVAL_MANIFEST,
+            gt=evalset.EVAL_GT,
+        log:
+            "results/{experiment}/logs/ingest_eval.log",
+        benchmark:
+            "results/{experiment}/benchmarks/ingest_eval.tsv"
+        params:
+            kind="coco",
+            images=eval_set()["images"],
+            annotations=eval_set()["annotations"],
+            on_bad_image=config["dataset"]["on_bad_image"],
+            max_images=eval_set()["max_images"],
+            split="eval",
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
+        conda:
+            ENV
+        script:
+            "../stages/ingest.py"

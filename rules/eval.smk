@@ -1,21 +1,23 @@
-# Class-agnostic COCO evaluation of every instance output, and the experiment's metrics table.
+# Class-agnostic COCO evaluation of every instance output, and the experiment's metrics table. The instance
+# outputs are scored on the evaluation set (dataset.eval) when there is one, else on the training images:
+# instance_gt, freemask_scored and solo_scored (rules/common.smk) pick the files.
 
-INSTANCE_OUTPUTS = {"freemask": "results/{experiment}/freemask/results.json"}
+INSTANCE_OUTPUTS = {"freemask": freemask_scored}
 
 
 rule eval_instances:
     wildcard_constraints:
         stage="|".join(INSTANCE_OUTPUTS),
     input:
-        gt="results/{experiment}/data/instances_gt.json",
-        predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage],
+        gt=instance_gt,
+        predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage](wc),
     output:
         metrics="results/{experiment}/eval/{stage}/metrics.parquet",
         table="results/{experiment}/eval/{stage}/metrics.md",
     log:
         "results/{experiment}/logs/eval/{stage}.log",
     params:
-        dataset=config["dataset"]["name"],
+        dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
         round=0,
         stage=lambda wc: wc.stage,
@@ -31,15 +33,15 @@ rule eval_instances:
 
 rule eval_solo:
     input:
-        gt="results/{experiment}/data/instances_gt.json",
-        predictions="results/{experiment}/solo/{variant}/round{round}/results.json",
+        gt=instance_gt,
+        predictions=solo_scored,
     output:
         metrics="results/{experiment}/eval/{variant}/round{round}/metrics.parquet",
         table="results/{experiment}/eval/{variant}/round{round}/metrics.md",
     log:
         "results/{experiment}/logs/eval/{variant}_round{round}.log",
     params:
-        dataset=config["dataset"]["name"],
+        dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
         round=lambda wc: int(wc.round),
         stage=lambda wc: wc.variant,

@@ -48,3 +48,29 @@ rule freemask_index:
         ENV
     script:
         "../stages/mask_index.py"
+
+
+# Free Mask on the evaluation set's images (dataset.eval; paths: maskless/evalset.py): the same job per
+# shard with the same params, so the masks scored are made exactly like the training masks.
+if eval_set() is not None:
+
+    use rule freemask_shard as freemask_eval_shard with:
+        input:
+            manifest=evalset.EVAL_MANIFEST,
+            weights="results/{experiment}/pretrain/backbone.pt",
+        output:
+            store=directory(evalset.FREEMASK_EVAL_SHARD),
+        log:
+            "results/{experiment}/logs/freemask/eval_{shard}.log",
+        benchmark:
+            "results/{experiment}/benchmarks/freemask/eval_{shard}.tsv"
+
+    use rule freemask_index as freemask_eval_index with:
+        input:
+            manifest=evalset.EVAL_MANIFEST,
+            shards=lambda wc: eval_shard_paths(wc, evalset.FREEMASK_EVAL_SHARD),
+        output:
+            index=evalset.FREEMASK_EVAL_INDEX,
+            results=evalset.FREEMASK_EVAL_RESULTS,
+        log:
+            "results/{experiment}/logs/freemask_eval_index.log",

@@ -1,20 +1,40 @@
-# Semi/weakly supervised PCT (with the optional Contextrast loss) per label ratio: split -> strong-only
+# Semi/weakly supervised PCT (with the optional Contextrast loss) per label budget: split -> strong-only
 # baseline, PCT pair -> pseudo labels of the weak images -> retrain -> evaluation on held-out images.
-# Wildcards: ratio (a value of pct.ratios, e.g. 0.125), mode (plain | ctr = with Contextrast).
+# Wildcards: budget ("ratio<r>" for a value of pct.ratios, e.g. ratio0.125, or "count<n>" for a value of
+# pct.counts, e.g. count92), mode (plain | ctr = with Contextrast).
+# Data: the dataset's ground truth (pct.data null), or the user files of pct.data checked once by pct_data
+# (pct_data_inputs in common.smk says which files the PCT rules read; pct_split_params which params).
+
+
+rule pct_data:
+    output:
+        manifest="results/{experiment}/pct/data/manifest.parquet",
+        labels="results/{experiment}/pct/data/labels.json",
+    log:
+        "results/{experiment}/logs/pct/data.log",
+    benchmark:
+        "results/{experiment}/benchmarks/pct/data.tsv"
+    params:
+        data=config["pct"]["data"],
+    threads: config["pct"]["threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        ENV
+    script:
+        "../stages/pct_data.py"
 
 
 rule pct_split:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
-        gt="results/{experiment}/data/instances_gt.json",
+        unpack(pct_data_inputs),
     output:
-        split="results/{experiment}/pct/ratio{ratio}/split.json",
+        split="results/{experiment}/pct/{budget}/split.json",
     log:
-        "results/{experiment}/logs/pct/ratio{ratio}/split.log",
+        "results/{experiment}/logs/pct/{budget}/split.log",
     params:
-        eval_fraction=config["pct"]["eval_fraction"],
-        stratified=config["pct"]["stratified"],
-        seed=config["seed"],
+        **pct_split_params(),
     threads: 1
     resources:
         mem_mb=2000,
@@ -29,15 +49,15 @@ rule pct_strong_only:
     input:
         unpack(lambda wc: pct_train_inputs(wc, "strong_only")),
     output:
-        model="results/{experiment}/pct/ratio{ratio}/{mode}/strong_only/model.pt",
-        loss_log="results/{experiment}/pct/ratio{ratio}/{mode}/strong_only/loss.csv",
+        model="results/{experiment}/pct/{budget}/{mode}/strong_only/model.pt",
+        loss_log="results/{experiment}/pct/{budget}/{mode}/strong_only/loss.csv",
     log:
-        "results/{experiment}/logs/pct/ratio{ratio}/{mode}/strong_only.log",
+        "results/{experiment}/logs/pct/{budget}/{mode}/strong_only.log",
     benchmark:
-        "results/{experiment}/benchmarks/pct/ratio{ratio}/{mode}/strong_only.tsv"
+        "results/{experiment}/benchmarks/pct/{budget}/{mode}/strong_only.tsv"
     params:
         **pct_train_params("strong_only"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/ratio{wc.ratio}/{wc.mode}/strong_only",
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/strong_only",
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
@@ -53,15 +73,15 @@ rule pct_train:
     input:
         unpack(lambda wc: pct_train_inputs(wc, "pct")),
     output:
-        model="results/{experiment}/pct/ratio{ratio}/{mode}/pct/model.pt",
-        loss_log="results/{experiment}/pct/ratio{ratio}/{mode}/pct/loss.csv",
+        model="results/{experiment}/pct/{budget}/{mode}/pct/model.pt",
+        loss_log="results/{experiment}/pct/{budget}/{mode}/pct/loss.csv",
     log:
-        "results/{experiment}/logs/pct/ratio{ratio}/{mode}/pct.log",
+        "results/{experiment}/logs/pct/{budget}/{mode}/pct.log",
     benchmark:
-        "results/{experiment}/benchmarks/pct/ratio{ratio}/{mode}/pct.tsv"
+        "results/{experiment}/benchmarks/pct/{budget}/{mode}/pct.tsv"
     params:
         **pct_train_params("pct"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/ratio{wc.ratio}/{wc.mode}/pct",
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/pct",
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
@@ -75,15 +95,15 @@ rule pct_train:
 
 rule pct_pseudo:
     input:
-        split="results/{experiment}/pct/ratio{ratio}/split.json",
-        manifest="results/{experiment}/data/manifest.parquet",
-        model="results/{experiment}/pct/ratio{ratio}/{mode}/pct/model.pt",
+        split="results/{experiment}/pct/{budget}/split.json",
+        manifest=lambda wc: pct_data_inputs(wc)["manifest"],
+        model="results/{experiment}/pct/{budget}/{mode}/pct/model.pt",
     output:
-        labels=directory("results/{experiment}/pct/ratio{ratio}/{mode}/pseudo"),
+        labels=directory("results/{experiment}/pct/{budget}/{mode}/pseudo"),
     log:
-        "results/{experiment}/logs/pct/ratio{ratio}/{mode}/pseudo.log",
+        "results/{experiment}/logs/pct/{budget}/{mode}/pseudo.log",
     benchmark:
-        "results/{experiment}/benchmarks/pct/ratio{ratio}/{mode}/pseudo.tsv"
+        "results/{experiment}/benchmarks/pct/{budget}/{mode}/pseudo.tsv"
     params:
         input_size=config["pct"]["train"]["input_size"],
         pseudo=config["pct"]["pseudo"],
@@ -103,15 +123,15 @@ rule pct_retrain:
     input:
         unpack(lambda wc: pct_train_inputs(wc, "retrain")),
     output:
-        model="results/{experiment}/pct/ratio{ratio}/{mode}/retrain/model.pt",
-        loss_log="results/{experiment}/pct/ratio{ratio}/{mode}/retrain/loss.csv",
+        model="results/{experiment}/pct/{budget}/{mode}/retrain/model.pt",
+        loss_log="results/{experiment}/pct/{budget}/{mode}/retrain/loss.csv",
     log:
-        "results/{experiment}/logs/pct/ratio{ratio}/{mode}/retrain.log",
+        "results/{experiment}/logs/pct/{budget}/{mode}/retrain.log",
     benchmark:
-        "results/{experiment}/benchmarks/pct/ratio{ratio}/{mode}/retrain.tsv"
+        "results/{experiment}/benchmarks/pct/{budget}/{mode}/retrain.tsv"
     params:
         **pct_train_params("retrain"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/ratio{wc.ratio}/{wc.mode}/retrain",
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/retrain",
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
@@ -125,20 +145,19 @@ rule pct_retrain:
 
 rule pct_eval:
     input:
-        split="results/{experiment}/pct/ratio{ratio}/split.json",
-        manifest="results/{experiment}/data/manifest.parquet",
-        gt="results/{experiment}/data/instances_gt.json",
-        strong_only="results/{experiment}/pct/ratio{ratio}/{mode}/strong_only/model.pt",
-        pct="results/{experiment}/pct/ratio{ratio}/{mode}/pct/model.pt",
-        retrain="results/{experiment}/pct/ratio{ratio}/{mode}/retrain/model.pt",
-        pseudo="results/{experiment}/pct/ratio{ratio}/{mode}/pseudo",
+        unpack(pct_data_inputs),
+        split="results/{experiment}/pct/{budget}/split.json",
+        strong_only="results/{experiment}/pct/{budget}/{mode}/strong_only/model.pt",
+        pct="results/{experiment}/pct/{budget}/{mode}/pct/model.pt",
+        retrain="results/{experiment}/pct/{budget}/{mode}/retrain/model.pt",
+        pseudo="results/{experiment}/pct/{budget}/{mode}/pseudo",
     output:
-        metrics="results/{experiment}/eval/pct/ratio{ratio}/{mode}/metrics.parquet",
-        table="results/{experiment}/eval/pct/ratio{ratio}/{mode}/metrics.md",
+        metrics="results/{experiment}/eval/pct/{budget}/{mode}/metrics.parquet",
+        table="results/{experiment}/eval/pct/{budget}/{mode}/metrics.md",
     log:
-        "results/{experiment}/logs/eval/pct_ratio{ratio}_{mode}.log",
+        "results/{experiment}/logs/eval/pct_{budget}_{mode}.log",
     benchmark:
-        "results/{experiment}/benchmarks/eval/pct_ratio{ratio}_{mode}.tsv"
+        "results/{experiment}/benchmarks/eval/pct_{budget}_{mode}.tsv"
     params:
         input_size=config["pct"]["train"]["input_size"],
         pseudo=config["pct"]["pseudo"],

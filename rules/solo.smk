@@ -122,3 +122,30 @@ rule selftrain_labels_index:
         ENV
     script:
         "../stages/mask_index.py"
+
+
+# Predictions of every evaluated SOLO variant and round on the evaluation set's images (dataset.eval; paths:
+# maskless/evalset.py), scored by eval_solo. The same jobs and params as on the training images, whose
+# predictions are then made only where a self-training round relabels them.
+if eval_set() is not None:
+
+    use rule solo_predict as solo_predict_eval with:
+        input:
+            manifest=evalset.EVAL_MANIFEST,
+            weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
+        output:
+            store=directory(evalset.SOLO_EVAL_SHARD),
+        log:
+            "results/{experiment}/logs/solo/{variant}/round{round}/eval_pred_{shard}.log",
+        benchmark:
+            "results/{experiment}/benchmarks/solo/{variant}/round{round}/eval_pred_{shard}.tsv"
+
+    use rule solo_index as solo_index_eval with:
+        input:
+            manifest=evalset.EVAL_MANIFEST,
+            shards=lambda wc: eval_shard_paths(wc, evalset.SOLO_EVAL_SHARD),
+        output:
+            index=evalset.SOLO_EVAL_INDEX,
+            results=evalset.SOLO_EVAL_RESULTS,
+        log:
+            "results/{experiment}/logs/solo/{variant}/round{round}/eval_index.log",

@@ -1,4 +1,4 @@
-"""Rule ingest: validate a dataset's images (and annotations) and write the image manifest."""
+"""Rules ingest and ingest_eval: validate a dataset's images (and annotations) and write the image manifest."""
 
 from maskless.data.ingest import ingest
 from maskless.stage_utils import begin
@@ -18,4 +18,5 @@ ingest(
     gt_out=smk.output.get("gt") or None,  # no ground truth for an image folder: the output list is empty
     on_bad_image=params["on_bad_image"],
     max_images=params["max_images"],
+    split=params.get("split", "train"),  # ingest_eval: "eval" (the training ingest has no split param)
 )

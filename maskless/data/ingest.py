@@ -3,7 +3,9 @@
 Three kinds (config `dataset.kind`):
 - "coco": images listed in the JSON's `images`, `file_name` relative to the images folder.
 - "synthetic": read exactly like "coco" (the generator writes COCO format).
-- "folder": every image file under the folder (recursive, sorted by relative path) gets id 1..N.
+- "folder": every image file under the folder (recursive, sorted by relative path) gets id 1..N. Several
+  folders (a list, e.g. COCO train2017 and unlabeled2017) are read as one: file names are relative to the
+  folders' common parent (so they stay unique), sorted, ids 1..N over all of them.
 
 Every image is decoded with `load_rgb` rules (maskless.data.images); for COCO its EXIF-oriented size must
 match the JSON's width/height. Bad images stop the run with one error listing every one of them
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from pathlib import Path
 
 import pycocotools.mask as mask_utils
@@ -46,11 +49,15 @@ class IngestError(ValueError):
         super().__init__(message + "\n  " + "\n  ".join(shown) + more)
 
 
-def ingest(*, kind: str, images: str, annotations: str | None, manifest_out: str, gt_out: str | None = None,
-           on_bad_image: str = "stop", split: str = "train", max_images: int | None = None) -> dict:
-    """Check the dataset, write the manifest (and the cleaned GT when gt_out is given); return counts."""
+def ingest(*, kind: str, images: str | list[str], annotations: str | None, manifest_out: str,
+           gt_out: str | None = None, on_bad_image: str = "stop", split: str = "train",
+           max_images: int | None = None) -> dict:
+    """Check the dataset, write the manifest (and the cleaned GT when gt_out is given); return counts.
+
+    `images` is one folder, or for kind "folder" a list of folders read as one dataset."""
     _check_args(kind, images, annotations, gt_out, on_bad_image, max_images)
     coco = None
+    root = folder_root(images)  # file names are relative to it
     if kind == "folder":
         entries = folder_entries(images)
     else:
@@ -60,7 +67,7 @@ def ingest(*, kind: str, images: str, annotations: str | None, manifest_out: str
     if max_images is not None and len(entries) > max_images:
         log.info("max_images=%d: keeping the first %d of %d images by id", max_images, max_images, len(entries))
         entries = entries[:max_images]
-    records, bad = check_images(entries, Path(images), split)
+    records, bad = check_images(entries, root, split)
     if bad:
         lines = [f"{name}: {reason}" for name, reason in bad]
         if on_bad_image == "stop":
@@ -98,14 +105,45 @@ def _check_args(kind, images, annotations, gt_out, on_bad_image, max_images) -> 
         raise ValueError(f"dataset.annotations (a COCO instances JSON) is required for dataset.kind {kind!r}")
     if gt_out is not None and annotations is None:
         raise ValueError("a ground-truth output was requested but dataset.annotations is not set")
-    if not Path(images).is_dir():
-        raise ValueError(f"dataset.images: {images} is not a folder")
+    if not isinstance(images, (str, os.PathLike)):
+        if kind != "folder":
+            raise ValueError("dataset.images is a list of folders, which only dataset.kind 'folder' reads")
+        if not images:
+            raise ValueError("dataset.images is an empty list of folders")
+    for folder in _folders(images):
+        if not Path(folder).is_dir():
+            raise ValueError(f"dataset.images: {folder} is not a folder")
 
 
-def folder_entries(images: str) -> list[dict]:
-    """Every image file under `images` (recursive, sorted by relative path) with ids 1..N."""
-    root = Path(images)
-    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+def _folders(images) -> list:
+    return [images] if isinstance(images, (str, os.PathLike)) else list(images)
+
+
+def _searched(images) -> list[Path]:
+    """The folders to list: one as given, several resolved (their names are relative to a common parent)."""
+    folders = _folders(images)
+    return [Path(folders[0])] if len(folders) == 1 else [Path(f).resolve() for f in folders]
+
+
+def folder_root(images) -> Path:
+    """The folder file names are relative to: the folder itself, or the common parent of several."""
+    resolved = _searched(images)
+    if len(resolved) == 1:
+        return resolved[0]
+    for a in resolved:
+        for b in resolved:
+            if a != b and a.is_relative_to(b):
+                raise ValueError(f"dataset.images: folder {a} lies inside folder {b}: its images would be read twice")
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"dataset.images names one folder twice: {[str(f) for f in _folders(images)]}")
+    return Path(os.path.commonpath(resolved))
+
+
+def folder_entries(images) -> list[dict]:
+    """Every image file under `images` (one folder or a list; recursive, sorted by the name relative to
+    folder_root) with ids 1..N."""
+    root = folder_root(images)
+    names = sorted(p.relative_to(root).as_posix() for folder in _searched(images) for p in folder.rglob("*")
                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     if not names:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")

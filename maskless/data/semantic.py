@@ -7,15 +7,23 @@ Three sources, one output: int64 (H, W) maps with 0 = background, 1..C the class
   no instance lies, crowd regions 255. Overlapping instances: painted largest area first, so the smaller
   (usually the occluding, fully annotated) instance wins; ties keep annotation order (later wins). Crowd
   regions are painted last: a pixel inside a crowd region is ignored even if an instance covers it.
-- A folder of user PNG masks (VOC-style: <image stem>.png holding class ids, 255 = ignore).
-A class id outside [0, num_classes) other than 255 is a ValueError naming the file. Resizing is nearest
-neighbour (labels are never interpolated).
+- A folder of user PNG masks (VOC-style: <image stem>.png holding class ids, 255 = ignore). Grey-level PNGs
+  hold the ids as pixel values; palette PNGs (PASCAL VOC's SegmentationClass) hold them as palette indices,
+  which are read as such (the colours are never looked at). Another ignore value (`ignore_index`) is mapped
+  to 255.
+A class id outside [0, num_classes) other than the ignore value is a ValueError naming the file. Resizing is
+nearest neighbour (labels are never interpolated).
+
+Image lists (read_image_list): one image per line, as a stem ("2007_000032"), a file name, or the
+DeepLab form "<image path> <label path>" (the first field's stem is the image); blank lines and lines
+starting with # are skipped.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +31,8 @@ import cv2
 import numpy as np
 
 IGNORE = 255
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def category_index(categories: list[dict]) -> dict[int, int]:
@@ -84,19 +94,50 @@ def check_range(label: np.ndarray, n_classes: int, source: str) -> np.ndarray:
     return label
 
 
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + (zlib.crc32(kind + body) & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def _palette_as_indices(data: bytes) -> bytes | None:
+    """The bytes of a palette PNG with its palette replaced by grey levels 0, 1, 2, ... (and any tRNS
+    transparency dropped), so that decoding it gives each pixel's palette index in every channel; None when
+    `data` is not a palette PNG. Exact whatever the original palette (even one shorter than the indices
+    used, which libpng would decode to black)."""
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR" or data[25] != 3:
+        return None
+    bit_depth = data[24]
+    out, pos = [data[:8]], 8
+    while pos + 12 <= len(data):
+        length, kind = int.from_bytes(data[pos : pos + 4], "big"), data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if kind == b"PLTE":
+            out.append(_png_chunk(b"PLTE", np.repeat(np.arange(1 << bit_depth, dtype=np.uint8), 3).tobytes()))
+        elif kind != b"tRNS":
+            out.append(data[pos:end])
+        pos = end
+        if kind == b"IEND":
+            break
+    return b"".join(out)
+
+
 def read_label_png(path: str | os.PathLike, *, n_classes: int, id_map: dict[int, int] | None = None,
-                   size: tuple[int, int] | None = None) -> np.ndarray:
-    """(H, W) int64 from a single-channel 8- or 16-bit PNG; id_map maps stored ids (0 and 255 kept)."""
+                   size: tuple[int, int] | None = None, ignore_index: int = IGNORE) -> np.ndarray:
+    """(H, W) int64 from a single-channel 8- or 16-bit PNG or a palette PNG (module doc); id_map maps stored
+    ids (0 and 255 kept); stored `ignore_index` becomes 255."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"label file {path} not found")
-    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if id_map is not None and ignore_index != IGNORE:
+        raise ValueError(f"read_label_png: ignore_index {ignore_index} cannot be combined with id_map")
+    data = path.read_bytes()
+    palette = _palette_as_indices(data)
+    raw = cv2.imdecode(np.frombuffer(palette if palette is not None else data, np.uint8), cv2.IMREAD_UNCHANGED)
     if raw is None:
         raise ValueError(f"label file {path} cannot be decoded as an image")
     if raw.ndim == 3:
         if not (raw == raw[:, :, :1]).all():
             raise ValueError(f"label file {path} has {raw.shape[2]} different channels; expected one channel "
-                             "of class ids (a colour-palette PNG must be converted to ids first)")
+                             "of class ids or a palette PNG (an RGB colour image must be converted to ids first)")
         raw = raw[:, :, 0]
     label = raw.astype(np.int64)
     if id_map is not None:
@@ -106,6 +147,13 @@ def read_label_png(path: str | os.PathLike, *, n_classes: int, id_map: dict[int,
             raise ValueError(f"label file {path}: ids {unknown[:10]} are not categories of the dataset")
         keys = np.array(sorted(lut))
         label = np.array([lut[k] for k in keys])[np.searchsorted(keys, label)]
+    elif ignore_index != IGNORE:
+        ignored = label == ignore_index
+        bad = ~ignored & ((label < 0) | (label >= n_classes))
+        if bad.any():
+            values = sorted(int(v) for v in np.unique(label[bad]))[:10]
+            raise ValueError(f"{path}: class ids {values} outside [0, {n_classes}) (ignore = {ignore_index})")
+        label[ignored] = IGNORE
     check_range(label, n_classes, str(path))
     return resize_labels(label, size)
 
@@ -121,10 +169,40 @@ def synthetic_labels(dataset_dir: str | os.PathLike, file_names: Sequence[str], 
 
 
 def png_labels(folder: str | os.PathLike, file_names: Sequence[str], *, n_classes: int,
-               size: tuple[int, int] | None = None) -> list[np.ndarray]:
+               size: tuple[int, int] | None = None, ignore_index: int = IGNORE) -> list[np.ndarray]:
     """Label maps from user PNGs: folder/<stem of each image file name>.png holding class ids."""
-    return [read_label_png(Path(folder) / (Path(name).stem + ".png"), n_classes=n_classes, size=size)
-            for name in file_names]
+    return [read_label_png(Path(folder) / (Path(name).stem + ".png"), n_classes=n_classes, size=size,
+                           ignore_index=ignore_index) for name in file_names]
+
+
+def image_stem(entry: str) -> str:
+    """The image named by a list entry or a file name: "a/b/2007_000032.jpg" and "2007_000032" -> "2007_000032"
+    (only a known image suffix is removed, so stems holding dots survive)."""
+    name = entry.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    stem, dot, suffix = name.rpartition(".")
+    return stem if dot and stem and f".{suffix.lower()}" in IMAGE_SUFFIXES else name
+
+
+def read_image_list(path: str | os.PathLike) -> list[str]:
+    """Image stems of a list file (module doc), in file order. ValueError naming the file (and the lines) when
+    it is missing, empty or names an image twice."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"image list {path} not found")
+    stems: list[str] = []
+    first_line: dict[str, int] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        stem = image_stem(fields[0])
+        if stem in first_line:
+            raise ValueError(f"image list {path} line {n}: image {stem!r} already listed on line {first_line[stem]}")
+        first_line[stem] = n
+        stems.append(stem)
+    if not stems:
+        raise ValueError(f"image list {path} names no image")
+    return stems
 
 
 def _instance_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:

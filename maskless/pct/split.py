@@ -8,7 +8,10 @@
   set, which a tiny strong set drawn plainly can miss.
 - Tags: class ids in [1, num_classes) (0 = background is implicit, 255 = ignore never a tag).
   read_tag_table reads the CSV the synthetic generator writes (header image_id,file_name,category_ids;
-  ids space-separated). validate_tags checks a table against the configured classes and, for strong images,
+  ids space-separated), keyed by image id; with key="file_name" (a user's table for list-based data such as
+  PASCAL VOC, where images are named, not numbered) it needs only the columns file_name and category_ids and
+  is keyed by the image stem (maskless.data.semantic.image_stem: "2007_000032.jpg" -> "2007_000032").
+  validate_tags checks a table against the configured classes and, for strong images,
   against their label maps: any disagreement is a ValueError naming the image and the file.
 """
 
@@ -76,27 +79,34 @@ def tags_from_label_map(label: np.ndarray) -> frozenset[int]:
     return frozenset(int(v) for v in values if v not in (0, IGNORE))
 
 
-def read_tag_table(path: str | Path) -> dict[int, frozenset[int]]:
-    """image_id -> class ids from a tags CSV (module doc). ValueError naming the file and line on a bad row,
-    a duplicate image id or a missing column."""
+def read_tag_table(path: str | Path, *, key: str = "image_id") -> dict:
+    """image_id (or, key="file_name", image stem) -> class ids from a tags CSV (module doc). ValueError naming
+    the file and line on a bad row, a duplicate image or a missing column."""
+    from maskless.data.semantic import image_stem
+
+    if key not in ("image_id", "file_name"):
+        raise ValueError(f"read_tag_table: key must be 'image_id' or 'file_name', got {key!r}")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"tag table {path} does not exist")
-    out: dict[int, frozenset[int]] = {}
+    out: dict = {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image_id", "category_ids"} <= set(reader.fieldnames):
-            raise ValueError(f"tag table {path} needs the columns image_id and category_ids (header "
-                             f"{','.join(TAG_COLUMNS)}), got {reader.fieldnames}")
+        if reader.fieldnames is None or not {key, "category_ids"} <= set(reader.fieldnames):
+            header = ",".join(TAG_COLUMNS) if key == "image_id" else "file_name,category_ids"
+            raise ValueError(f"tag table {path} needs the columns {key} and category_ids (header "
+                             f"{header}), got {reader.fieldnames}")
         for line, row in enumerate(reader, start=2):
             try:
-                image_id = int(row["image_id"])
+                image = int(row["image_id"]) if key == "image_id" else image_stem((row["file_name"] or "").strip())
+                if image == "":
+                    raise ValueError("empty file_name")
                 cats = frozenset(int(c) for c in (row["category_ids"] or "").split())
             except (TypeError, ValueError) as e:
                 raise ValueError(f"tag table {path} line {line}: cannot parse {row}: {e}") from e
-            if image_id in out:
-                raise ValueError(f"tag table {path} line {line}: image {image_id} listed twice")
-            out[image_id] = cats
+            if image in out:
+                raise ValueError(f"tag table {path} line {line}: image {image} listed twice")
+            out[image] = cats
     return out
 
 

@@ -1,23 +1,38 @@
-"""The PCT stages of the workflow (METHODS.md "PCT"): split, train, pseudo-label, retrain, evaluate.
+"""The PCT stages of the workflow (METHODS.md "PCT"): data, split, train, pseudo-label, retrain, evaluate.
 
-Data. Images come from the experiment's manifest; pixel labels and tags from its validated COCO instances
-(results/<exp>/data/instances_gt.json: thing classes 1..C, background 0, crowd 255; for the synthetic data
-these are the generator's own objects), so a strong image's tags always equal its label map's classes.
-The whole split is held in memory (images and label maps): fine for the embedded data and coco-tiny, not
-for full COCO (issue 7).
+Data, two sources (the `gt` input of every PCT rule says which):
+- The dataset's ground truth (pct.data null, the default). Images come from the experiment's manifest;
+  pixel labels and tags from its validated COCO instances (results/<exp>/data/instances_gt.json: thing
+  classes 1..C, background 0, crowd 255; for the synthetic data these are the generator's own objects), so a
+  strong image's tags always equal its label map's classes. A held-out set of `eval_fraction` of the images
+  is drawn first, with the seed only, so it is the same for every label budget and no model ever trains
+  on it. The label maps of a split are read into memory at once (one read of the instances JSON).
+- User files (pct.data: images, PNG labels, an optional tag table, train and val lists; PASCAL VOC with
+  SBD's SegmentationClassAug is the reference layout). Rule pct_data (run_pct_data) checks every listed
+  file once and writes results/<exp>/pct/data/manifest.parquet (ids 1..N by sorted image stem, split
+  "train" / "val") and labels.json (format maskless-pct-labels: classes, ignore value, each image's stem,
+  label PNG and the tags of its mask and, with a table, of the table). The val list is the held-out
+  scoring set (pct.eval_fraction is not used); the train list is split into strong and weak. Tags: a
+  strong image's are its mask's, and must equal the table's when a table is given (validate_tags, naming
+  the image and both files); a weak image's come from the table when given, else from its PNG mask (as the
+  PCT paper does on VOC); a held-out image's from its mask. Label maps are read from their PNGs when used.
+Images are read when used (a lazy sequence, `LazyMaps`), in either mode: the training loop indexes them per
+batch, pseudo-labelling and evaluation stream them one at a time, and evaluation accumulates confusion
+matrices, so no stage holds a whole split's pixels (the training loop still reads every image once to
+check and fingerprint it).
 
-Split (split.json, one per label ratio). A held-out evaluation set of `eval_fraction` of the images is
-drawn first, with the seed only, so it is the same for every ratio and no model ever trains on it. The
-remaining training images are split into strong (pixel labels; `ratio` of the training images, at least
-one) and weak (tags only), stratified by default so that a small strong set still covers every class.
+Split (split.json, one per label budget, the `budget` wildcard: "ratio<r>" for a value of pct.ratios, or
+"count<n>" for a value of pct.counts). The training images are split into strong (pixel labels; `ratio` of
+the training images, at least one, or exactly `count`) and weak (tags only), stratified by default so that
+a small strong set still covers every class.
 
-Models, per (ratio, mode); mode "plain" or "ctr" (Contextrast on the supervised terms):
+Models, per (budget, mode); mode "plain" or "ctr" (Contextrast on the supervised terms):
   strong_only   one network on the strong images' labels only (the baseline PCT must beat)
   pct           Hybrid-Net and Pseudo-Net cross-trained on strong + weak images
   pseudo/       Pseudo-Net's labels of the weak images, restricted to their tags (multi-scale, flip), PNGs
   retrain       a fresh network on strong labels + weak pseudo labels
 
-Evaluation rows (iou_type "semantic", metrics mIoU and Acc; stage "<name>[+ctr]@<ratio>"):
+Evaluation rows (iou_type "semantic", metrics mIoU and Acc; stage "<name>[+ctr]@<r or n>"):
   strong_only   held-out images, no tags
   pct_hybrid    Hybrid-Net on the held-out images, no tags
   pct_pseudo    Pseudo-Net on the held-out images WITH their tags (multi-scale, flip), as in the paper
@@ -29,10 +44,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import time
+from collections.abc import Sequence as SequenceABC
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -46,20 +66,113 @@ log = logging.getLogger(__name__)
 KINDS = ("strong_only", "pct", "retrain")
 MODES = ("plain", "ctr")
 SPLIT_FORMAT = "maskless-pct-split"
+LABELS_FORMAT = "maskless-pct-labels"
+_BUDGET = re.compile(r"^(ratio)([0-9]*\.?[0-9]+)$|^(count)([0-9]+)$")
 
 
 @dataclass(frozen=True)
 class SplitParams:
-    ratio: float
+    """How the training images are split: exactly one of `ratio` (share of the training images) and `count`
+    (number of strong images); eval_fraction only for the dataset-ground-truth source (module doc)."""
+
+    ratio: float | None = None
     eval_fraction: float = 0.25
     stratified: bool = True
     seed: int = 0
+    count: int | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.ratio <= 1.0:
+        if (self.ratio is None) == (self.count is None):
+            raise ValueError(f"SplitParams: give exactly one of ratio and count, got {self.ratio!r} and {self.count!r}")
+        if self.ratio is not None and not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"config key 'pct.ratios': a label ratio must lie in (0, 1], got {self.ratio}")
+        if self.count is not None and (isinstance(self.count, bool) or not isinstance(self.count, int)
+                                       or self.count < 1):
+            raise ValueError(f"config key 'pct.counts': a label count must be an integer >= 1, got {self.count!r}")
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"config key 'pct.eval_fraction' must lie in (0, 1), got {self.eval_fraction}")
+
+    @classmethod
+    def from_budget(cls, budget: str, **kw) -> "SplitParams":
+        """From a `budget` wildcard value ("ratio0.125" or "count92")."""
+        ratio, count = parse_budget(budget)
+        return cls(ratio=ratio, count=count, **kw)
+
+    def budget_fields(self) -> dict:
+        return {"ratio": self.ratio} if self.ratio is not None else {"count": self.count}
+
+
+def parse_budget(budget: str) -> tuple[float | None, int | None]:
+    """(ratio, None) of "ratio<r>" or (None, count) of "count<n>"; ValueError otherwise."""
+    m = _BUDGET.match(str(budget))
+    if not m:
+        raise ValueError(f"PCT label budget {budget!r} is neither ratio<r> nor count<n>")
+    return (float(m.group(2)), None) if m.group(1) else (None, int(m.group(4)))
+
+
+def budget_name(*, ratio: float | None = None, count: int | None = None) -> str:
+    """The `budget` wildcard of a label ratio ("ratio0.125") or label count ("count92")."""
+    if (ratio is None) == (count is None):
+        raise ValueError("budget_name: give exactly one of ratio and count")
+    return f"ratio{ratio_name(ratio)}" if ratio is not None else f"count{int(count)}"
+
+
+def budget_text(budget: str) -> str:
+    """The part of a budget written after "@" in metric rows: "ratio0.125" -> "0.125", "count92" -> "92" (the
+    per-ratio table then has a column per ratio or count, maskless.eval.metrics.ratio_table)."""
+    ratio, count = parse_budget(budget)
+    return ratio_name(ratio) if ratio is not None else str(count)
+
+
+# ---------------------------------------------------------------- lazy image and label sequences
+
+
+def _const(x):
+    return x
+
+
+class LazyMaps(SequenceABC):
+    """A read-only sequence whose items are made when accessed: item i is thunks[i]() (None where thunks[i]
+    is None). Picklable when the thunks are (functools.partial of module-level functions), so it can cross
+    to spawned training processes; slicing gives another LazyMaps."""
+
+    def __init__(self, thunks: Sequence[Callable[[], object] | None]):
+        self._thunks = list(thunks)
+
+    @classmethod
+    def concat(cls, *parts: Sequence) -> "LazyMaps":
+        """One LazyMaps of several sequences (LazyMaps, or lists whose items are kept as they are)."""
+        thunks: list = []
+        for part in parts:
+            if isinstance(part, LazyMaps):
+                thunks += part._thunks
+            else:
+                thunks += [None if x is None else partial(_const, x) for x in part]
+        return cls(thunks)
+
+    def __len__(self) -> int:
+        return len(self._thunks)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return LazyMaps(self._thunks[i])
+        thunk = self._thunks[i]
+        return None if thunk is None else thunk()
+
+
+def _png_label(path: str, n_classes: int, ignore_index: int) -> np.ndarray:
+    from maskless.data.semantic import read_label_png
+
+    return read_label_png(path, n_classes=n_classes, ignore_index=ignore_index).astype(np.uint8)
+
+
+def _read_pseudo_png(path: str) -> np.ndarray:
+    import cv2
+
+    lab = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if lab is None or lab.ndim != 2:
+        raise ValueError(f"pseudo label {path} is missing or not a single-channel PNG")
+    return lab.astype(np.uint8)
 
 
 def load_labels(gt: str, ids: Sequence[int]) -> tuple[list[np.ndarray], int]:
@@ -72,13 +185,58 @@ def load_labels(gt: str, ids: Sequence[int]) -> tuple[list[np.ndarray], int]:
     return [lab.astype(np.uint8) for lab in coco_labels(gt, ids)], k
 
 
-def load_images(manifest: str, ids: Sequence[int]) -> list[np.ndarray]:
-    """uint8 (H, W, 3) RGB images of `ids`, in that order (an id missing from the manifest is an error)."""
+def lazy_images(manifest: str, ids: Sequence[int]) -> LazyMaps:
+    """uint8 (H, W, 3) RGB images of `ids`, in that order, each read when accessed (an id missing from the
+    manifest is an error at once)."""
     rows = {int(r["id"]): r for r in read_manifest(manifest)}
     missing = [i for i in ids if i not in rows]
     if missing:
         raise ValueError(f"manifest {manifest} lacks image ids {missing[:10]} named by the PCT split")
-    return [load_rgb(rows[i]["path"]) for i in ids]
+    return LazyMaps([partial(load_rgb, rows[i]["path"]) for i in ids])
+
+
+def is_file_source(gt: str) -> bool:
+    """True when `gt` is the labels.json of user files (rule pct_data), False for a COCO instances JSON.
+    Decided from the file's first bytes (labels.json starts with its format), so a large instances JSON is
+    not parsed twice."""
+    with open(gt, "rb") as f:
+        head = f.read(256)
+    return f'"format": "{LABELS_FORMAT}"'.encode() in head
+
+
+def read_label_source(gt: str) -> dict:
+    """The labels.json written by run_pct_data (format checked)."""
+    with open(gt) as f:
+        src = json.load(f)
+    if not isinstance(src, dict) or src.get("format") != LABELS_FORMAT:
+        raise ValueError(f"{gt} is not a PCT label source (format {LABELS_FORMAT!r})")
+    return src
+
+
+def label_maps(gt: str, ids: Sequence[int]) -> tuple[Sequence[np.ndarray], int]:
+    """uint8 label maps of `ids` and the class count, from either source: a list from the instances JSON
+    (load_labels), a LazyMaps reading each PNG when used from user files."""
+    if not is_file_source(gt):
+        return load_labels(gt, ids)
+    src = read_label_source(gt)
+    k, ignore, images = int(src["num_classes"]), int(src["ignore_index"]), src["images"]
+    missing = [i for i in ids if str(i) not in images]
+    if missing:
+        raise ValueError(f"{gt} lacks image ids {missing[:10]} named by the PCT split")
+    return LazyMaps([partial(_png_label, images[str(i)]["label"], k, ignore) for i in ids]), k
+
+
+def _strong_weak(train: Sequence[int], tags: dict, params: SplitParams) -> tuple[list[int], list[int]]:
+    """The strong / weak split of the training images (module doc); errors name the config key."""
+    if params.count is not None and params.count >= len(train):
+        raise ValueError(f"config key 'pct.counts': {params.count} strong images of {len(train)} training images "
+                         "leaves no weak image; PCT needs both")
+    strong, weak = split_ids(train, ratio=params.ratio, count=params.count, seed=params.seed,
+                             tags={i: tags[i] for i in train} if params.stratified else None)
+    if not weak:
+        raise ValueError(f"config key 'pct.ratios': ratio {params.ratio} of {len(train)} training images leaves "
+                         "no weak image; PCT needs both (ratio 1 is the fully supervised case)")
+    return strong, weak
 
 
 def make_split(ids: Sequence[int], tags: dict[int, frozenset[int]], params: SplitParams) -> dict:
@@ -88,32 +246,210 @@ def make_split(ids: Sequence[int], tags: dict[int, frozenset[int]], params: Spli
         raise ValueError(f"PCT needs at least 3 images (held-out, strong, weak), the dataset has {len(ids)}")
     n_eval = min(len(ids) - 2, max(1, round(params.eval_fraction * len(ids))))
     held, train = split_ids(ids, count=n_eval, seed=params.seed)
-    strong, weak = split_ids(train, ratio=params.ratio, seed=params.seed,
-                             tags={i: tags[i] for i in train} if params.stratified else None)
-    if not weak:
-        raise ValueError(f"config key 'pct.ratios': ratio {params.ratio} of {len(train)} training images leaves "
-                         "no weak image; PCT needs both (ratio 1 is the fully supervised case)")
+    strong, weak = _strong_weak(train, tags, params)
     return {"eval": held, "strong": strong, "weak": weak}
+
+
+def make_list_split(train: Sequence[int], val: Sequence[int], tags: dict[int, frozenset[int]],
+                    params: SplitParams) -> dict:
+    """{"eval", "strong", "weak"} of list-based data: eval = the val list, the train list split into strong /
+    weak (module doc); an image in both lists is an error."""
+    train, val = sorted(int(i) for i in train), sorted(int(i) for i in val)
+    both = sorted(set(train) & set(val))
+    if both:
+        raise ValueError(f"images {both[:10]} are in both the train and the val list")
+    if len(train) < 2 or not val:
+        raise ValueError(f"PCT needs at least 2 training images (strong and weak) and 1 held-out image, the lists "
+                         f"give {len(train)} and {len(val)}")
+    strong, weak = _strong_weak(train, tags, params)
+    return {"eval": val, "strong": strong, "weak": weak}
+
+
+def _log_split(split: dict, k: int, tags: dict, params: SplitParams) -> None:
+    budget = params.ratio if params.ratio is not None else params.count
+    absent = sorted(set(range(1, k)) - set().union(*(tags[i] for i in split["strong"])))
+    if absent:
+        log.warning("classes %s have no strong image at %s %s: they are learnt from tags alone", absent,
+                    "ratio" if params.ratio is not None else "count", budget)
+    log.info("PCT split at %s %s: %d held-out, %d strong, %d weak images, %d classes",
+             "ratio" if params.ratio is not None else "count", budget, len(split["eval"]), len(split["strong"]),
+             len(split["weak"]), k)
 
 
 def run_pct_split(*, manifest: str, gt: str, out: str, params: SplitParams) -> dict:
     """Write split.json: the three id lists, every image's tags, the class count and the params."""
+    if is_file_source(gt):
+        return _run_list_split(gt=gt, out=out, params=params)
     ids = [int(r["id"]) for r in read_manifest(manifest)]
     labels, k = load_labels(gt, ids)
     tags = {i: tags_from_label_map(lab) for i, lab in zip(ids, labels)}
     split = make_split(ids, tags, params)
-    train_classes = set().union(*(tags[i] for i in split["strong"]))
-    absent = sorted(set(range(1, k)) - train_classes)
-    if absent:
-        log.warning("classes %s have no strong image at ratio %s: they are learnt from tags alone", absent,
-                    params.ratio)
-    record = {"format": SPLIT_FORMAT, "ratio": params.ratio, "eval_fraction": params.eval_fraction,
+    record = {"format": SPLIT_FORMAT, **params.budget_fields(), "eval_fraction": params.eval_fraction,
               "stratified": params.stratified, "seed": params.seed, "num_classes": k,
               **split, "tags": {str(i): sorted(tags[i]) for i in ids}}
     write_json_atomic(out, record, indent=1)
-    log.info("PCT split at ratio %s: %d held-out, %d strong, %d weak images, %d classes", params.ratio,
-             len(split["eval"]), len(split["strong"]), len(split["weak"]), k)
+    _log_split(split, k, tags, params)
     return record
+
+
+def _run_list_split(*, gt: str, out: str, params: SplitParams) -> dict:
+    """run_pct_split for user files (module doc): strong tags checked against the table, if any."""
+    from maskless.pct.split import validate_tags
+
+    src = read_label_source(gt)
+    k, images = int(src["num_classes"]), src["images"]
+    table = src.get("tag_table")
+    train, val = [int(i) for i in src["train"]], [int(i) for i in src["val"]]
+    mask_tags = {int(i): frozenset(rec["mask_tags"]) for i, rec in images.items()}
+    split_tags = {i: frozenset(images[str(i)]["tags"]) if table else mask_tags[i] for i in train}
+    split = make_list_split(train, val, split_tags, params)
+    if table:  # the library's check, with the images named by their stems
+        stems = {i: images[str(i)]["stem"] for i in split["strong"]}
+        maps, _ = label_maps(gt, split["strong"])
+        validate_tags({stems[i]: split_tags[i] for i in split["strong"]}, k, tag_file=table,
+                      labels={stems[i]: lab for i, lab in zip(split["strong"], maps)},
+                      label_files={stems[i]: images[str(i)]["label"] for i in split["strong"]})
+    tags = {**mask_tags, **{i: split_tags[i] for i in split["weak"]}}
+    ids = sorted(split["eval"] + split["strong"] + split["weak"])
+    record = {"format": SPLIT_FORMAT, "source": "files", **params.budget_fields(), "stratified": params.stratified,
+              "seed": params.seed, "num_classes": k, "tag_source": "table" if table else "masks", **split,
+              "tags": {str(i): sorted(tags[i]) for i in ids}, "names": {str(i): images[str(i)]["stem"] for i in ids}}
+    write_json_atomic(out, record, indent=1)
+    _log_split(split, k, tags, params)
+    return record
+
+
+def data_classes(data: dict) -> tuple[int, list[str] | None]:
+    """(class count with background, class names or None) of a pct.data section: `classes` (names,
+    background first) or `num_classes`; both must agree when both are given."""
+    names, k = data.get("classes"), data.get("num_classes")
+    if names is None and k is None:
+        raise ValueError("config key 'pct.data': give classes (names, background first) or num_classes")
+    if names is not None and k is not None and len(names) != k:
+        raise ValueError(f"config key 'pct.data.num_classes' ({k}) differs from the {len(names)} names of "
+                         "pct.data.classes")
+    k = len(names) if names is not None else int(k)
+    if not 2 <= k <= 255:
+        raise ValueError(f"config key 'pct.data': {k} classes; PCT needs 2 to 255 (background included; 255 = "
+                         "ignore)")
+    return k, (list(names) if names is not None else None)
+
+
+def _probe_pair(stem: str, image: str, label: str, k: int, ignore: int) -> dict:
+    """Size and hash of one image, its label map checked (values, size) and the mask's tags."""
+    from maskless.data.images import probe_image
+    from maskless.data.semantic import read_label_png
+
+    info = probe_image(image)
+    lab = read_label_png(label, n_classes=k, ignore_index=ignore)
+    if lab.shape != (info["height"], info["width"]):
+        raise ValueError(f"label map {label} is {lab.shape[0]}x{lab.shape[1]} but image {image} is "
+                         f"{info['height']}x{info['width']} (image {stem})")
+    return {**info, "mask_tags": sorted(tags_from_label_map(lab))}
+
+
+def run_pct_data(*, data: dict, manifest: str, labels: str, threads: int | None = None) -> dict:
+    """Check the user files of pct.data (module doc) and write the PCT manifest and labels.json.
+
+    Errors name the config key and the path: a list, folder or table that does not exist; an image of a
+    list with no file in pct.data.images (or two files of that stem); an image with no label PNG
+    (pct.data.labels/<stem>.png); an image in both lists; an unreadable image; a label PNG holding values
+    outside the classes and the ignore value, or of another size than its image; a tag table without a row
+    for a training image, or with class ids outside the classes. Every problem is listed (up to 20) before
+    stopping."""
+    from maskless.data.manifest import write_manifest
+    from maskless.data.semantic import IMAGE_SUFFIXES, read_image_list
+    from maskless.pct.split import read_tag_table, validate_tags
+
+    if not isinstance(data, dict):
+        raise ValueError(f"config key 'pct.data' is {data!r}: rule pct_data needs the user files it names")
+    k, names = data_classes(data)
+    ignore = int(data.get("ignore_index", 255))
+    if 0 <= ignore < k:
+        raise ValueError(f"config key 'pct.data.ignore_index' ({ignore}) is a class id (0..{k - 1})")
+    paths = {}
+    for key, kind in (("images", "folder"), ("labels", "folder"), ("train_list", "file"), ("val_list", "file"),
+                      ("tags", "file")):
+        path = data.get(key)
+        if path is None and key == "tags":
+            continue
+        if not path or not (os.path.isdir(path) if kind == "folder" else os.path.isfile(path)):
+            what = "does not exist" if not path or not os.path.exists(path) else f"is not a {kind}"
+            raise ValueError(f"config key 'pct.data.{key}': {path!r} {what}")
+        paths[key] = os.path.abspath(path)
+    lists = {key: read_image_list(paths[key]) for key in ("train_list", "val_list")}
+    both = sorted(set(lists["train_list"]) & set(lists["val_list"]))
+    if both:
+        raise ValueError(f"config keys 'pct.data.train_list' ({paths['train_list']}) and 'pct.data.val_list' "
+                         f"({paths['val_list']}) both name {len(both)} images, e.g. {both[:5]}: the held-out "
+                         "images must never be trained on")
+    files: dict[str, list[str]] = {}
+    with os.scandir(paths["images"]) as it:
+        for entry in it:
+            stem, dot, suffix = entry.name.rpartition(".")
+            if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES and entry.is_file():
+                files.setdefault(stem, []).append(entry.name)
+    problems: list[str] = []
+    split_of = {stem: "train" for stem in lists["train_list"]} | {stem: "val" for stem in lists["val_list"]}
+    stems = sorted(split_of)
+    suffixes = "|".join(s[1:] for s in IMAGE_SUFFIXES)
+    for stem in stems:
+        listed = f"image {stem!r} of pct.data.{split_of[stem]}_list ({paths[split_of[stem] + '_list']})"
+        found = files.get(stem, [])
+        if not found:
+            problems.append(f"config key 'pct.data.images': no file {stem}.<{suffixes}> in {paths['images']} for "
+                            f"{listed}")
+        elif len(found) > 1:
+            problems.append(f"config key 'pct.data.images': several files {sorted(found)} in {paths['images']} for "
+                            f"{listed}")
+        label = os.path.join(paths["labels"], f"{stem}.png")
+        if not os.path.isfile(label):
+            problems.append(f"config key 'pct.data.labels': label file {label} not found for {listed}")
+    _stop_on(problems, "pct.data")
+    ids = {stem: n for n, stem in enumerate(stems, start=1)}
+    table: dict = {}
+    if "tags" in paths:
+        table = read_tag_table(paths["tags"], key="file_name")
+        missing = [stem for stem in lists["train_list"] if stem not in table]
+        if missing:
+            raise ValueError(f"config key 'pct.data.tags': tag table {paths['tags']} has no row for {len(missing)} "
+                             f"images of the train list, e.g. {missing[:5]} (every training image needs its tags)")
+        validate_tags({stem: table[stem] for stem in stems if stem in table}, k, tag_file=paths["tags"])
+
+    def probe(stem: str):
+        image = os.path.join(paths["images"], files[stem][0])
+        try:
+            return _probe_pair(stem, image, os.path.join(paths["labels"], f"{stem}.png"), k, ignore)
+        except ValueError as e:  # ImageError is a ValueError naming the file
+            return str(e)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, threads or 1)) as pool:
+        infos = dict(zip(stems, pool.map(probe, stems)))
+    problems = [f"image {stem!r}: {info}" for stem, info in infos.items() if isinstance(info, str)]
+    _stop_on(problems, "pct.data")
+    log.info("PCT data: %d train + %d val images and their label PNGs checked in %.1f s, %d classes",
+             len(lists["train_list"]), len(lists["val_list"]), time.perf_counter() - t0, k)
+    write_manifest(manifest, [{"id": ids[stem], "file_name": files[stem][0],
+                               "path": os.path.join(paths["images"], files[stem][0]), "width": infos[stem]["width"],
+                               "height": infos[stem]["height"], "split": split_of[stem], "hash": infos[stem]["sha256"]}
+                              for stem in stems])
+    record = {"format": LABELS_FORMAT, "num_classes": k, "classes": names, "ignore_index": ignore,
+              "images_folder": paths["images"], "labels_folder": paths["labels"], "tag_table": paths.get("tags"),
+              "train_list": paths["train_list"], "val_list": paths["val_list"],
+              "train": sorted(ids[s] for s in lists["train_list"]), "val": sorted(ids[s] for s in lists["val_list"]),
+              "images": {str(ids[stem]): {"stem": stem, "label": os.path.join(paths["labels"], f"{stem}.png"),
+                                          "mask_tags": infos[stem]["mask_tags"],
+                                          **({"tags": sorted(table[stem])} if stem in table else {})}
+                         for stem in stems}}
+    write_json_atomic(labels, record)
+    return record
+
+
+def _stop_on(problems: list[str], what: str, most: int = 20) -> None:
+    if problems:
+        more = f"\n  ... and {len(problems) - most} more" if len(problems) > most else ""
+        raise ValueError(f"{what}: {len(problems)} problems:\n  " + "\n  ".join(problems[:most]) + more)
 
 
 def read_split(path: str) -> dict:
@@ -128,18 +464,16 @@ def _tags(split: dict, ids: Sequence[int]) -> list[frozenset[int]]:
     return [frozenset(split["tags"][str(i)]) for i in ids]
 
 
-def read_pseudo(folder: str, ids: Sequence[int]) -> list[np.ndarray]:
-    """The pseudo label PNGs <folder>/<id>.png of `ids` as uint8 maps (a missing or unreadable one is an error)."""
-    import cv2
-
-    out = []
-    for i in ids:
-        path = Path(folder) / f"{i}.png"
-        lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if lab is None or lab.ndim != 2:
-            raise ValueError(f"pseudo label {path} is missing or not a single-channel PNG")
-        out.append(lab.astype(np.uint8))
-    return out
+def read_pseudo(folder: str, ids: Sequence[int], *, lazy: bool = False) -> Sequence[np.ndarray]:
+    """The pseudo label PNGs <folder>/<id>.png of `ids` as uint8 maps (a missing or unreadable one is an
+    error); lazy=True checks that every file exists and returns a LazyMaps that reads each when used."""
+    paths = [str(Path(folder) / f"{i}.png") for i in ids]
+    if not lazy:
+        return [_read_pseudo_png(p) for p in paths]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise ValueError(f"pseudo label {missing[0]} is missing ({len(missing)} of {len(paths)} missing)")
+    return LazyMaps([partial(_read_pseudo_png, p) for p in paths])
 
 
 def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params, out: str, state_dir: str,
@@ -157,16 +491,18 @@ def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params,
                          f"{params.model.num_classes}")
     strong, weak = split["strong"], split["weak"]
     ids = strong + ([] if kind == "strong_only" else weak)
-    images = load_images(manifest, ids)
-    gt_strong, _ = load_labels(gt, strong)
+    images = lazy_images(manifest, ids)  # read per batch by the training loop
+    gt_strong, _ = label_maps(gt, strong)
     common = dict(params=params, out=out, state_dir=state_dir, backbone=backbone, device=device, threads=threads,
                   loss_log=loss_log)
     if kind == "pct":
-        return train_pct(images=images, labels=gt_strong + [None] * len(weak), tags=_tags(split, ids), **common)
+        return train_pct(images=images, labels=LazyMaps.concat(gt_strong, [None] * len(weak)),
+                         tags=_tags(split, ids), **common)
     if kind == "retrain":
         if pseudo is None:
             raise ValueError("the retrain needs the pseudo label folder")
-        return train_supervised(images=images, labels=gt_strong + read_pseudo(pseudo, weak), **common)
+        return train_supervised(images=images, labels=LazyMaps.concat(gt_strong, read_pseudo(pseudo, weak, lazy=True)),
+                                **common)
     return train_supervised(images=images, labels=gt_strong, **common)
 
 
@@ -186,7 +522,7 @@ def run_pct_pseudo(*, split_path: str, manifest: str, model: str, out_dir: str, 
     net = load_segnet(model, which="pseudo").to(dev)
     t0 = time.perf_counter()
     with atomic_dir(out_dir) as tmp:
-        for n, (i, image, tags) in enumerate(zip(weak, load_images(manifest, weak), _tags(split, weak))):
+        for n, (i, image, tags) in enumerate(zip(weak, lazy_images(manifest, weak), _tags(split, weak))):
             label = pseudo_label(net, image, tags, scales=scales, flip=flip, input_size=input_size)
             write_label_png(Path(tmp) / f"{i}.png", label)
             if (n + 1) % 50 == 0 or n + 1 == len(weak):
@@ -208,9 +544,11 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
                  out_metrics: str, out_table: str, experiment: str, dataset: str, ratio: str, mode: str,
                  input_size: int, scales: Sequence[float], flip: bool = True, device: str = "auto",
                  threads: int | None = None) -> list[dict]:
-    """Score the family's models (module doc); models maps "strong_only" / "pct" / "retrain" to checkpoints."""
+    """Score the family's models (module doc); models maps "strong_only" / "pct" / "retrain" to checkpoints;
+    `ratio` is the label budget as written in the rows ("0.125", or "92" for a count: budget_text).
+    Streams the images: one image at a time through every model, confusion matrices summed."""
     from maskless.eval.metrics import metric_rows, metrics_markdown, write_metrics
-    from maskless.eval.semantic import semantic_results
+    from maskless.eval.semantic import confusion_matrix, scores
     from maskless.pct.model import load_segnet
     from maskless.pct.pseudo import predict, pseudo_label
 
@@ -218,30 +556,40 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     dev = pick_device(device)
     split = read_split(split_path)
     k, held, weak = split["num_classes"], split["eval"], split["weak"]
-    images = load_images(manifest, held)
-    labels, _ = load_labels(gt, held + weak)  # one read of the instances JSON (large for full COCO)
+    labels, _ = label_maps(gt, held + weak)  # one read of the instances JSON (large for full COCO)
     gts, weak_gt = labels[: len(held)], labels[len(held) :]
-    preds: dict[str, list[np.ndarray]] = {}
+    which_net = {"strong_only": ("strong_only", None), "pct_hybrid": ("pct", "hybrid"),
+                 "pct_retrain": ("retrain", None)}
+    nets = {name: load_segnet(models[kind], which=which).to(dev) for name, (kind, which) in which_net.items()}
+    pseudo_net = load_segnet(models["pct"], which="pseudo").to(dev)
+    names = ("strong_only", "pct_hybrid", "pct_pseudo", "pct_retrain")
+    confusion = {name: np.zeros((k, k), np.int64) for name in (*names, "pct_labels")}
+
+    def add(name: str, pred: np.ndarray, gt_map: np.ndarray, image_id: int) -> None:
+        try:
+            confusion[name] += confusion_matrix(pred, gt_map, k, k)
+        except ValueError as e:
+            raise ValueError(f"{name}, image {image_id}: {e}") from e
+
     t0 = time.perf_counter()
-    for name, path, which in (("strong_only", models["strong_only"], None), ("pct_hybrid", models["pct"], "hybrid"),
-                              ("pct_retrain", models["retrain"], None)):
-        net = load_segnet(path, which=which).to(dev)
-        preds[name] = [predict(net, im, input_size=input_size) for im in images]
-    net = load_segnet(models["pct"], which="pseudo").to(dev)
-    preds["pct_pseudo"] = [pseudo_label(net, im, tags, scales=scales, flip=flip, input_size=input_size)
-                           for im, tags in zip(images, _tags(split, held))]
+    for n, (i, image, gt_map, tags) in enumerate(zip(held, lazy_images(manifest, held), gts, _tags(split, held))):
+        for name, net in nets.items():
+            add(name, predict(net, image, input_size=input_size), gt_map, i)
+        add("pct_pseudo", pseudo_label(pseudo_net, image, tags, scales=scales, flip=flip, input_size=input_size),
+            gt_map, i)
+        if (n + 1) % 100 == 0:
+            log.info("PCT predictions %d/%d (%.1f s)", n + 1, len(held), time.perf_counter() - t0)
     log.info("PCT predictions of %d held-out images in %.1f s", len(held), time.perf_counter() - t0)
+    for i, lab, gt_map in zip(weak, read_pseudo(pseudo, weak, lazy=True), weak_gt):
+        add("pct_labels", lab, gt_map, i)
     rows = []
-    for name in ("strong_only", "pct_hybrid", "pct_pseudo", "pct_retrain"):
-        res = semantic_results(preds[name], gts, num_pred=k, num_classes=k, match="identity")
+    for name in (*names, "pct_labels"):
+        s = scores(confusion[name])
+        res = {"semantic": {"mIoU": s["mIoU"], "Acc": s["Acc"]}}
         rows += metric_rows(res, experiment=experiment, stage=stage_name(name, mode, ratio), round=0,
                             dataset=dataset)
-        log.info("%s: %s", stage_name(name, mode, ratio), res["semantic"])
-    res = semantic_results(read_pseudo(pseudo, weak), weak_gt, num_pred=k, num_classes=k, match="identity")
-    rows += metric_rows(res, experiment=experiment, stage=stage_name("pct_labels", mode, ratio), round=0,
-                        dataset=dataset)
-    log.info("%s (pseudo labels of the %d weak images): %s", stage_name("pct_labels", mode, ratio), len(weak),
-             res["semantic"])
+        what = f" (pseudo labels of the {len(weak)} weak images)" if name == "pct_labels" else ""
+        log.info("%s%s: %s", stage_name(name, mode, ratio), what, res["semantic"])
     write_metrics(out_metrics, rows)
     write_text_atomic(out_table, metrics_markdown(rows))
     return rows

@@ -132,3 +132,59 @@ def test_resize_square_and_stack():
         stack_labels([lab, lab[:2]])
     with pytest.raises(ValueError, match="positive"):
         resize_labels(lab, (0, 4))
+
+
+def _palette_png(path, index, n_entries):
+    """An 8-bit palette PNG whose palette has n_entries colours (all the same red: colours carry no ids)."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    h, w = index.shape
+    raw = b"".join(b"\x00" + index[r].astype(np.uint8).tobytes() for r in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 3, 0, 0, 0))
+                     + chunk(b"PLTE", bytes([200, 0, 0]) * n_entries) + chunk(b"tRNS", b"\x00")
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_palette_png_reads_as_its_indices(tmp_path):
+    """VOC's SegmentationClass PNGs: the ids are palette indices. They are read exactly even when every colour
+    is the same and the palette is shorter than the indices used (libpng alone would give black for 255)."""
+    index = np.array([[0, 1, 15], [255, 20, 0]], np.uint8)
+    for n in (256, 21):
+        _palette_png(tmp_path / f"p{n}.png", index, n)
+        np.testing.assert_array_equal(read_label_png(tmp_path / f"p{n}.png", n_classes=21), index)
+    with pytest.raises(ValueError, match=r"p256\.png: class ids \[15, 20\] outside \[0, 3\)"):
+        read_label_png(tmp_path / "p256.png", n_classes=3)
+    assert cv2.imread(str(tmp_path / "p21.png"), cv2.IMREAD_UNCHANGED).ndim == 3  # what cv2 alone makes of it
+
+
+def test_ignore_index_is_mapped_to_255(tmp_path):
+    _write_png(tmp_path / "m" / "a.png", np.array([[0, 1], [2, 9]], np.uint8))
+    (lab,) = png_labels(tmp_path / "m", ["a.jpg"], n_classes=3, ignore_index=9)
+    np.testing.assert_array_equal(lab, [[0, 1], [2, 255]])
+    _write_png(tmp_path / "m" / "b.png", np.array([[0, 255]], np.uint8))
+    with pytest.raises(ValueError, match=r"b\.png: class ids \[255\] outside \[0, 3\) \(ignore = 9\)"):
+        read_label_png(tmp_path / "m" / "b.png", n_classes=3, ignore_index=9)
+
+
+def test_read_image_list(tmp_path):
+    """Stems, file names and DeepLab's "<image> <label>" lines; comments and blanks skipped; a repeat is an
+    error naming both lines."""
+    from maskless.data.semantic import image_stem, read_image_list
+
+    path = tmp_path / "train.txt"
+    path.write_text("# VOC\n2007_000032\n\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
+                    "a.b.JPEG\nx.y\n")
+    assert read_image_list(path) == ["2007_000032", "2007_000039", "a.b", "x.y"]
+    assert image_stem("dir\\2008_1.png") == "2008_1"
+    path.write_text("a\nb\na.jpg\n")
+    with pytest.raises(ValueError, match=r"train.txt line 3: image 'a' already listed on line 1"):
+        read_image_list(path)
+    path.write_text("# nothing\n")
+    with pytest.raises(ValueError, match="names no image"):
+        read_image_list(path)
+    with pytest.raises(ValueError, match="not found"):
+        read_image_list(tmp_path / "none.txt")

@@ -90,3 +90,18 @@ def test_tag_matrix():
     assert m.tolist() == [[True, False, True], [True, False, False], [True, True, True]]
     with pytest.raises(ValueError, match="outside"):
         tag_matrix([[3]], 3)
+
+
+def test_read_tag_table_by_file_name(tmp_path):
+    """key="file_name": rows keyed by image stem (VOC names are not numbers); image_id is not needed."""
+    path = tmp_path / "tags.csv"
+    path.write_text("file_name,category_ids\n2007_000032.jpg,1 15\n2007_000039,\n")
+    assert read_tag_table(path, key="file_name") == {"2007_000032": {1, 15}, "2007_000039": frozenset()}
+    path.write_text("file_name,category_ids\n2007_000032.jpg,1\n2007_000032,2\n")
+    with pytest.raises(ValueError, match=r"line 3: image 2007_000032 listed twice"):
+        read_tag_table(path, key="file_name")
+    path.write_text("image,category_ids\na,1\n")
+    with pytest.raises(ValueError, match="needs the columns file_name and category_ids"):
+        read_tag_table(path, key="file_name")
+    with pytest.raises(ValueError, match="key must be"):
+        read_tag_table(path, key="stem")

@@ -109,3 +109,18 @@ def test_ratio_table_golden():
     assert text.split("\n### semi/weak Acc")[0] == RATIO_GOLDEN
     assert "### semantic" not in text  # per-ratio rows are not repeated in the plain table
     assert metrics_markdown(list(reversed(rows))) == text
+
+
+def test_split_by_count_and_the_instances_source(tmp_path):
+    """pct.counts on the dataset-ground-truth source: eval_fraction held out, then exactly `count` strong;
+    a count leaving no weak image names pct.counts. An instances JSON is not a user-file source."""
+    from maskless.pct.stage import is_file_source
+
+    s = make_split(list(TAGS), TAGS, SplitParams(count=4, eval_fraction=0.25))
+    assert len(s["eval"]) == 10 and len(s["strong"]) == 4 and len(s["weak"]) == 26
+    assert s["eval"] == make_split(list(TAGS), TAGS, SplitParams(ratio=0.5))["eval"]  # the same held-out set
+    with pytest.raises(ValueError, match="pct.counts"):
+        make_split(list(TAGS), TAGS, SplitParams(count=30))
+    gt = tmp_path / "instances.json"
+    gt.write_text(json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}]}))
+    assert not is_file_source(str(gt))
