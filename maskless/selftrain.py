@@ -110,7 +110,9 @@ def relabel_shard(*, predictions: str, out_store: str, params: RelabelParams, pr
                          attrs={"method": "selftrain", "params": asdict(params), "predictions": str(predictions),
                                 "previous": str(previous) if prev_reader is not None else None})
     totals: dict[str, int] = {"images": 0}
+    best = 0.0  # the highest prediction score, for the message when nothing is kept
     for pred in pred_reader.iter_images():
+        best = max(best, float(pred.scores.max())) if len(pred.scores) else best
         prev = prev_reader.get(pred.image_id) if pred.image_id in prev_ids else None
         im, counts = relabel_image(pred, prev, params)
         writer.add(im)
@@ -120,7 +122,8 @@ def relabel_shard(*, predictions: str, out_store: str, params: RelabelParams, pr
     writer.close()
     log.info("relabel %s -> %s: %s", predictions, out_store, totals)
     if totals["images"] and not totals.get("kept", 0) and not totals.get("carried", 0):
-        log.warning("relabel %s: no prediction passed the filters (score >= %.2f); the next round has no masks "
-                    "from this shard", predictions, params.score_thresh)
+        log.warning("relabel %s: no prediction passed the filters (score >= %.2f, the highest score is %.3f); the "
+                    "next round has no masks from this shard (config key selftrain.score_thresh)", predictions,
+                    params.score_thresh, best)
     return totals
 

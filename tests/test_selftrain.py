@@ -99,3 +99,14 @@ def test_relabel_shard_round_trip(tmp_path):
     with pytest.raises(ValueError, match="embedding dims differ"):
         relabel_shard(predictions=str(tmp_path / "pred.zarr"), out_store=str(tmp_path / "o2.zarr"),
                       params=RelabelParams(keep_previous=True), previous=str(tmp_path / "prev8.zarr"))
+
+
+def test_shard_with_nothing_confident_warns_with_the_highest_score(tmp_path, caplog):
+    """Threshold 0.95 is above every score of predictions() (highest 0.9): nothing is kept, and the warning
+    gives 0.900 and the config key to lower (coco-tiny's round 0 topped out at 0.227 against 0.3)."""
+    write_shard(str(tmp_path / "pred.zarr"), [predictions()], embedding_dim=4)
+    with caplog.at_level("WARNING", logger="maskless.selftrain"):
+        totals = relabel_shard(predictions=str(tmp_path / "pred.zarr"), out_store=str(tmp_path / "out.zarr"),
+                               params=RelabelParams(score_thresh=0.95))
+    assert totals["kept"] == 0 and totals["low_score"] == 5
+    assert "the highest score is 0.900" in caplog.text and "selftrain.score_thresh" in caplog.text

@@ -314,7 +314,9 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     if any(skipped.values()):
         log.info("SOLO: manifest images without coarse masks (left out, or kept as background): %s", skipped)
     if not rows or len(rows) == skipped["background"]:
-        raise ValueError(f"no image of manifest {manifest} has a coarse mask in {masks_index} ({skipped})")
+        raise ValueError(f"no image of manifest {manifest} has a coarse mask in {masks_index} ({skipped}); for a "
+                         "self-training round this means the relabel kept no prediction of the previous round: its "
+                         "log gives the highest score against config key selftrain.score_thresh")
     if (params.eec is None) != (exemplar_pool is None):
         raise ValueError("SOLO: an exemplar pool needs params.eec, and params.eec needs an exemplar pool "
                          f"(eec {'on' if params.eec else 'off'}, exemplar_pool {exemplar_pool!r})")
