@@ -1,5 +1,7 @@
 # Config validation, path helpers, wildcard constraints and small input functions. Nothing else.
 
+from types import SimpleNamespace
+
 from maskless import evalset
 from maskless.config import section_params, validate_config
 from maskless.data.manifest import num_shards
@@ -121,9 +123,19 @@ def variant_rounds(variant):
     return config["selftrain"]["rounds"]
 
 
-def solo_evals(wildcards):
-    return [f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
-            for v in solo_variants() for r in range(variant_rounds(v) + 1)]
+def instances_on():
+    """The instance branch (Free Mask -> SOLO -> exemplars, self-training) runs unless freemask.enabled is false."""
+    return config["freemask"]["enabled"]
+
+
+def instance_evals(wildcards):
+    """The instance metrics of Free Mask and of every SOLO variant and round (none with the branch off or
+    nothing to score against)."""
+    if not (instances_on() and evalset.instance_eval_on(config)):
+        return []
+    return [f"results/{wildcards.experiment}/eval/freemask/metrics.parquet"] + [
+        f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
+        for v in solo_variants() for r in range(variant_rounds(v) + 1)]
 
 
 def stego_train_inputs(wildcards):
@@ -207,11 +219,14 @@ def report_inputs(wildcards):
 def get_final_outputs(report=True):
     # The last round's predictions: on the evaluation images when there is an evaluation set (the training
     # images' are only made where a self-training round relabels them).
-    out = [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
-           *[evalset.solo_index(config, EXP, v, variant_rounds(v)) for v in solo_variants()]]
+    out = []
+    if instances_on():
+        out += [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
+                *[evalset.solo_index(config, EXP, v, variant_rounds(v)) for v in solo_variants()]]
     if config["stego"]["enabled"]:
         out.append(f"results/{EXP}/stego/model.pt")
-    if evalset.instance_eval_on(config):
+    wc = SimpleNamespace(experiment=EXP)
+    if instance_evals(wc) or stego_evals(wc) or (pct_on() and config["pct"]["data"] is None):
         out.append(f"results/{EXP}/tables/metrics.md")
     if pct_on():
         out += [f"results/{EXP}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]

@@ -57,8 +57,7 @@ rule eval_solo:
 
 rule tables:
     input:
-        metrics=expand("results/{{experiment}}/eval/{stage}/metrics.parquet", stage=INSTANCE_OUTPUTS),
-        solo=solo_evals,
+        instance=instance_evals,
         stego=stego_evals,
         pct=pct_evals,
     output:

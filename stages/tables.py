@@ -8,7 +8,7 @@ from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 begin(smk)
-rows = read_metrics([*smk.input.metrics, *smk.input.solo, *smk.input.stego, *smk.input.pct])
+rows = read_metrics([*smk.input.instance, *smk.input.stego, *smk.input.pct])
 with atomic_dir(smk.output.paper) as tmp:
     write_paper_tables(rows, tmp)
 write_text_atomic(smk.output.table, metrics_markdown(rows))

@@ -244,3 +244,21 @@ def test_localrule_runs_on_the_login_node(shard_and_local_jobs):
     """`tables` is a localrule: Snakemake runs it itself (it fails on the empty input; that is fine here)."""
     assert sorted(shard_and_local_jobs.sbatch_by_rule()) == ["freemask_shard"]
     assert "localrule tables:" in shard_and_local_jobs.output
+
+
+@pytest.mark.workflow
+def test_instance_branch_switch(tmp_path):
+    """freemask.enabled: false (configs/voc.yaml) leaves out Free Mask and everything built on it; the other
+    branches and the tables stay."""
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.setdefault("freemask", {})["enabled"] = False
+    (tmp_path / "off.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--cores", "2", "--snakefile", str(SNAKEFILE),
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "off.yaml")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = output_of(proc)
+    assert proc.returncode == 0, out
+    for rule in ("freemask_shard", "solo_train", "exemplar_pool", "selftrain_relabel", "eval_instances"):
+        assert f"rule {rule}:" not in out, rule
+    for rule in ("pretrain", "stego_train", "pct_train", "tables", "report_figures"):
+        assert f"rule {rule}:" in out, rule
