@@ -4,19 +4,25 @@
 # Paths (one folder per experiment, `experiment` in the config):
 #   data/synthetic/<experiment>/                  generated dataset (dataset.kind: synthetic)
 #   results/<experiment>/data/manifest.parquet    image manifest (+ instances_gt.json when ground truth exists)
+#   results/<experiment>/data/eval_manifest.parquet, eval_instances_gt.json
+#                                                 the evaluation set (dataset.eval; maskless/evalset.py)
 #   results/<experiment>/pretrain/backbone.pt     DenseCL backbone (or the given pretrain.weights)
 #   results/<experiment>/freemask/shards/<k>.zarr one mask store per shard of images
 #   results/<experiment>/freemask/index.parquet   masks of all shards; results.json / annotations.json in COCO
+#   results/<experiment>/freemask/eval/           Free Mask on the evaluation set (dataset.eval only)
 #   results/<experiment>/solo/<variant>/round<r>/ SOLOv2 (variant freesolo | exemplar_n<count>) of round r:
 #                                                 model.pt, pred/<k>.zarr, index.parquet, results.json;
-#                                                 labels/ (r >= 1: the relabelled masks it trained on)
+#                                                 labels/ (r >= 1: the relabelled masks it trained on);
+#                                                 eval/ (its predictions on the evaluation set)
 #   results/<experiment>/exemplar/n<count>/pool   exemplar pool of Exemplar-FreeSOLO
 #   results/<experiment>/stego/                   STEGO head and probes (model.pt), kNN table
-#   results/<experiment>/pct/ratio<r>/            PCT split.json; <mode>/{strong_only,pct,retrain}/model.pt,
+#   results/<experiment>/pct/<budget>/            PCT per label budget (ratio<r> | count<n>): split.json;
+#                                                 <mode>/{strong_only,pct,retrain}/model.pt,
 #                                                 <mode>/pseudo/<id>.png (mode plain | ctr)
+#   results/<experiment>/pct/data/                PCT's checked user files (pct.data): manifest, labels.json
 #   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/freemask,
-#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/ratio<r>/<mode>
-#   results/<experiment>/tables/metrics.md        every metric of the experiment in one table
+#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/<budget>/<mode>
+#   results/<experiment>/tables/metrics.md        every metric of the experiment in one table (pct.md: PCT's)
 #   results/<experiment>/tables/paper/            paper tables as markdown, CSV and LaTeX
 #   results/<experiment>/report/                  figures of `snakemake --report report.html`
 #   results/<experiment>/record.json              config, versions, git commit, each job's time and memory
