@@ -100,9 +100,10 @@ def test_slurm_profile_never_sets_both_gpu_and_gres():
     assert "gpu" not in profile["default-resources"] and "gres" not in profile["default-resources"]
     for rule, resources in profile["set-resources"].items():
         assert not ("gpu" in resources and "gres" in resources), rule
-    assert profile["set-resources"]["pretrain"]["gpu"] == 1
-    for rule in ("freemask_shard", "solo_train", "solo_predict"):
+    for rule in ("freemask_shard", "solo_predict", "pct_pseudo"):
         assert profile["set-resources"][rule]["gpu"] == 1, rule
+    for rule in ("pretrain", "solo_train", "pct_strong_only", "pct_train", "pct_retrain"):
+        assert "gpu" not in profile["set-resources"][rule], rule  # the rule's gpu = config train_processes
 
 
 # ---------------------------------------------------------------- dry runs and lint
@@ -144,8 +145,10 @@ class SlurmRun:
         return out
 
 
-def run_fake_slurm(workdir: Path, targets: list[str], rules: list[str], inputs: list[str]) -> SlurmRun:
-    """Make `targets` with only `rules` allowed (the inputs, created empty, count as source files)."""
+def run_fake_slurm(workdir: Path, targets: list[str], rules: list[str], inputs: list[str],
+                   extra: tuple[str, ...] = ()) -> SlurmRun:
+    """Make `targets` with only `rules` allowed (the inputs, created empty, count as source files); `extra`
+    arguments go to Snakemake."""
     bin_dir = workdir.parent / "bin"
     bin_dir.mkdir()
     for src in FAKE_SLURM.iterdir():
@@ -161,7 +164,7 @@ def run_fake_slurm(workdir: Path, targets: list[str], rules: list[str], inputs: 
         XDG_CACHE_HOME=str(workdir.parent / "cache"),
     )
     touch(workdir, inputs)
-    proc = snakemake(workdir, *targets, "--allowed-rules", *rules, *FAST_SLURM, env=env)
+    proc = snakemake(workdir, *targets, "--allowed-rules", *rules, *FAST_SLURM, *extra, env=env)
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     # The fake sacct's COMPLETED was read: Snakemake went on to look for the outputs no job made.
     missing = "completed successfully, but some output files are missing"
@@ -218,6 +221,15 @@ def test_gpu_rule_sbatch_arguments(fixture, rule, minutes, mem_mb, cpus, request
     assert gpu_requests == ["--gpus=1"]  # exactly one GPU request, never --gres as well
     assert option_values(argv, "-p") == ["debug"]  # no partition in the profile: sinfo's default (debug*)
     assert f"--target-jobs '{rule}:experiment={EXP}" in option_values(argv, "--wrap")[0]
+
+
+@pytest.mark.workflow
+def test_training_rules_request_train_processes_gpus(tmp_path):
+    """train_processes: 2 (data-parallel training on 2 GPUs) -> the training rule asks SLURM for 2 GPUs."""
+    run = run_fake_slurm(tmp_path / "wd", [f"results/{EXP}/pretrain/backbone.pt"], ["pretrain"],
+                         [f"results/{EXP}/data/manifest.parquet"], extra=("--config", "train_processes=2"))
+    argv = run.sbatch_by_rule()["pretrain"]
+    assert [a for a in argv if a.split("=", 1)[0] in GPU_FLAGS] == ["--gpus=2"]
 
 
 @pytest.mark.workflow
