@@ -13,7 +13,7 @@ rule freemask_shard:
     benchmark:
         "results/{experiment}/benchmarks/freemask/{shard}.tsv"
     params:
-        freemask=section_params(config, "freemask", exclude=("threads", "shard_size", "batch_size")),
+        freemask=section_params(config, "freemask", exclude=("enabled", "threads", "shard_size", "batch_size")),
         shard_size=config["freemask"]["shard_size"],
         batch_size=config["freemask"]["batch_size"],
         device=config["device"],
