@@ -17,6 +17,8 @@ rule report_figures:
     params:
         n_images=config["report"]["n_images"],
         device=config["device"],
+        eval_set=eval_set() is not None,  # mask strips of the evaluation set (maskless/evalset.py)
+        pct_data=config["pct"]["data"] is not None,  # PCT strips of pct.data's images and labels
     threads: 1
     resources:
         mem_mb=4000,

@@ -252,3 +252,181 @@ def test_real_tiny_run(tmp_path):
     assert {"masks_1.png", "semantic_1.png", "loss_pretrain.png", "loss_stego.png", "metrics_instance.png",
             "metrics_semantic.png", "metrics_semi.png", "exemplars_n2.png"} <= files
     assert sum(f["category"] == "losses" for f in figures) == len(list(REAL_RUN.glob("**/loss.csv")))
+
+
+# ------------------------------------------------ evaluation set (dataset.eval), label counts, pct.data
+
+EVAL_IDS = [103, 101, 102]  # evaluation manifest ids (other than the training ids)
+
+
+def _manifest(path: Path, folder: Path, ids: list[int], *, seed: int = 0, hw: tuple[int, int] = (H, W)) -> None:
+    """A manifest of synthetic images <folder>/<id>.png (image i drawn with seed i + seed)."""
+    from maskless.data.manifest import write_manifest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in ids:
+        img = cv2.resize(_image(i + seed), (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+        cv2.imwrite(str(folder / f"{i}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+        records.append({"id": i, "file_name": f"{i}.png", "path": str(folder / f"{i}.png"), "width": hw[1],
+                        "height": hw[0], "split": "eval", "hash": "x"})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(path, records)
+
+
+def _eval_set(root: Path) -> None:
+    """The files of an evaluation set beside the training set's (paths: maskless.evalset)."""
+    from maskless import evalset
+
+    def at(template: str, **kw) -> Path:
+        return root / template.removeprefix("results/{experiment}/").format(**kw)
+
+    _manifest(at(evalset.EVAL_MANIFEST), root / "eval_images", EVAL_IDS, seed=50)
+    poly = [[30.0, 5.0, 60.0, 5.0, 60.0, 40.0, 30.0, 40.0]]
+    gt = {"categories": [{"id": 1, "name": "a"}],
+          "images": [{"id": i, "file_name": f"{i}.png", "height": H, "width": W} for i in EVAL_IDS],
+          "annotations": [{"id": 1, "image_id": 101, "category_id": 1, "segmentation": poly, "area": 1050.0,
+                           "bbox": [30, 5, 30, 35], "iscrowd": 0}]}
+    at(evalset.EVAL_GT).write_text(json.dumps(gt))
+    # Free Mask and SOLO round 0 on the evaluation images: image 101 has a mask each, 102 none
+    _store(at(evalset.FREEMASK_EVAL_INDEX).parent, {101: [(_blob(30, 45, 7), 0.9)], 102: [], 103: []})
+    _store(at(evalset.SOLO_EVAL_INDEX, variant="freesolo", round=0).parent,
+           {101: [(_blob(15, 45, 6), 0.9)], 102: [(_blob(15, 45, 6), 0.1)], 103: []})
+
+
+@pytest.fixture(scope="module")
+def eval_run(results, tmp_path_factory) -> tuple[Path, list[dict]]:
+    """An evaluation set beside training images without ground truth (kind folder): the report of it."""
+    root = tmp_path_factory.mktemp("evalset") / "exp"
+    shutil.copytree(results, root)
+    (root / "data" / "instances_gt.json").unlink()
+    shutil.rmtree(root / "exemplar")
+    _eval_set(root)
+    out = root.parent / "figures"
+    return out, build_report_figures(str(root), str(out), n_images=2, eval_set=True)
+
+
+def test_eval_set_mask_strips_show_the_evaluation_images_and_predictions(eval_run):
+    out, figures = eval_run
+    files = [f["file"] for f in figures]
+    assert [f for f in files if f.startswith("masks_")] == ["masks_101.png", "masks_102.png"]
+    captions = {f["file"]: f["caption"] for f in figures}
+    assert captions["masks_101.png"].startswith("Evaluation image 101 with its ground-truth instances, Free Mask")
+    w = round(W * STRIP_HEIGHT / H)
+    cols = ["image", "ground truth", "free mask", "freesolo r0"]
+    p101, p102 = (dict(zip(cols, _panels(_png(out / f"masks_{i}.png"), [w] * len(cols)))) for i in (101, 102))
+    eval_image = cv2.cvtColor(cv2.imread(str(out.parent / "exp" / "eval_images" / "101.png")), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(p101["image"], _panels(viz.side_by_side([("image", eval_image)], height=STRIP_HEIGHT),
+                                                 [w])[0])
+    # the training stores do not hold image 101: only the evaluation ground truth and stores draw on it
+    for name in cols[1:]:
+        assert not np.array_equal(p101[name], p101["image"]), name
+    # image 102: no ground-truth instance, no Free Mask, its SOLO mask scores 0.1 < 0.3
+    for name in cols[1:]:
+        assert np.array_equal(p102[name], p102["image"]), name
+
+
+def test_eval_set_without_training_ground_truth(eval_run):
+    out, figures = eval_run
+    files = [f["file"] for f in figures]
+    # semantic strips of the training images (ids 2 and 5), without ground-truth panels
+    assert [f for f in files if f.startswith("semantic_")] == ["semantic_2.png", "semantic_5.png"]
+    w, s = round(W * STRIP_HEIGHT / H), STRIP_HEIGHT
+    # image | stego input | stego clusters | pct retrain
+    assert _png(out / "semantic_2.png").shape[1] == 2 * w + 2 * s + 5 * PAD
+    assert "ground-truth" not in {f["file"]: f["caption"] for f in figures}["semantic_2.png"]
+    assert {"metrics_instance.png", "loss_pretrain.png"} <= set(files)
+
+
+def test_eval_set_flag_and_detection(results, tmp_path):
+    root = tmp_path / "exp"
+    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "pct", "exemplar", "eval"))
+    _eval_set(root)
+
+    def masks(**kw) -> list[str]:
+        figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1, **kw)
+        return [f["file"] for f in figures if f["category"] == "masks"]
+
+    assert masks() == masks(eval_set=True) == ["masks_101.png"]  # found by its manifest
+    assert masks(eval_set=False) == ["masks_2.png"]  # the config says none: the training images, as before
+    for p in (root / "data").glob("eval_*"):
+        p.unlink()
+    assert masks(eval_set=True) == []  # the evaluation manifest is missing: no strips, no error
+
+
+def test_count_budgets_found_ordered_and_labelled(results, tmp_path):
+    from maskless.eval.metrics import metric_rows, write_metrics
+
+    root = tmp_path / "exp"
+    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "exemplar"))
+    model = root / "pct" / "ratio0.25" / "plain" / "retrain" / "model.pt"
+    for budget, mode in (("count92", "ctr"), ("count92", "plain"), ("count183", "plain")):
+        (root / "pct" / budget / mode / "retrain").mkdir(parents=True)
+        shutil.copy(model, root / "pct" / budget / mode / "retrain" / "model.pt")
+        _loss(root / "pct" / budget / mode / "retrain" / "loss.csv", [1.0, 0.5])
+    for budget, mode, run in (("ratio0.5", "ctr", "retrain"), ("ratio0.25", "plain", "retrain"),
+                              ("ratio0.25", "plain", "strong_only")):
+        _loss(root / "pct" / budget / mode / run / "loss.csv", [1.0, 0.5])
+    write_metrics(root / "eval" / "pct" / "count92" / "plain" / "metrics.parquet",
+                  [row for model in ("strong_only", "pct_retrain")
+                   for row in metric_rows({"semantic": {"mIoU": 40.0}}, experiment="t", stage=f"{model}@92",
+                                          round=0, dataset="d")])
+    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1)
+    files = [f["file"] for f in figures]
+    captions = {f["file"]: f["caption"] for f in figures}
+    # loss curves: ratios then counts by value; plain before ctr; strong_only before retrain
+    assert [f for f in files if f.startswith("loss_pct")] == [
+        "loss_pct_ratio0.25_plain_strong_only.png", "loss_pct_ratio0.25_plain_retrain.png",
+        "loss_pct_ratio0.5_ctr_retrain.png", "loss_pct_count92_plain_retrain.png",
+        "loss_pct_count92_ctr_retrain.png", "loss_pct_count183_plain_retrain.png"]
+    assert "label ratio 0.25, plain" in captions["semantic_2.png"]  # a ratio before any count
+    # one chart per label budget: 0.25, 0.5, then 92
+    assert _png(tmp_path / "figures" / "metrics_semi.png").shape[0] == 3 * 320 + 4 * PAD
+    assert captions["metrics_semi.png"] == ("Semi/weakly supervised mIoU (%) per model at label ratio 0.25, 0.5 "
+                                            "and label count 92, one chart per label budget.")
+    # counts only (the VOC config): the smallest count's plain model, labelled as a count
+    for ratio in root.glob("pct/ratio*"):
+        shutil.rmtree(ratio)
+    (root / "eval" / "pct" / "metrics.parquet").unlink()
+    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1)
+    captions = {f["file"]: f["caption"] for f in figures}
+    assert "(label count 92, plain)" in captions["semantic_2.png"]
+    assert captions["metrics_semi.png"].endswith("at label count 92, one chart per count.")
+
+
+def test_pct_data_strips_use_its_images_and_labels(results, tmp_path):
+    """PCT on user files (pct.data): its own held-out images and label PNGs, not the dataset's."""
+    root = tmp_path / "exp"
+    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "exemplar", "solo", "eval"))
+    for ratio in ("0.25", "0.5"):  # 0.25 plain -> count25 plain; 0.5 ctr -> count5 ctr, the first found
+        (root / "pct" / f"ratio{ratio}").rename(root / "pct" / f"count{ratio[2:]}")
+    hw = (40, 40)  # square: other than the dataset's images
+    data = root / "pct" / "data"
+    _manifest(data / "manifest.parquet", tmp_path / "voc", [1, 2, 3], seed=70, hw=hw)
+    labels = {}
+    for i in (1, 2, 3):
+        lab = np.zeros(hw, np.uint8)
+        lab[5:20, 5:20] = i % 3
+        lab[30:, 30:] = 255  # ignored pixels
+        cv2.imwrite(str(tmp_path / "voc" / f"{i}_label.png"), lab)
+        labels[str(i)] = {"stem": f"im{i}", "label": str(tmp_path / "voc" / f"{i}_label.png"), "mask_tags": []}
+    (data / "labels.json").write_text(json.dumps({"format": "maskless-pct-labels", "num_classes": 3,
+                                                  "classes": None, "ignore_index": 255, "train": [1],
+                                                  "val": [2, 3], "images": labels}))
+    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=4, pct_data=True)
+    files = [f["file"] for f in figures]
+    # no STEGO: the dataset's images get no semantic strip (PCT did not learn from them)
+    assert [f for f in files if f.startswith("semantic")] == ["semantic_pct_2.png", "semantic_pct_3.png"]
+    captions = {f["file"]: f["caption"] for f in figures}
+    assert "(im2)" in captions["semantic_pct_2.png"] and "(label count 5, ctr)" in captions["semantic_pct_2.png"]
+    strip = _png(tmp_path / "figures" / "semantic_pct_2.png")
+    image, truth, pred = _panels(strip, [STRIP_HEIGHT] * 3)
+    assert strip.shape[1] == 3 * STRIP_HEIGHT + 4 * PAD
+    lab = cv2.imread(str(tmp_path / "voc" / "2_label.png"), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(truth, _panels(viz.side_by_side([("t", viz.colorize_labels(lab, 3))],
+                                                          height=STRIP_HEIGHT), [STRIP_HEIGHT])[0])
+    # detected without the flag; with the flag but without its files: skipped, no error
+    assert build_report_figures(str(root), str(tmp_path / "figures"), n_images=4) == figures
+    (data / "labels.json").unlink()
+    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=4, pct_data=True)
+    assert not [f for f in figures if f["category"] == "semantic"]
