@@ -24,10 +24,12 @@ How a training rule uses it (stages/pretrain.py, solo_train.py, pct_train.py):
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -224,6 +226,22 @@ def _worker(local_rank: int, fn: Callable, kwargs: dict, world_size: int, backen
         tdist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Spawned processes re-run the parent's __main__ script by its path before unpickling fn; a Snakemake
+    stage script cannot run outside Snakemake (no `snakemake` object), and fn lives in maskless anyway. So
+    the children are not told the path while they start."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is not None:
+        del main.__file__
+    try:
+        yield
+    finally:
+        if path is not None:
+            main.__file__ = path
+
+
 def launch(fn: Callable[..., Any], *, processes: int = 1, log_file: str | None = None, all_ranks: bool = False,
            **kwargs: Any) -> Any:
     """Run fn(**kwargs) data-parallel on `processes` ranks (module doc); returns rank 0's result, or with
@@ -258,8 +276,9 @@ def launch(fn: Callable[..., Any], *, processes: int = 1, log_file: str | None =
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     log.info("training on %d processes (%s backend)", processes, backend)
-    context = mp.start_processes(_worker, args=(fn, kwargs, processes, backend, _free_port(), log_file, queue),
-                                 nprocs=processes, join=False, start_method="spawn")
+    with _main_script_hidden():
+        context = mp.start_processes(_worker, args=(fn, kwargs, processes, backend, _free_port(), log_file, queue),
+                                     nprocs=processes, join=False, start_method="spawn")
     results: dict[int, Any] = {}
     done = False
     while not done:

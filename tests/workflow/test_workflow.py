@@ -148,3 +148,20 @@ def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
     # STEGO trains without labels; its linear probe (an evaluation probe) is skipped with the reason logged.
     assert (res / "stego" / "model.pt").exists()
     assert "linear probe skipped" in (res / "logs" / "stego" / "train.log").read_text()
+
+
+def test_training_rules_run_data_parallel(workflow_dir):
+    """train_processes: 2 on CPU: the pretrain and SOLO rules each spawn two Gloo processes through their stage
+    scripts (maskless.dist.launch), rank 0 writes the weights and appends its progress to the rule's log, and
+    the pair's parameters are recorded equal at the end."""
+    target = "results/tiny/solo/freesolo/round0/model.pt"
+    _ok(snakemake(workflow_dir, target, "--cores", "2", "--config", "train_processes=2", "--configfile",
+                  "tiny.yaml"))
+    logs = workflow_dir / "results" / "tiny" / "logs"
+    for log, weights in ((logs / "pretrain.log", "pretrain/backbone.pt"),
+                         (logs / "solo" / "freesolo" / "round0" / "train.log", "solo/freesolo/round0/model.pt")):
+        text = log.read_text()
+        assert "training on 2 processes (gloo backend)" in text, text[-2000:]
+        assert "2 processes" in text and re.search(r"step \d+/\d+", text), text[-2000:]
+        assert (workflow_dir / "results" / "tiny" / weights).exists()
+    assert torch.load(workflow_dir / target, weights_only=True)["params"]["steps"] == 3
