@@ -1,4 +1,4 @@
-"""Rules pct_strong_only, pct_train and pct_retrain: one model of a (label ratio, mode) family."""
+"""Rules pct_strong_only, pct_train and pct_retrain: one model of a (label budget, mode) family."""
 
 from maskless.dist import launch
 from maskless.pct.stage import read_split, run_pct_train, train_params
@@ -25,4 +25,5 @@ launch(
     pseudo=smk.input.get("pseudo"),
     device=params["device"],
     threads=smk.threads,
+    num_workers=smk.config["pct"]["train"]["num_workers"],  # not a param: it does not change the result
 )

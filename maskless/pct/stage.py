@@ -18,8 +18,10 @@ Data, two sources (the `gt` input of every PCT rule says which):
   PCT paper does on VOC); a held-out image's from its mask. Label maps are read from their PNGs when used.
 Images are read when used (a lazy sequence, `LazyMaps`), in either mode: the training loop indexes them per
 batch, pseudo-labelling and evaluation stream them one at a time, and evaluation accumulates confusion
-matrices, so no stage holds a whole split's pixels (the training loop still reads every image once to
-check and fingerprint it).
+matrices, so no stage holds a whole split's pixels. The sequences also describe their items without reading
+them (maskless.pct.train, "Lazy data"): images by the manifest's content hash, height and width, label and
+pseudo-label PNGs by their files' sha256; so the training loop's start-up reads no image (its resume
+fingerprint hashes those keys), only the label maps it trains on, one at a time, to check them.
 
 Split (split.json, one per label budget, the `budget` wildcard: "ratio<r>" for a value of pct.ratios, or
 "count<n>" for a value of pct.counts). The training images are split into strong (pixel labels; `ratio` of
@@ -131,33 +133,98 @@ def _const(x):
     return x
 
 
+def _file_key(kind: str, path: str) -> str:
+    """Content key of an item decoded from a file: how it is decoded and the file's sha256."""
+    from maskless.data.images import sha256_file
+
+    return f"{kind} sha256 {sha256_file(path)}"
+
+
+def _array_key(x) -> str:
+    """Content key of an in-memory array: dtype, shape and the sha256 of its bytes."""
+    import hashlib
+
+    a = np.ascontiguousarray(x)
+    return f"array {a.dtype} {tuple(a.shape)} sha256 {hashlib.sha256(a.data).hexdigest()}"
+
+
 class LazyMaps(SequenceABC):
     """A read-only sequence whose items are made when accessed: item i is thunks[i]() (None where thunks[i]
     is None). Picklable when the thunks are (functools.partial of module-level functions), so it can cross
-    to spawned training processes; slicing gives another LazyMaps."""
+    to spawned training processes and DataLoader workers; slicing gives another LazyMaps.
 
-    def __init__(self, thunks: Sequence[Callable[[], object] | None]):
+    It may also describe its items without making them (maskless.pct.train, "Lazy data"): keys[i] a string
+    naming item i's content (file hash and decoding; or a thunk returning it), paths[i] the file it is read
+    from (for messages), shapes[i] its (H, W). content_keys(), source_paths() and known_shapes() return
+    them (content_keys and known_shapes None when some non-None item lacks one); present_items() says which
+    items are not None."""
+
+    def __init__(self, thunks: Sequence[Callable[[], object] | None], *, keys: Sequence | None = None,
+                 paths: Sequence[str | None] | None = None, shapes: Sequence[tuple[int, int] | None] | None = None):
         self._thunks = list(thunks)
+        n = len(self._thunks)
+        self._keys = list(keys) if keys is not None else [None] * n
+        self._paths = list(paths) if paths is not None else [None] * n
+        self._shapes = [None if s is None else tuple(int(v) for v in s) for s in shapes] if shapes is not None \
+            else [None] * n
+        if not len(self._keys) == len(self._paths) == len(self._shapes) == n:
+            raise ValueError(f"LazyMaps: {n} thunks but {len(self._keys)} keys, {len(self._paths)} paths and "
+                             f"{len(self._shapes)} shapes")
 
     @classmethod
     def concat(cls, *parts: Sequence) -> "LazyMaps":
-        """One LazyMaps of several sequences (LazyMaps, or lists whose items are kept as they are)."""
+        """One LazyMaps of several sequences (LazyMaps, or lists whose items are kept as they are; an
+        in-memory array is keyed by its bytes and shaped by its shape)."""
         thunks: list = []
+        keys: list = []
+        paths: list = []
+        shapes: list = []
         for part in parts:
             if isinstance(part, LazyMaps):
                 thunks += part._thunks
+                keys += part._keys
+                paths += part._paths
+                shapes += part._shapes
             else:
-                thunks += [None if x is None else partial(_const, x) for x in part]
-        return cls(thunks)
+                for x in part:
+                    thunks.append(None if x is None else partial(_const, x))
+                    keys.append(None if x is None else partial(_array_key, x))
+                    paths.append(None)
+                    shapes.append(None if x is None or np.ndim(x) < 2 else tuple(np.shape(x)[:2]))
+        return cls(thunks, keys=keys, paths=paths, shapes=shapes)
 
     def __len__(self) -> int:
         return len(self._thunks)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return LazyMaps(self._thunks[i])
+            return LazyMaps(self._thunks[i], keys=self._keys[i], paths=self._paths[i], shapes=self._shapes[i])
         thunk = self._thunks[i]
         return None if thunk is None else thunk()
+
+    def _complete(self, values: list) -> bool:
+        return all(v is not None for t, v in zip(self._thunks, values) if t is not None)
+
+    def present_items(self) -> list[bool]:
+        """Per item whether it is not None, without making it."""
+        return [t is not None for t in self._thunks]
+
+    def content_keys(self) -> list[str | None] | None:
+        """Per item its content key (None for a None item), without making the items; None when some item
+        has no key. Thunk keys (file hashes) are computed here."""
+        if not self._complete(self._keys):
+            return None
+        return [None if t is None else (k() if callable(k) else k) for t, k in zip(self._thunks, self._keys)]
+
+    def source_paths(self) -> list[str | None]:
+        """Per item the file it is read from, None where unknown or for a None item."""
+        return [None if t is None else p for t, p in zip(self._thunks, self._paths)]
+
+    def known_shapes(self) -> list[tuple[int, int] | None] | None:
+        """Per item its (H, W) without making it (None for a None item); None when some item's is unknown."""
+        if not self._complete(self._shapes):
+            return None
+        return [None if t is None else s for t, s in zip(self._thunks, self._shapes)]
 
 
 def _png_label(path: str, n_classes: int, ignore_index: int) -> np.ndarray:
@@ -187,12 +254,17 @@ def load_labels(gt: str, ids: Sequence[int]) -> tuple[list[np.ndarray], int]:
 
 def lazy_images(manifest: str, ids: Sequence[int]) -> LazyMaps:
     """uint8 (H, W, 3) RGB images of `ids`, in that order, each read when accessed (an id missing from the
-    manifest is an error at once)."""
+    manifest is an error at once). Described without reading them: keyed by the manifest's content hash (the
+    file is hashed where the manifest has none), shaped by its height and width, named by its path."""
     rows = {int(r["id"]): r for r in read_manifest(manifest)}
     missing = [i for i in ids if i not in rows]
     if missing:
         raise ValueError(f"manifest {manifest} lacks image ids {missing[:10]} named by the PCT split")
-    return LazyMaps([partial(load_rgb, rows[i]["path"]) for i in ids])
+    picked = [rows[i] for i in ids]
+    return LazyMaps([partial(load_rgb, r["path"]) for r in picked],
+                    keys=[f"rgb sha256 {r['hash']}" if r.get("hash") else partial(_file_key, "rgb", r["path"])
+                          for r in picked],
+                    paths=[r["path"] for r in picked], shapes=[(r["height"], r["width"]) for r in picked])
 
 
 def is_file_source(gt: str) -> bool:
@@ -223,7 +295,9 @@ def label_maps(gt: str, ids: Sequence[int]) -> tuple[Sequence[np.ndarray], int]:
     missing = [i for i in ids if str(i) not in images]
     if missing:
         raise ValueError(f"{gt} lacks image ids {missing[:10]} named by the PCT split")
-    return LazyMaps([partial(_png_label, images[str(i)]["label"], k, ignore) for i in ids]), k
+    files = [images[str(i)]["label"] for i in ids]
+    return LazyMaps([partial(_png_label, f, k, ignore) for f in files], paths=files,
+                    keys=[partial(_file_key, f"label-png classes {k} ignore {ignore}", f) for f in files]), k
 
 
 def _strong_weak(train: Sequence[int], tags: dict, params: SplitParams) -> tuple[list[int], list[int]]:
@@ -473,18 +547,24 @@ def read_pseudo(folder: str, ids: Sequence[int], *, lazy: bool = False) -> Seque
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ValueError(f"pseudo label {missing[0]} is missing ({len(missing)} of {len(paths)} missing)")
-    return LazyMaps([partial(_read_pseudo_png, p) for p in paths])
+    return LazyMaps([partial(_read_pseudo_png, p) for p in paths], paths=paths,
+                    keys=[partial(_file_key, "pseudo-png", p) for p in paths])
 
 
 def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params, out: str, state_dir: str,
                   backbone: str | None, pseudo: str | None = None, loss_log: str | None = None,
-                  device: str = "auto", threads: int | None = None) -> dict:
+                  device: str = "auto", threads: int | None = None, num_workers: int | None = None) -> dict:
     """Train one model of the (ratio, mode) family (module doc); `params` a SegTrainParams (PCTParams for
-    kind "pct") whose model.num_classes equals the split's."""
+    kind "pct") whose model.num_classes equals the split's. num_workers, when given, replaces
+    params.num_workers (DataLoader workers making the batches; the result does not depend on it)."""
+    import dataclasses
+
     from maskless.pct.train import train_pct, train_supervised
 
     if kind not in KINDS:
         raise ValueError(f"PCT model kind {kind!r} unknown; choices: {list(KINDS)}")
+    if num_workers is not None:
+        params = dataclasses.replace(params, num_workers=num_workers)
     split = read_split(split_path)
     if params.model.num_classes != split["num_classes"]:
         raise ValueError(f"{split_path}: {split['num_classes']} classes, the model is built for "

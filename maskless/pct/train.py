@@ -1,9 +1,22 @@
 """Training loops for PCT (METHODS.md "PCT") and for a single supervised network (strong-only baseline and
 retrain on pseudo labels), sharing one loop (`_fit`).
 
-Data (in memory, indexed 0..N-1): images, uint8 (H, W, 3) RGB; labels, uint8/int (H, W) label maps with
-0 = background, 1..K-1 the classes, 255 = ignore, or None for a weak image (PCT only); tags, per image an
-iterable of foreground class ids (PCT; a strong image's tags must equal its label map's classes).
+Data (sequences indexed 0..N-1, lists or lazy): images, uint8 (H, W, 3) RGB; labels, uint8/int (H, W) label
+maps with 0 = background, 1..K-1 the classes, 255 = ignore, or None for a weak image (PCT only); tags, per
+image an iterable of foreground class ids (PCT; a strong image's tags must equal its label map's classes).
+
+- Lazy data: a sequence whose items are decoded on access may describe them without decoding
+  (maskless.pct.stage.LazyMaps does): content_keys() per item a string naming its content (a file's sha256
+  and how it is decoded), known_shapes() per item (H, W), source_paths() the files (for messages),
+  present_items() which items are not None. Then the start-up reads no image: image sizes come from
+  known_shapes (dtype and channels are checked when a batch reads an image) and the resume fingerprint
+  hashes the keys. Only the label maps a run trains on are read before training (PCT: the strong ones;
+  supervised: all used), one at a time (`threads` at once, none kept), to check their size, values and
+  tags; errors name the image and the label's file. Sequences without these methods (lists) are read item
+  by item, and their fingerprint is the one they had before keys existed (older resume states still match).
+- Batches (StepBatches): item s is the batch of step s, a pure function of (seed, s) and the rank, made in
+  the training process (num_workers 0) or by num_workers DataLoader workers: the same batches, so the same
+  result; num_workers is not part of the resume key.
 
 - Augmentation (per sample, random only through (seed, step)): resize to a short side of input_size times
   a scale drawn from scale_range, horizontal flip, pad (ImageNet mean colour, label 255) and a random
@@ -35,9 +48,11 @@ import hashlib
 import logging
 import math
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -59,7 +74,7 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
 PCT_TERMS = ("h_cce", "h_mlsm", "p_cce", "h2p", "p2h")
-_RESUME_IGNORED = ("checkpoint_every",)
+_RESUME_IGNORED = ("checkpoint_every", "num_workers")  # they do not change the result
 _PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # normalises to zero
 _WEAK_SEED_OFFSET = 1_000_003  # the weak half's epoch permutations differ from the strong half's
 
@@ -82,6 +97,7 @@ class SegTrainParams:
     checkpoint_every: int = 50
     seed: int = 0
     use_contextrast: bool = False
+    num_workers: int = 0  # DataLoader workers making the batches; 0 = in the training process (same result)
     model: SegNetParams = field(default_factory=SegNetParams)
     contextrast: ContextrastParams = field(default_factory=ContextrastParams)
 
@@ -97,6 +113,8 @@ class SegTrainParams:
                 raise ValueError(f"{name}.{key} must be a positive integer, got {getattr(self, key)!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"{name}.seed must be an integer >= 0, got {self.seed!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"{name}.num_workers must be an integer >= 0, got {self.num_workers!r}")
         for key in ("lr", "momentum", "weight_decay", "poly_power", "backbone_lr_mult", "grad_clip"):
             v = getattr(self, key)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
@@ -184,13 +202,33 @@ class Batch:
     present: Tensor  # (B, K) bool, background column set
     n_strong: int  # the first n_strong samples are strong
 
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies (the DataLoader calls this with pin_memory=True)."""
+        return dataclasses.replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(),
+                                   valid=self.valid.pin_memory(), present=self.present.pin_memory())
+
+
+def _check_image(i: int, img) -> None:
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image {i} must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
+
+
+def _check_label_shape(i: int, label, image_shape: tuple[int, ...], where: str = "") -> None:
+    if label.shape != image_shape:
+        raise ValueError(f"label map of image {i}{where} is {label.shape} but the image is {image_shape}")
+
 
 def make_batch(images, labels, present: np.ndarray, strong: Sequence[int], weak: Sequence[int],
                rng: np.random.Generator, params: SegTrainParams) -> Batch:
-    """Augment the samples `strong` (with labels) then `weak` (labels ignored) into one Batch."""
+    """Augment the samples `strong` (with labels) then `weak` (labels ignored) into one Batch. Each image
+    (uint8 (H, W, 3)) and label map (the image's size) is checked as it is read."""
     imgs, labs, valids = [], [], []
     for i, with_label in [(i, True) for i in strong] + [(i, False) for i in weak]:
-        img, lab, valid = augment(images[i], labels[i] if with_label else None, rng, params)
+        image, label = images[i], labels[i] if with_label else None
+        _check_image(i, image)
+        if label is not None:
+            _check_label_shape(i, label, image.shape[:2])
+        img, lab, valid = augment(image, label, rng, params)
         imgs.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
         labs.append(lab)
         valids.append(valid)
@@ -199,32 +237,157 @@ def make_batch(images, labels, present: np.ndarray, strong: Sequence[int], weak:
                  present=torch.from_numpy(present[list(strong) + list(weak)]))
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item `step` (0-based) -> this rank's share of that step's Batch: `strong_per_step` of the `strong`
+    indices then `weak_per_step` of the `weak` ones, each drawn epoch-wise (batch_indices), augmented with a
+    generator seeded from (seed, step[, rank]). A pure function of the step: DataLoader workers (num_workers)
+    make the same batches as the training process, and a resume repeats the lost steps exactly. The rank is
+    captured at construction (workers run outside the process group)."""
+
+    def __init__(self, images: Sequence, labels: Sequence, present: np.ndarray, strong: Sequence[int],
+                 weak: Sequence[int], strong_per_step: int, weak_per_step: int, params: SegTrainParams,
+                 rank: dist.Rank | None = None):
+        self.images, self.labels, self.present = images, labels, present
+        self.strong, self.weak = list(strong), list(weak)
+        self.strong_per_step, self.weak_per_step = strong_per_step, weak_per_step
+        self.params = params
+        self.rank = rank or dist.current()
+
+    def __len__(self) -> int:
+        return self.params.steps
+
+    def __getitem__(self, step: int) -> Batch:
+        p, r = self.params, self.rank
+        s_idx = dist.shard(batch_indices(step, n_images=len(self.strong), batch_size=self.strong_per_step,
+                                         seed=p.seed), r) if self.strong_per_step else []
+        w_idx = dist.shard(batch_indices(step, n_images=len(self.weak), batch_size=self.weak_per_step,
+                                         seed=p.seed + _WEAK_SEED_OFFSET), r) if self.weak_per_step else []
+        rng = np.random.default_rng(dist.rng_key(p.seed, step, 2, rank=r))
+        return make_batch(self.images, self.labels, self.present, [self.strong[i] for i in s_idx],
+                          [self.weak[i] for i in w_idx], rng, p)
+
+
+def _same(x):
+    return x
+
+
+def _batches(data: StepBatches, start: int, num_workers: int, pin_memory: bool = False) -> Iterator[Batch]:
+    """The batches of steps start, start + 1, ...: made here (num_workers 0) or by DataLoader workers, in
+    step order either way. The loader draws its workers' base seed from a generator of its own: from torch's
+    global one it would shift the training's random stream (dropout) and the result would depend on
+    num_workers."""
+    if num_workers == 0:
+        return (data[s] for s in range(start, len(data)))
+    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
+                                         num_workers=num_workers, collate_fn=_same, pin_memory=pin_memory,
+                                         generator=torch.Generator().manual_seed(0))
+    return iter(loader)
+
+
+# ---------------------------------------------------------------- data checks and fingerprint
+
+
+def _described(seq, method: str):
+    """seq.<method>() of a sequence that describes its items (module doc, "Lazy data"), else None."""
+    fn = getattr(seq, method, None)
+    return fn() if callable(fn) else None
+
+
 def data_fingerprint(images, labels, tags, backbone: str | None) -> str:
-    """Identity of the pixels, labels, tags and initial backbone file."""
+    """Identity of the pixels, labels, tags and initial backbone file. A sequence with content keys
+    (module doc, "Lazy data") enters by its keys, its items never read; any other by the bytes of its items
+    (in-memory data: the same digest as before keys existed, so older resume states still match)."""
     from maskless.data.images import sha256_file
 
+    image_keys = _described(images, "content_keys")
+    label_keys = _described(labels, "content_keys") if labels is not None else None
     h = hashlib.sha256()
-    for i, img in enumerate(images):
-        h.update(f"{i} {img.shape} ".encode())
-        h.update(np.ascontiguousarray(img).tobytes())
-        lab = labels[i] if labels is not None else None
-        h.update(b"none" if lab is None else np.ascontiguousarray(lab).astype(np.uint8).tobytes())
+    for i in range(len(images)):
+        if image_keys is not None:
+            h.update(f"{i} src {image_keys[i]} ".encode())
+        else:
+            img = images[i]
+            h.update(f"{i} {img.shape} ".encode())
+            h.update(np.ascontiguousarray(img).tobytes())
+            del img  # one item alive at a time
+        if label_keys is not None:
+            h.update(b"none" if label_keys[i] is None else f"src {label_keys[i]}".encode())
+        else:
+            lab = labels[i] if labels is not None else None
+            h.update(b"none" if lab is None else np.ascontiguousarray(lab).astype(np.uint8).tobytes())
+            del lab
         if tags is not None:
             h.update(f"tags {sorted(int(c) for c in tags[i])}".encode())
     h.update(f"backbone {sha256_file(backbone) if backbone else 'random'}".encode())
     return h.hexdigest()
 
 
-def _check_images(images, labels) -> None:
+def _has_label(labels) -> list[bool]:
+    """Per image whether it has a label map: from present_items() without reading them when the sequence
+    has it, else by reading each (none kept)."""
+    known = _described(labels, "present_items")
+    return list(known) if known is not None else [lab is not None for lab in labels]
+
+
+def _check_images(images, labels) -> list[tuple[int, ...]]:
+    """Every image's (H, W): from known_shapes() without reading the images when the sequence has them (each
+    image is then checked when a batch reads it), else by reading each image once, checking it is uint8
+    (H, W, 3) and keeping only its size."""
     if len(images) == 0:
         raise ValueError("no training images")
     if len(labels) != len(images):
         raise ValueError(f"labels has {len(labels)} entries but images has {len(images)}")
-    for i, img in enumerate(images):
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"image {i} must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
-        if labels[i] is not None and labels[i].shape != img.shape[:2]:
-            raise ValueError(f"label map of image {i} is {labels[i].shape} but the image is {img.shape[:2]}")
+    known = _described(images, "known_shapes")
+    if known is not None:
+        return [tuple(int(x) for x in shape) for shape in known]
+    shapes = []
+    for i in range(len(images)):
+        img = images[i]
+        _check_image(i, img)
+        shapes.append(img.shape[:2])
+        del img  # one image alive at a time
+    return shapes
+
+
+def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
+    """fn over items in order, on up to `workers` threads with at most 2 x workers items in flight (results
+    are not piled up); the first error in item order is raised."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque = deque()
+        for x in items:
+            pending.append(pool.submit(fn, x))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _check_labels(labels, used: Sequence[int], image_shapes: Sequence[tuple[int, ...]], k: int,
+                  tags: Sequence[Iterable[int]] | None, *, tag_file: str, threads: int) -> None:
+    """Each label map of `used` read once and checked (its image's size; validate_tags: values, agreement with
+    tags[i], or with no tags the map's own classes), one at a time (`threads` at once); none is kept. Errors
+    name the image and the label's file (`labels[i]`, or the path the sequence reads it from). uint8 maps are
+    checked with a histogram first; validate_tags runs (and words the error) only on a map that fails it."""
+    paths = _described(labels, "source_paths") or [None] * len(labels)
+    fine = set(range(k)) | {IGNORE}
+
+    def check(i: int) -> None:
+        label = labels[i]
+        _check_label_shape(i, label, image_shapes[i], f" ({paths[i]})" if paths[i] else "")
+        if isinstance(label, np.ndarray) and label.dtype == np.uint8:
+            values = set(np.flatnonzero(np.bincount(label.ravel(), minlength=256)).tolist())
+            wanted = values - {0, IGNORE} if tags is None else {int(c) for c in tags[i]}
+            if values <= fine and values - {0, IGNORE} == wanted and all(1 <= c < k for c in wanted):
+                return
+        # the label map's own classes are its tags; those outside 1..K-1 are left to the value check (names the file)
+        cats = tags[i] if tags is not None else {c for c in tags_from_label_map(label) if c < k}
+        validate_tags({i: cats}, k, labels={i: label}, tag_file=tag_file, label_files={i: paths[i] or f"labels[{i}]"})
+
+    for _ in _ordered_map(check, used, threads):
+        pass
 
 
 # ---------------------------------------------------------------- loss steps
@@ -336,7 +499,7 @@ class _Run:
     kind: str  # checkpoint kind
     module: nn.Module
     nets: list[SegNet]
-    batch: Callable[[int], Batch]  # 0-based step -> batch
+    batches: StepBatches  # 0-based step -> batch
     losses: Callable[[Batch, int], tuple[dict[str, Tensor], dict]]  # (batch, step) -> (terms, stats)
 
 
@@ -356,11 +519,11 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
         log.info("resuming %s from %s at step %d/%d", run.what, state_path, start, params.steps)
     run.module.train()
     t_start, step = time.perf_counter(), start
-    for step in range(start + 1, params.steps + 1):
+    batches = _batches(run.batches, start, params.num_workers, pin_memory=dev.type == "cuda")
+    for step, batch in enumerate(batches, start=start + 1):
         lr = lr_at(step - 1, params)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        batch = run.batch(step - 1)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
             terms, stats = run.losses(batch, step)
         values = _check_terms(terms, run.what, step)
@@ -429,17 +592,18 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     set_threads(threads)
     dev = dist.device(pick_device(device))
     dist.check_batch(params.batch_size // 2, "pct.train.batch_size (half of it, the strong or weak share)")
-    _check_images(images, labels)
+    image_shapes = _check_images(images, labels)
     if len(tags) != len(images):
         raise ValueError(f"tags has {len(tags)} entries but images has {len(images)}")
     k = params.model.num_classes
-    strong = [i for i, lab in enumerate(labels) if lab is not None]
-    weak = [i for i, lab in enumerate(labels) if lab is None]
+    has_label = _has_label(labels)
+    strong = [i for i, has in enumerate(has_label) if has]
+    weak = [i for i, has in enumerate(has_label) if not has]
     if not strong or not weak:
         raise ValueError(f"PCT needs strong and weak images, got {len(strong)} strong and {len(weak)} weak; "
                          "with no weak images train the strong-only network with train_supervised")
-    validate_tags(dict(enumerate(tags)), k, labels={i: labels[i] for i in strong}, tag_file="tags argument",
-                  label_files={i: f"labels[{i}]" for i in strong})
+    validate_tags(dict(enumerate(tags)), k, tag_file="tags argument")  # class ids of every image's tags
+    _check_labels(labels, strong, image_shapes, k, tags, tag_file="tags argument", threads=threads or 1)
     present = tag_matrix(tags, k)
     fingerprint = data_fingerprint(images, labels, tags, backbone)
     torch.manual_seed(params.seed)
@@ -451,14 +615,7 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     half = params.batch_size // 2
     # DDP wrappers for the forward calls (the embedding head is unused without Contextrast).
     hybrid_fwd, pseudo_fwd = dist.wrap(hybrid, find_unused=True), dist.wrap(pseudo, find_unused=True)
-
-    def batch(step: int) -> Batch:
-        s_idx = dist.shard(batch_indices(step, n_images=len(strong), batch_size=half, seed=params.seed))
-        w_idx = dist.shard(batch_indices(step, n_images=len(weak), batch_size=half,
-                                         seed=params.seed + _WEAK_SEED_OFFSET))
-        rng = np.random.default_rng(dist.rng_key(params.seed, step, 2))
-        return make_batch(images, labels, present, [strong[i] for i in s_idx], [weak[i] for i in w_idx], rng,
-                          params)
+    batches = StepBatches(images, labels, present, strong, weak, half, half, params)
 
     def losses(b: Batch, step: int):
         b = _to(b, dev)
@@ -471,7 +628,7 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
 
     log.info("PCT: %d strong + %d weak images, %d classes, %d steps of %d+%d, device %s", len(strong),
              len(weak), k, params.steps, half, half, dev)
-    run = _Run("PCT", "pct", pair, [hybrid, pseudo], batch, losses)
+    run = _Run("PCT", "pct", pair, [hybrid, pseudo], batches, losses)
     summary = _fit(run, params, fingerprint=fingerprint, out=out, state_dir=state_dir, dev=dev,
                    loss_log=loss_log, log_every=log_every, stop_after=stop_after,
                    resolved={"strong": len(strong), "weak": len(weak), "backbone": backbone})
@@ -488,26 +645,21 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     set_threads(threads)
     dev = dist.device(pick_device(device))
     dist.check_batch(params.batch_size, "pct.train.batch_size")
-    _check_images(images, labels)
+    image_shapes = _check_images(images, labels)
     k = params.model.num_classes
-    used = [i for i, lab in enumerate(labels) if lab is not None]
+    used = [i for i, has in enumerate(_has_label(labels)) if has]
     if not used:
         raise ValueError("train_supervised: no image has a label map")
     if len(used) < len(images):
         log.info("supervised: %d of %d images have no label map and are left out", len(images) - len(used),
                  len(images))
-    validate_tags({i: tags_from_label_map(labels[i]) for i in used}, k, labels={i: labels[i] for i in used},
-                  label_files={i: f"labels[{i}]" for i in used})
+    _check_labels(labels, used, image_shapes, k, None, tag_file="<tags>", threads=threads or 1)
     fingerprint = data_fingerprint(images, labels, None, backbone)
     torch.manual_seed(params.seed)
     net = build_segnet(params.model, backbone).to(dev)
     net_fwd = dist.wrap(net, find_unused=True)  # DDP in a process group (the embedding head may be unused)
     everything = np.ones((len(images), k), dtype=bool)
-
-    def batch(step: int) -> Batch:
-        idx = dist.shard(batch_indices(step, n_images=len(used), batch_size=params.batch_size, seed=params.seed))
-        rng = np.random.default_rng(dist.rng_key(params.seed, step, 2))
-        return make_batch(images, labels, everything, [used[i] for i in idx], [], rng, params)
+    batches = StepBatches(images, labels, everything, used, [], params.batch_size, 0, params)
 
     def losses(b: Batch, step: int):
         b = _to(b, dev)
@@ -518,7 +670,7 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
 
     log.info("supervised: %d labelled images, %d classes, %d steps of %d, device %s", len(used), k,
              params.steps, params.batch_size, dev)
-    run = _Run("supervised", "segnet", net, [net], batch, losses)
+    run = _Run("supervised", "segnet", net, [net], batches, losses)
     summary = _fit(run, params, fingerprint=fingerprint, out=out, state_dir=state_dir, dev=dev,
                    loss_log=loss_log, log_every=log_every, stop_after=stop_after,
                    resolved={"images": len(used), "left_out": len(images) - len(used), "backbone": backbone})

@@ -156,8 +156,10 @@ def _write_loss_log(path: str, rows: list[list[float]]) -> None:
 def _batches(data: StepBatches, start: int, num_workers: int):
     if num_workers == 0:
         return (data[s] for s in range(start, len(data)))
+    # The loader's own generator: drawing its workers' base seed from torch's global one would shift the
+    # training's random stream with num_workers.
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
-                                         num_workers=num_workers)
+                                         num_workers=num_workers, generator=torch.Generator().manual_seed(0))
     return iter(loader)
 
 
