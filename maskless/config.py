@@ -119,6 +119,12 @@ def _cross_checks(cfg: dict) -> list[str]:
         errors.append("config keys 'pct.ratios' and 'pct.counts' are both empty: give at least one label ratio or "
                       "count (or set pct.enabled false)")
     errors += _pct_data_checks(pct.get("data"))
+    n = cfg["train_processes"]
+    # Data-parallel training splits each global batch into equal shares (PCT: each half, strong and weak).
+    shares = {"pretrain.batch_size": cfg["pretrain"]["batch_size"], "solo.batch_size": cfg["solo"]["batch_size"],
+              "pct.train.batch_size": pct["train"]["batch_size"] // 2}
+    errors += [f"config key '{key}' does not split into {n} equal shares, one per training process (config key "
+               f"train_processes; PCT splits each half of its batch)" for key, share in shares.items() if share % n]
     if pct["train"]["batch_size"] % 2:
         errors.append(f"config key 'pct.train.batch_size' ({pct['train']['batch_size']}) must be even: PCT batches "
                       "are half strong, half weak")

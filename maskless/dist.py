@@ -80,11 +80,19 @@ def shard(items: Sequence, rank: Rank | None = None) -> list:
 
 
 def check_batch(batch_size: int, key: str, rank: Rank | None = None) -> None:
-    """Every rank needs at least one sample of each global batch (BatchNorm needs two: see the callers)."""
+    """The global batch must split into equal shares, one per rank: unequal shares would weigh the samples
+    of a smaller share more (DDP averages the ranks' mean losses) and break all-gathers of per-sample keys."""
     r = rank or current()
-    if batch_size < r.world_size:
-        raise ValueError(f"config key {key} is {batch_size}, smaller than the {r.world_size} training processes "
-                         "(config key train_processes): each process needs a share of the batch")
+    if batch_size % r.world_size:
+        raise ValueError(f"config key {key} is {batch_size}, not a multiple of the {r.world_size} training "
+                         "processes (config key train_processes): each process takes an equal share of the batch")
+
+
+def resume_key(key: dict, rank: Rank | None = None) -> dict:
+    """A training's resume key plus the process count when it is above 1: a state saved by N processes is
+    not resumed by another N (the result depends on N). At N = 1 the key is unchanged (older states match)."""
+    r = rank or current()
+    return {**key, "train_processes": r.world_size} if r.world_size > 1 else key
 
 
 def rng_key(*key: int, rank: Rank | None = None) -> list[int]:
@@ -247,9 +255,10 @@ def launch(fn: Callable[..., Any], *, processes: int = 1, log_file: str | None =
     """Run fn(**kwargs) data-parallel on `processes` ranks (module doc); returns rank 0's result, or with
     all_ranks every rank's result in rank order (spawned processes only; a list of one otherwise).
 
-    kwargs["device"] (default "auto") picks the backend: NCCL for CUDA, Gloo for CPU. Under torchrun the
-    group torchrun set up is joined and `processes` must equal its WORLD_SIZE. log_file: the rule's log,
-    which rank 0 of spawned processes appends to.
+    kwargs["device"] (default "auto") picks the backend: NCCL for CUDA, Gloo for CPU. fn must be importable
+    by the spawned processes (a module-level function of an importable module, not of a __main__ script).
+    Under torchrun the group torchrun set up is joined and `processes` must equal its WORLD_SIZE. log_file:
+    the rule's log, which rank 0 of spawned processes appends to.
     """
     device = str(kwargs.get("device", "auto"))
     check_processes(processes, device)

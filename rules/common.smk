@@ -193,11 +193,11 @@ def pct_train_inputs(wildcards, kind):
 
 
 def pct_train_params(kind):
-    """Params of the three training rules (they differ only by kind and inputs). pct.train.num_workers is
-    left out: it does not change the result, so changing it must rerun nothing (the stage reads it from the
-    config)."""
+    """Params of the three training rules (they differ only by kind and inputs). Left out: the split's keys
+    (eval_fraction, stratified: the split file is an input) and pct.train.num_workers, which does not change
+    the result, so changing it must rerun nothing (the stage reads it from the config)."""
     pct = section_params(config, "pct", exclude=("threads", "enabled", "ratios", "counts", "contextrast",
-                                                 "pseudo", "data"))
+                                                 "pseudo", "data", "eval_fraction", "stratified"))
     pct["train"] = {k: v for k, v in pct["train"].items() if k != "num_workers"}
     return dict(
         kind=kind,

@@ -98,6 +98,18 @@ def test_queue_shorter_than_a_batch_is_an_error():
         validate_config({"pretrain": {"queue_size": 8, "batch_size": 16}})
 
 
+def test_batches_must_split_evenly_over_the_training_processes():
+    """3 processes: pretrain 16 (shares 6/5/5) and solo 8 fail; PCT 12 -> halves of 6 split into 2 + 2 + 2."""
+    with pytest.raises(ConfigError) as e:
+        validate_config({"train_processes": 3, "pretrain": {"batch_size": 16}, "solo": {"batch_size": 8},
+                         "pct": {"train": {"batch_size": 12}}})
+    msg = str(e.value)
+    assert "'pretrain.batch_size' does not split into 3 equal shares" in msg and "'solo.batch_size'" in msg
+    assert "'pct.train.batch_size'" not in msg
+    validate_config({"train_processes": 2, "pretrain": {"batch_size": 16}, "solo": {"batch_size": 8},
+                     "pct": {"train": {"batch_size": 8}}})
+
+
 def test_solo_geometry_levels_must_match_the_grids():
     with pytest.raises(ConfigError, match=r"solo.geometry.levels' has 2 entries but solo.geometry.grids has 3"):
         validate_config({"solo": {"geometry": {"levels": ["p3", "p4"]}}})

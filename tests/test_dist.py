@@ -26,8 +26,17 @@ def test_rng_key_keeps_the_single_process_key():
 
 
 def test_errors_name_the_config_keys():
-    with pytest.raises(ValueError, match="solo.batch_size is 1, smaller than the 2 training processes"):
+    with pytest.raises(ValueError, match="solo.batch_size is 1, not a multiple of the 2 training processes"):
         dist.check_batch(1, "solo.batch_size", dist.Rank(0, 2))
+    with pytest.raises(ValueError, match="pretrain.batch_size is 16, not a multiple of the 3"):
+        dist.check_batch(16, "pretrain.batch_size", dist.Rank(2, 3))  # shares 6, 5, 5
+    dist.check_batch(16, "pretrain.batch_size", dist.Rank(1, 4))  # shares of 4: fine
+
+
+def test_resume_key_holds_the_process_count_above_one():
+    key = {"lr": 0.1}
+    assert dist.resume_key(key, dist.Rank()) == key  # one process: older states still match
+    assert dist.resume_key(key, dist.Rank(0, 2)) == {"lr": 0.1, "train_processes": 2}
     for bad in (0, -1, 1.5):
         with pytest.raises(ValueError, match="train_processes must be an integer >= 1"):
             dist.check_processes(bad, "cpu")

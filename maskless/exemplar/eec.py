@@ -225,8 +225,11 @@ def eec_loss(inst_emb: Tensor, pool_emb: Tensor, *, alpha: float, beta: float, t
     if thresholds == "absolute":
         pos, neg = sim > alpha, sim < beta  # (N, P)
     elif thresholds == "quantile":
-        q = torch.tensor([neg_quantile, pos_quantile], device=sim.device)
-        lo, hi = torch.quantile(sim.detach(), q, dim=1, keepdim=True)  # (N, 1) each
+        if sim.shape[0]:
+            q = torch.tensor([neg_quantile, pos_quantile], device=sim.device)
+            lo, hi = torch.quantile(sim.detach(), q, dim=1, keepdim=True)  # (N, 1) each
+        else:  # no instance in the batch (torch.quantile refuses an empty input)
+            lo = hi = sim.new_zeros(0, 1)
         pos = sim >= hi  # (N, P)
         neg = (sim <= lo) & ~pos
     else:
@@ -258,5 +261,9 @@ def eec_term(emb_map: Tensor, masks: Tensor, batch_index: Tensor, pool_emb: Tens
     loss, stats = eec_loss(emb, pool_emb, alpha=params.alpha, beta=params.beta,
                            temperature=params.temperature, valid=ok, thresholds=params.thresholds,
                            pos_quantile=params.pos_quantile, neg_quantile=params.neg_quantile)
+    # + 0 x the map: the loss stays connected to the head when no instance pools anything (no positives in
+    # this batch or this rank's share of it); otherwise a data-parallel rank would skip the head's gradient
+    # all-reduce that the other ranks wait for.
+    loss = loss + 0.0 * emb_map.sum()
     return {"loss_eec": loss, **{f"num_eec_{k[4:]}": v for k, v in stats.items()},
             "num_eec_empty": (~ok).sum().float().detach()}

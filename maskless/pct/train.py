@@ -511,7 +511,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state_path = Path(state_dir) / f"{run.kind}_last.pt"
-    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED))
     start, rows = 0, []
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what=run.what)
     if state is not None:

@@ -174,6 +174,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
     set_threads(threads)
     rank = dist.current()
     dev = dist.device(pick_device(device))
+    dist.check_batch(params.batch_size, "pretrain.batch_size", rank)
     if params.batch_size // rank.world_size < 2:
         raise ValueError(f"config key pretrain.batch_size ({params.batch_size}) gives fewer than 2 images to each of "
                          f"{rank.world_size} processes (BatchNorm needs two): raise it or lower train_processes")
@@ -195,7 +196,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
 
     state_path = Path(state_dir) / STATE_NAME
     start, loss_rows = 0, []
-    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="DenseCL")
     if state is not None:
         start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)

@@ -340,7 +340,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
 
     state_path = Path(state_dir) / STATE_NAME
     start, loss_rows = 0, []
-    key = resume_key(params.to_dict(), _RESUME_IGNORED)
+    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
     if state is not None:
         start, loss_rows = restore(state, model=saved, optimizer=opt, scaler=scaler)

@@ -214,3 +214,17 @@ def test_quantile_thresholds_by_hand():
     assert float(loss.detach()) == pytest.approx(math.log(1 + math.exp(-0.3)), abs=1e-6)
     loss.backward()
     assert e.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("thresholds", ["absolute", "quantile"])
+def test_eec_term_without_instances_is_a_zero_that_reaches_the_head(thresholds):
+    """A batch (or a data-parallel rank's share of one) with no positive cell: no mask to pool. The term is
+    an exact 0 (no torch.quantile error on the empty input) whose graph still reaches every head weight
+    (a zero gradient), so a DDP rank in that case still joins the head's gradient all-reduce."""
+    head, feat, _, _, pool = _head_and_pool()
+    out = eec_term(head(feat), torch.zeros(0, 6, 6), torch.zeros(0, dtype=torch.long), pool,
+                   EECParams(alpha=0.5, beta=0.1, thresholds=thresholds))
+    assert out["loss_eec"].item() == 0.0 and out["num_eec_valid"].item() == 0
+    out["loss_eec"].backward()
+    for name, p in head.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() == 0, name
