@@ -30,22 +30,6 @@ fake_voc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fake_voc)
 
 
-def _data() -> dict:
-    """Six 40 x 40 images (a square of class 1 or 2 on noise); 0 and 1 strong, 2..5 weak."""
-    rng = np.random.default_rng(0)
-    images, labels, tags = [], [], []
-    for i in range(6):
-        c = 1 + i % 2
-        img = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-        lab = np.zeros((40, 40), np.uint8)
-        lab[8 + i : 28 + i, 10:30] = c
-        img[lab == c] = (200, 80 * c, 40)
-        images.append(img)
-        labels.append(lab if i < 2 else None)
-        tags.append([c])
-    return dict(images=images, labels=labels, tags=tags)
-
-
 def _fingerprint_before_keys(images, labels, tags, backbone) -> str:
     """maskless.pct.train.data_fingerprint as it was before lazy sequences could describe their items."""
     h = hashlib.sha256()
@@ -60,8 +44,8 @@ def _fingerprint_before_keys(images, labels, tags, backbone) -> str:
     return h.hexdigest()
 
 
-def test_in_memory_fingerprint_is_the_one_older_resume_states_hold():
-    d = _data()
+def test_in_memory_fingerprint_is_the_one_older_resume_states_hold(make_pct_data):
+    d = make_pct_data()
     assert data_fingerprint(d["images"], d["labels"], d["tags"], None) == _fingerprint_before_keys(
         d["images"], d["labels"], d["tags"], None)
     labelled = [lab if lab is not None else np.zeros((40, 40), np.uint8) for lab in d["labels"]]
@@ -122,11 +106,11 @@ def _start(fn, stop: dict, **kw) -> str:
     return stop.pop("fingerprint")
 
 
-def test_lazy_start_up_reads_no_image_and_one_label_at_a_time(stop_at_loop):
+def test_lazy_start_up_reads_no_image_and_one_label_at_a_time(stop_at_loop, make_pct_data):
     """Described sequences: train_pct and train_supervised check and fingerprint without decoding an image
     (a decode raises), decode each label map they train on exactly once, never holding two at a time; the
     fingerprint follows the content keys."""
-    d = _data()
+    d = make_pct_data()
     d["labels"][2:4] = [np.zeros((40, 40), np.uint8), np.zeros((40, 40), np.uint8)]  # 4 labelled, 2 weak
     d["tags"][2:4] = [[], []]
     dec = _Decodes()
@@ -150,10 +134,10 @@ def test_lazy_start_up_reads_no_image_and_one_label_at_a_time(stop_at_loop):
                   params=params) != fp
 
 
-def test_undescribed_lazy_sequences_are_read_one_item_at_a_time(stop_at_loop):
+def test_undescribed_lazy_sequences_are_read_one_item_at_a_time(stop_at_loop, make_pct_data):
     """A LazyMaps without keys or shapes falls back to reading its items (images too), with the fingerprint of
     the same data in lists."""
-    d = _data()
+    d = make_pct_data()
     d["labels"][2:4] = [np.zeros((40, 40), np.uint8), np.zeros((40, 40), np.uint8)]  # 4 labelled, 2 weak
     d["tags"][2:4] = [[], []]
     dec = _Decodes()
@@ -165,10 +149,10 @@ def test_undescribed_lazy_sequences_are_read_one_item_at_a_time(stop_at_loop):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_label_errors_name_the_nth_image_and_its_file(stop_at_loop, threads):
+def test_label_errors_name_the_nth_image_and_its_file(stop_at_loop, threads, make_pct_data):
     """A bad label map at position 3 (and another at 4): the error names image 3 and its file, also when
     several are checked at once; a label map of the wrong size names both sizes."""
-    d = _data()
+    d = make_pct_data()
     d["labels"] = [np.zeros((40, 40), np.uint8) for _ in range(6)]
     d["labels"][3] = np.full((40, 40), 7, np.uint8)  # class 7 of 3
     d["labels"][4] = np.full((40, 40), 9, np.uint8)
@@ -178,7 +162,7 @@ def test_label_errors_name_the_nth_image_and_its_file(stop_at_loop, threads):
         train_supervised(images=images, labels=labels, params=SegTrainParams(**TINY), out="x", state_dir="s",
                          device="cpu", threads=threads)
     # PCT: a strong image whose mask disagrees with its tags (images 0..3 strong, 4 and 5 weak).
-    d = _data()
+    d = make_pct_data()
     d["labels"] = [np.zeros((40, 40), np.uint8) for _ in range(4)] + [None, None]
     d["labels"][3][:5] = 2
     d["tags"] = [[], [], [], [1], [1], [2]]
@@ -200,9 +184,9 @@ def test_label_errors_name_the_nth_image_and_its_file(stop_at_loop, threads):
                          state_dir="s", device="cpu", threads=threads)
 
 
-def test_a_described_image_is_checked_when_a_batch_reads_it(tmp_path):
+def test_a_described_image_is_checked_when_a_batch_reads_it(tmp_path, make_pct_data):
     """known_shapes spares the start-up the image check; a float image is still refused, by the batch."""
-    d = _data()
+    d = make_pct_data()
     d["images"][3] = d["images"][3].astype(np.float32)
     images = LazyMaps.concat(d["images"])
     assert images.known_shapes() == [(40, 40)] * 6
@@ -218,11 +202,11 @@ def _pct(tmp_path, name: str, data: dict, **kw) -> tuple[dict, dict]:
     return summary, torch.load(tmp_path / f"{name}.pt", weights_only=True)["model"]
 
 
-def test_num_workers_gives_bit_identical_weights_and_resume(tmp_path):
+def test_num_workers_gives_bit_identical_weights_and_resume(tmp_path, make_pct_data):
     """3 PCT steps with batches made by 2 DataLoader workers equal the in-process run bit for bit (weights,
     BatchNorm statistics, loss log); a run with workers stopped after step 3 (state at 2) and resumed without
     them equals it too (num_workers is not part of the resume key)."""
-    d = _data()
+    d = make_pct_data()
     data = dict(images=LazyMaps.concat(d["images"]), labels=LazyMaps.concat(d["labels"]), tags=d["tags"])
     _, plain = _pct(tmp_path, "plain", data)
     _, workers = _pct(tmp_path, "workers", data, params={"num_workers": 2})
@@ -242,10 +226,10 @@ def test_num_workers_gives_bit_identical_weights_and_resume(tmp_path):
         SegTrainParams(**TINY, num_workers=-1)
 
 
-def test_step_batches_keep_their_rank_in_workers():
+def test_step_batches_keep_their_rank_in_workers(make_pct_data):
     """StepBatches of rank 1 of 2 (captured at construction): a DataLoader worker, outside any process group,
     makes the same batch as this process, and it is rank 1's share (other samples than rank 0's)."""
-    d = _data()
+    d = make_pct_data()
     present = np.ones((6, 3), bool)
     params = PCTParams(**TINY, steps=4)
     make = partial(StepBatches, d["images"], d["labels"], present, [0, 1], [2, 3, 4, 5], 2, 2, params)

@@ -21,24 +21,6 @@ MODEL = dict(num_classes=3, aspp_channels=8, low_channels=8, decoder_channels=8,
 TINY = dict(batch_size=4, input_size=32, amp=False, model=MODEL)
 
 
-@pytest.fixture(scope="module")
-def data() -> dict:
-    """Six 40 x 40 images: a bright square of class 1 (even images) or 2 (odd) on dark noise; images 0 and 1
-    are strong (label maps), 2..5 weak (tags only)."""
-    rng = np.random.default_rng(0)
-    images, labels, tags = [], [], []
-    for i in range(6):
-        c = 1 + i % 2
-        img = rng.integers(0, 60, (40, 40, 3), dtype=np.uint8)
-        lab = np.zeros((40, 40), np.uint8)
-        lab[8 + i : 28 + i, 10:30] = c
-        img[lab == c] = (200, 80 * c, 40)
-        images.append(img)
-        labels.append(lab if i < 2 else None)
-        tags.append([c])
-    return dict(images=images, labels=labels, tags=tags)
-
-
 def _csv(path) -> list[list[str]]:
     return [line.split(",") for line in open(path).read().splitlines()]
 
