@@ -276,13 +276,18 @@ def is_file_source(gt: str) -> bool:
     return f'"format": "{LABELS_FORMAT}"'.encode() in head
 
 
+def _read_format(path: str, fmt: str, what: str) -> dict:
+    """A JSON object written by this module, its "format" checked (ValueError naming the file otherwise)."""
+    with open(path) as f:
+        obj = json.load(f)
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise ValueError(f"{path} is not a {what} (format {fmt!r})")
+    return obj
+
+
 def read_label_source(gt: str) -> dict:
     """The labels.json written by run_pct_data (format checked)."""
-    with open(gt) as f:
-        src = json.load(f)
-    if not isinstance(src, dict) or src.get("format") != LABELS_FORMAT:
-        raise ValueError(f"{gt} is not a PCT label source (format {LABELS_FORMAT!r})")
-    return src
+    return _read_format(gt, LABELS_FORMAT, "PCT label source")
 
 
 def label_maps(gt: str, ids: Sequence[int]) -> tuple[Sequence[np.ndarray], int]:
@@ -527,11 +532,7 @@ def _stop_on(problems: list[str], what: str, most: int = 20) -> None:
 
 
 def read_split(path: str) -> dict:
-    with open(path) as f:
-        split = json.load(f)
-    if not isinstance(split, dict) or split.get("format") != SPLIT_FORMAT:
-        raise ValueError(f"{path} is not a PCT split file (format {SPLIT_FORMAT!r})")
-    return split
+    return _read_format(path, SPLIT_FORMAT, "PCT split file")
 
 
 def _tags(split: dict, ids: Sequence[int]) -> list[frozenset[int]]:
