@@ -16,8 +16,8 @@ How a training rule uses it (stages/pretrain.py, solo_train.py, pct_train.py):
     format at any N;
   * sums statistics that must agree across ranks with `all_sum_` (PCT's dynamic evaluation counts) and
     gathers keys with `all_gather_cat` (DenseCL's queues);
-  * writes checkpoints, outputs and logs on rank 0 only (`is_main`), with `barrier()` where the other ranks
-    must wait for a file.
+  * writes checkpoints, outputs and logs on rank 0 only (`is_main`); no rank reads what another writes
+    during training (every rank reads the resume state before its first collective).
 - Results depend on N (each rank's augmentations and BatchNorm statistics see its share of the batch): a
   run is reproducible for a given N and device, as single-process runs are for a given thread count.
 """
@@ -159,14 +159,6 @@ def param_digest(module: torch.nn.Module) -> str:
         h.update(name.encode())
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
-
-
-def barrier() -> None:
-    if current().active:
-        if tdist.get_backend() == "nccl":
-            tdist.barrier(device_ids=[current().local_rank])
-        else:
-            tdist.barrier()
 
 
 # ---------------------------------------------------------------- process groups

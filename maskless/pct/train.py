@@ -511,7 +511,8 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
     use_amp = params.amp and dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     state_path = Path(state_dir) / f"{run.kind}_last.pt"
-    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED))
+    rank = dist.current()
+    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
     start, rows = 0, []
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what=run.what)
     if state is not None:
@@ -538,15 +539,15 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
         rows.append([step, sum(values.values()), *(values[k] for k in terms_n), *(stats[k] for k in stats_n), lr])
         if step % log_every == 0 or step == params.steps:
             _log_progress(run.what, step, start, params.steps, dict(zip(columns, rows[-1])), t_start)
-        if step % params.checkpoint_every == 0 and step < params.steps and dist.current().is_main:
+        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
             save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=run.module,
                        optimizer=opt, scaler=scaler, loss_rows=rows)
         if stop_after is not None and step >= stop_after:
             log.info("stopping after step %d (stop_after)", step)
             return {"steps_done": step, "start_step": start, "stopped": True}
     digest = dist.param_digest(run.module)
-    if not dist.current().is_main:
-        return {"steps_done": step, "start_step": start, "stopped": False, "rank": dist.current().rank,
+    if not rank.is_main:
+        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank,
                 "param_digest": digest}
     state_dict = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
     torch_save_atomic({"model": state_dict, "params": {**params.to_dict(), **resolved, "data": fingerprint},
