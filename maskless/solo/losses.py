@@ -9,7 +9,7 @@ Colour convention for the pairwise term (BoxInst's): CIE Lab in its usual units 
 sRGB image average-pooled to mask resolution; S_ij = exp(-||Lab_i - Lab_j||_2 / 2), edge kept when
 S_ij >= 0.3, i.e. a colour distance of at most 2 ln(1/0.3) = 2.41 Lab units. Edges whose neighbour falls
 outside the real image (padding, off the border) or in the ignored bottom rows are dropped, as BoxInst's
-image mask does.
+image mask does; only the neighbour decides, so an edge from an ignored centre pixel stays.
 
 solo_losses() checks the weighted total once per call and raises FloatingPointError naming the non-finite
 terms and model outputs (one host sync per step, which the loop pays anyway to log the losses).
@@ -160,7 +160,10 @@ def _neighbours(x: Tensor, kernel: int, dilation: int, fill: float | bool) -> Te
 
 
 def _valid_region(m: int, h: int, w: int, valid_hw, ignore_bottom: int, device) -> Tensor:
-    """(M, 1, h, w) bool: the real image (top-left valid_hw) minus its `ignore_bottom` last rows."""
+    """(M, 1, h, w) bool: the real image (top-left valid_hw) minus its `ignore_bottom` last rows.
+
+    Used on the NEIGHBOUR side of each edge only (pairwise_terms).
+    """
     vh, vw = (h, w) if valid_hw is None else (int(valid_hw[0]), int(valid_hw[1]))
     valid = torch.zeros(m, 1, h, w, dtype=torch.bool, device=device)
     valid[..., : max(vh - int(ignore_bottom), 0), :vw] = True
@@ -191,7 +194,9 @@ def pairwise_terms(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kern
         diff = lab[:, :, None] - _neighbours(lab, kernel, dilation, 0.0)  # (M, 3, K, h, w)
         similar = torch.exp(-diff.norm(dim=1) / 2.0) >= color_thresh  # (M, K, h, w)
         valid = _valid_region(lab.shape[0], h, w, valid_hw, ignore_bottom, lab.device)  # (M, 1, h, w)
-        edge_ok = similar & valid & _neighbours(valid, kernel, dilation, False)[:, 0]  # (M, K, h, w)
+        # BoxInst (AdelaiDet condinst.get_images_color_similarity) multiplies the similarity by the unfolded
+        # image mask: only the neighbour j decides; an edge whose centre i lies in the ignored rows stays.
+        edge_ok = similar & _neighbours(valid, kernel, dilation, False)[:, 0]  # (M, K, h, w)
         weight = edge_ok.float() * box_masks.float()[:, None]  # (N, K, h, w)
     return (weight * -log_same).sum(), weight.sum()
 
@@ -203,9 +208,11 @@ def pairwise_affinity_loss(logits: Tensor, image_lab: Tensor, box_masks: Tensor,
 
     logits: (N, h, w) mask logits; image_lab: (N or 1, 3, h, w) Lab image at mask resolution; box_masks:
     (N, h, w) 0/1. Edges go from each pixel i to its 8 neighbours j in a kernel x kernel window with
-    `dilation`; w_ij = [S_ij >= color_thresh] * boxmask_i; loss = sum w_ij * -log(p_i p_j + (1-p_i)(1-p_j))
-    / max(sum w, 1). ignore_bottom: mask rows dropped at the bottom of the real image; valid_hw: the real
-    image (rows, cols) at mask resolution when the rest is padding.
+    `dilation`; w_ij = [S_ij >= color_thresh] * valid_j * boxmask_i; loss = sum w_ij * -log(p_i p_j +
+    (1-p_i)(1-p_j)) / max(sum w, 1). valid_j: the neighbour lies inside the real image (valid_hw: its rows
+    and cols at mask resolution when the rest is padding) and above its `ignore_bottom` last rows; as in
+    BoxInst, only the neighbour decides, so an edge from an ignored or padded centre pixel i is kept (its
+    boxmask_i still applies).
     """
     num, den = pairwise_terms(logits, image_lab, box_masks, kernel=kernel, dilation=dilation,
                               color_thresh=color_thresh, ignore_bottom=ignore_bottom, valid_hw=valid_hw)

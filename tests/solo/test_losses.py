@@ -131,7 +131,10 @@ def test_pairwise_2x3_by_hand():
 def test_pairwise_colour_threshold_box_and_bottom_rows():
     """Moving pixel (1, 2) by 3 Lab units gives S = exp(-1.5) = 0.223 < 0.3: row 1's edges drop, loss = ROW0.
     By 2 units S = exp(-1) = 0.368 >= 0.3: kept. Box only on column 0: the two edges leaving column 0,
-    (ROW0 + ROW1) / 2. ignore_bottom = 1 drops row 1; valid_hw = (2, 2) drops column 2: no edge, loss 0."""
+    (ROW0 + ROW1) / 2. ignore_bottom = 1 drops row 1 (both its edges point into row 1): ROW0.
+    valid_hw = (2, 2) makes column 2 padding. Only the neighbour decides (BoxInst), so the two edges INTO
+    column 2 drop and the two FROM column 2 into column 0 stay (the box covers column 2 here): (ROW0 + ROW1)
+    / 2. With the box zero in the padding, as real targets are, no edge is left: loss 0."""
     logits, lab, box = pair_case()
     far, near = lab.clone(), lab.clone()
     far[0, 1, 1, 2] += 3.0
@@ -142,7 +145,37 @@ def test_pairwise_colour_threshold_box_and_bottom_rows():
     col0[..., 0] = 1.0
     assert pairwise_affinity_loss(logits, lab, col0).item() == pytest.approx((ROW0 + ROW1) / 2, abs=1e-6)
     assert pairwise_affinity_loss(logits, lab, box, ignore_bottom=1).item() == pytest.approx(ROW0, abs=1e-6)
-    assert pairwise_affinity_loss(logits, lab, box, valid_hw=(2, 2)).item() == 0.0
+    assert pairwise_affinity_loss(logits, lab, box, valid_hw=(2, 2)).item() == pytest.approx((ROW0 + ROW1) / 2,
+                                                                                            abs=1e-6)
+    box_in_image = box.clone()
+    box_in_image[..., 2] = 0.0
+    assert pairwise_affinity_loss(logits, lab, box_in_image, valid_hw=(2, 2)).item() == 0.0
+
+
+def test_pairwise_bottom_rows_drop_by_neighbour_only():
+    """BoxInst's rule (AdelaiDet condinst.get_images_color_similarity: similarity x the unfolded image mask):
+    an edge i -> j is dropped when its NEIGHBOUR j is ignored, whatever i is.
+
+    3x1 column, logits (3, 3, -3), constant colour, box all ones, kernel 3, dilation 1, bottom row ignored.
+    Directed edges: 0->1, 1->0, 1->2, 2->1. 1->2 drops (j = 2 is ignored); 2->1 stays (only its centre is
+    ignored). sigma(3) = 0.952574, sigma(-3) = 0.047426:
+      0->1, 1->0: P(same) = 0.952574^2 + 0.047426^2 = 0.907397 + 0.002249 = 0.909647, -log = 0.094699 (each)
+      2->1:       P(same) = 2 * 0.952574 * 0.047426 = 0.090353,                       -log = 2.404028
+    loss = (2 * 0.094699 + 2.404028) / 3 = 2.593426 / 3 = 0.864475. Dropping by the centre as well (the old
+    rule) would leave only 0->1 and 1->0: 0.094699.
+    """
+    same = -math.log(sig(3) ** 2 + sig(-3) ** 2)
+    cross = -math.log(2 * sig(3) * sig(-3))
+    assert (same, cross) == pytest.approx((0.094699, 2.404028), abs=1e-6)
+    logits = torch.tensor([[[3.0], [3.0], [-3.0]]])  # (1, 3, 1)
+    lab = torch.full((1, 3, 3, 1), 50.0)
+    box = torch.ones(1, 3, 1)
+    out = pairwise_affinity_loss(logits, lab, box, kernel=3, dilation=1, ignore_bottom=1)
+    assert out.item() == pytest.approx((2 * same + cross) / 3, abs=1e-6)
+    assert out.item() == pytest.approx(0.8645, abs=1e-4)
+    # Nothing ignored: 1->2 comes back, another cross edge: (2 * same + 2 * cross) / 4 = 1.249363.
+    full = pairwise_affinity_loss(logits, lab, box, kernel=3, dilation=1)
+    assert full.item() == pytest.approx((same + cross) / 2, abs=1e-6)
 
 
 @pytest.mark.parametrize("big", [50.0, 200.0])
