@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -95,7 +96,8 @@ class FreeMaskResult:
 
     masks (N, H, W) bool at image size; scores (N,) float32 decayed maskness; maskness (N,) float32 raw
     maskness before Matrix NMS; embeddings (N, D) float32; soft_masks (N, h, w) float32 normalised
-    similarity at feature resolution; filtered: counts of dropped masks per reason (REASONS); n_queries.
+    similarity at feature resolution; filtered: counts of dropped masks per reason (REASONS); n_queries;
+    skipped_scales: the scales whose query map was empty (feature map under 1 / s cells on a side).
     """
 
     masks: np.ndarray
@@ -105,24 +107,44 @@ class FreeMaskResult:
     maskness: np.ndarray
     filtered: dict[str, int] = field(default_factory=dict)
     n_queries: int = 0
+    skipped_scales: tuple[float, ...] = ()
 
 
-def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: float) -> dict[str, Tensor]:
+def query_scale(features: Tensor, scale: float) -> Tensor | None:
+    """(1, C, h, w) -> (1, C, floor(h s), floor(w s)) queries at one scale, or None when a side is empty.
+
+    FreeSOLO's demo/inference_freemask.py calls F.interpolate(keys, scale_factor=s, mode="bilinear") with
+    align_corners and recompute_scale_factor left at their defaults (False and None, PyTorch >= 1.6): the
+    output size is floor(h s) and the sampling positions come from s itself, src = (dst + 0.5) / s - 0.5,
+    not from the ratio of the two sizes. A scale whose floor size is 0 (the reference would raise) gives no
+    queries; the caller counts it.
+    """
+    h, w = features.shape[-2:]
+    if math.floor(h * scale) < 1 or math.floor(w * scale) < 1:
+        return None
+    return F.interpolate(features, scale_factor=scale, mode="bilinear", align_corners=False,
+                         recompute_scale_factor=False)
+
+
+def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: float) -> dict:
     """Soft and binary masks of every multi-scale query.
 
     features: (C, h, w). Returns dict: queries (Q, C) L2-normalised, soft (Q, h, w) min-max normalised
     cosine similarity, masks (Q, h, w) bool = soft >= mask_threshold, maskness (Q,) = sum(soft * mask) /
-    sum(mask) (0 for an empty mask), area (Q,) cells. Q = sum over scales of round(h s) * round(w s).
-    A query whose similarities are all equal (max == min) gets an all-zero soft mask: it carries no
-    spatial structure, so its mask is empty and later dropped as small.
+    sum(mask) (0 for an empty mask), area (Q,) cells, skipped_scales: the scales whose map was empty.
+    Q = sum over scales of floor(h s) * floor(w s) (query_scale). A query whose similarities are all equal
+    (max == min) gets an all-zero soft mask: it carries no spatial structure, so its mask is empty and
+    later dropped as small.
     """
     c, h, w = features.shape
     feats = features.float()[None]  # (1, C, h, w)
-    qs = []
+    qs, skipped = [feats.new_zeros(0, c)], []
     for s in scales:
-        size = (max(1, round(h * s)), max(1, round(w * s)))
-        q = feats if size == (h, w) else F.interpolate(feats, size=size, mode="bilinear", align_corners=False)
-        qs.append(q[0].flatten(1).T)  # (hs * ws, C)
+        q = query_scale(feats, s)  # (1, C, floor(h s), floor(w s)) or None
+        if q is None:
+            skipped.append(s)
+        else:
+            qs.append(q[0].flatten(1).T)  # (hs * ws, C)
     queries = F.normalize(torch.cat(qs, dim=0), dim=1)  # (Q, C)
     keys = F.normalize(feats[0].flatten(1), dim=0)  # (C, h*w)
     sim = queries @ keys  # (Q, h*w) cosine similarity A
@@ -139,6 +161,7 @@ def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: 
         "masks": masks.view(-1, h, w),
         "maskness": maskness,
         "area": area,
+        "skipped_scales": tuple(skipped),
     }
 
 
@@ -233,6 +256,7 @@ def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParam
         soft_masks=soft[kept_t].cpu().numpy().astype(np.float32),
         filtered=counts,
         n_queries=n_queries,
+        skipped_scales=qm["skipped_scales"],
     )
 
 
@@ -261,6 +285,7 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     # Masks are packed as each image finishes: memory stays flat in the number of images of a shard.
     writer = ShardWriter(out_store, embedding_dim=params.embedding_dim, attrs=attrs)
     totals, done, n_masks = dict.fromkeys(REASONS, 0), 0, 0
+    skipped = dict.fromkeys(params.scales, 0)  # images whose query map at a scale was empty
     step = max(1, len(records) // 10)
     with torch.inference_mode():
         for recs, batch, sizes in resized_batches(records, max(1, batch_size), params.input_size):
@@ -271,11 +296,17 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
                 writer.add(ImageMasks(int(rec["id"]), hw[0], hw[1], res.masks, res.scores, res.embeddings))
                 n_masks += len(res.scores)
                 totals = {k: totals[k] + res.filtered[k] for k in REASONS}
+                for s in res.skipped_scales:
+                    skipped[s] += 1
             prev, done = done, done + len(recs)
             if done // step > prev // step or done == len(records):
                 log.info("free mask: %d/%d images, %d masks so far", done, len(records), n_masks)
     writer.close()
     log.info("free mask: dropped per reason %s", totals)
+    for s, n in skipped.items():
+        if n:
+            log.warning("free mask: scale %g gave no queries on %d/%d images (feature map under %g cells on "
+                        "a side; raise input_size or use a finer feature_level)", s, n, len(records), 1 / s)
     summary = {"shard": shard, "images": len(records), "masks": n_masks, "filtered": totals,
                "seconds": round(time.perf_counter() - t0, 3)}
     log.info("free mask: wrote %s: %s", out_store, summary)

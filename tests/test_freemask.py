@@ -40,6 +40,83 @@ def test_query_count_and_pure_half_masks():
     assert (qm["area"] == 32).all()
 
 
+def test_query_count_floors_sizes_at_default_input():
+    """FreeSOLO resizes with F.interpolate(scale_factor=s): floor sizes. A 10x14 map (res5 of a 320x448
+    input) at scales 1, 0.5, 0.25:
+      1.0:  10 x 14                            = 140
+      0.5:  5 x 7                              = 35
+      0.25: floor(2.5) x floor(3.5) = 2 x 3     = 6
+    Q = 181 (rounding the sizes would give round(2.5) x round(3.5) = 2 x 4 = 8 and Q = 183)."""
+    qm = query_masks(torch.rand(4, 10, 14, generator=torch.Generator().manual_seed(0)), scales=(1.0, 0.5, 0.25),
+                     mask_threshold=0.5)
+    assert qm["queries"].shape == (181, 4) and qm["soft"].shape == (181, 10, 14)
+    assert qm["skipped_scales"] == ()
+
+
+def ramp(h: int = 10, w: int = 14) -> torch.Tensor:
+    """(3, h, w): channels (1, y, x). Bilinear interpolation of a linear function is exact, so the query
+    sampled at (y, x) is the vector (1, y, x)."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    return torch.stack([torch.ones_like(ys), ys, xs])
+
+
+def test_query_sampling_positions_by_hand():
+    """Sampling positions come from the scale factor: src = (dst + 0.5) / s - 0.5 (align_corners False).
+    On the 10x14 ramp: s = 0.5 samples rows 0.5, 2.5, ..., 8.5 and columns 0.5, ..., 12.5; s = 0.25
+    samples rows 1.5, 5.5 and columns 1.5, 5.5, 9.5. (Positions from the size ratio instead, 10 / 2 = 5
+    and 14 / 3, would put the 0.25 rows at 2 and 7.) Queries are the L2-normalised (1, y, x)."""
+    qm = query_masks(ramp().float(), scales=(1.0, 0.5, 0.25), mask_threshold=0.5)
+    grids = [(torch.arange(10.0), torch.arange(14.0)),  # s = 1: every cell
+             (torch.arange(0.5, 9, 2), torch.arange(0.5, 13, 2)),
+             (torch.tensor([1.5, 5.5]), torch.tensor([1.5, 5.5, 9.5]))]
+    want = []
+    for rows, cols in grids:
+        ys, xs = torch.meshgrid(rows, cols, indexing="ij")
+        want.append(torch.stack([torch.ones_like(ys), ys, xs], dim=-1).reshape(-1, 3))  # row-major (y, x)
+    want = torch.nn.functional.normalize(torch.cat(want).double(), dim=1)
+    assert want.shape == (181, 3)
+    assert torch.allclose(qm["queries"].double(), want, atol=1e-6)
+
+
+def bilinear_scale_reference(f: np.ndarray, s: float) -> np.ndarray:
+    """Independent float64 bilinear downsampling by scale factor s: (C, h, w) -> (C, floor(h s), floor(w s)).
+    Per axis: src = max((dst + 0.5) / s - 0.5, 0), i0 = floor(src), i1 = min(i0 + 1, n - 1), weight src - i0."""
+    def axis_weights(n: int) -> np.ndarray:  # (floor(n s), n) interpolation matrix
+        m = np.zeros((math.floor(n * s), n))
+        for d in range(m.shape[0]):
+            src = max((d + 0.5) / s - 0.5, 0.0)
+            i0 = int(math.floor(src))
+            i1, lam = min(i0 + 1, n - 1), src - i0
+            m[d, i0] += 1 - lam
+            m[d, i1] += lam
+        return m
+    return np.einsum("yh,chw,xw->cyx", axis_weights(f.shape[1]), f, axis_weights(f.shape[2]))
+
+
+@pytest.mark.parametrize("hw", [(10, 14), (7, 9)])
+def test_query_values_match_float64_reference(hw):
+    """Random maps, odd sizes included (7 x 0.25 -> 1 row sampled at 1.5, 9 x 0.5 -> 4 columns at 0.5..6.5):
+    the queries equal the float64 reference above, normalised."""
+    f = np.random.default_rng(0).standard_normal((5, *hw))
+    scales = (1.0, 0.5, 0.25)
+    qm = query_masks(torch.from_numpy(f).float(), scales=scales, mask_threshold=0.5)
+    ref = np.concatenate([bilinear_scale_reference(f, s).reshape(5, -1).T for s in scales])
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert qm["queries"].shape == ref.shape
+    np.testing.assert_allclose(qm["queries"].double().numpy(), ref, atol=1e-5)
+
+
+def test_scale_with_empty_map_gives_no_queries_and_is_counted():
+    """3x5 at scales 1, 0.25: floor(0.75) = 0 rows, so 0.25 contributes no query (the reference would
+    raise) and is reported; Q = 15. With only that scale there is no query at all, and no mask."""
+    f = torch.rand(4, 3, 5, generator=torch.Generator().manual_seed(0))
+    qm = query_masks(f, scales=(1.0, 0.25), mask_threshold=0.5)
+    assert qm["queries"].shape == (15, 4) and qm["skipped_scales"] == (0.25,)
+    res = free_mask(f, (12, 20), FreeMaskParams(scales=(0.25,)))
+    assert res.n_queries == 0 and res.masks.shape == (0, 12, 20) and res.skipped_scales == (0.25,)
+
+
 def test_free_mask_two_halves_top2():
     """Both halves survive with decayed score 1 (IoU 0 between them); upsampled to 16x16 they are columns
     0-7 and 8-15: the bilinear value at output column 7 is 0.75 (>= 0.5), at column 8 it is 0.25."""
@@ -81,10 +158,11 @@ def test_graded_maskness_by_hand():
 
 
 def test_constant_features_give_no_masks():
-    """max == min for every query: soft masks are zero, every mask is empty and counted as small."""
+    """max == min for every query: soft masks are zero, every mask is empty and counted as small.
+    6x6 at scales 1, 0.5, 0.25: 6x6 + 3x3 + floor(1.5)^2 = 36 + 9 + 1 queries (floor sizes, query_scale)."""
     res = free_mask(torch.ones(3, 6, 6), (12, 12), FreeMaskParams())
     assert res.masks.shape == (0, 12, 12) and res.embeddings.shape == (0, 128)
-    assert res.filtered["small"] == 36 + 9 + 4
+    assert res.filtered["small"] == 36 + 9 + 1 and res.n_queries == 46
 
 
 def test_one_cell_region_is_dropped_as_small():
