@@ -37,18 +37,34 @@ def _types(node: dict) -> list[str]:
 
 
 def _coerce(value: Any, node: dict) -> Any:
-    """Strings from `--config key=value` become the schema's type where they parse as it."""
-    if isinstance(value, str) and not {"string"} & set(_types(node)):
+    """A value as the schema's type where it is one in another spelling.
+
+    Strings from `--config key=value` are parsed as YAML; a string such as "1e-3" (YAML 1.1, which PyYAML
+    reads, wants "1.0e-3" for a float) becomes a float where the key takes a number; a whole-number float
+    (4.0) becomes an int where the key takes an integer and not a number (JSON Schema counts 4.0 as an
+    integer, Python's slices and ranges do not)."""
+    types = set(_types(node))
+    if isinstance(value, str) and "string" not in types:
         try:
-            return yaml.safe_load(value)
+            value = yaml.safe_load(value)
         except yaml.YAMLError:
             return value
+        if isinstance(value, str) and "number" in types:
+            try:
+                value = float(value)
+            except ValueError:
+                return value
+    if (isinstance(value, float) and value.is_integer() and "integer" in types and "number" not in types):
+        return int(value)
     return value
 
 
 def _fill(cfg: Any, node: dict) -> Any:
-    """Apply defaults and coercion recursively, following the schema's `properties`."""
+    """Apply defaults and coercion recursively, following the schema's `properties` and `items`."""
     cfg = _coerce(cfg, node)
+    items = node.get("items")
+    if isinstance(cfg, list) and isinstance(items, dict):
+        return [_fill(v, items) for v in cfg]
     props = node.get("properties")
     if not props or not isinstance(cfg, dict):
         return cfg
@@ -209,6 +225,47 @@ def _solo_checks(solo: dict) -> list[str]:
     if lo > hi:
         errors.append(f"config key 'solo.scale_jitter': min {lo} is larger than max {hi}")
     return errors
+
+
+def image_count_checks(cfg: dict, n: int) -> tuple[list[str], list[str]]:
+    """(errors, warnings) of a filled config on a dataset of `n` training images: the checks that need only
+    the config and the image count, so that they stop a run before any job (the workflow knows n at DAG time
+    for synthetic and folder datasets and for any finished ingest) or at ingest, before a later stage would."""
+    errors, warnings = [], []
+    st = cfg["stego"]
+    if st["enabled"] and n < st["knn_k"] + 1:
+        errors.append(f"config key 'stego.knn_k' ({st['knn_k']}) needs at least knn_k + 1 = {st['knn_k'] + 1} "
+                      f"images (each image's neighbours exclude itself), the dataset has {n}: lower stego.knn_k or "
+                      "set stego.enabled: false")
+    if cfg["freemask"]["enabled"]:
+        errors += [f"config key 'exemplar.counts': {c} exemplars asked for but the dataset has {n} images"
+                   for c in cfg["exemplar"]["counts"] if c > n]
+    pct = cfg["pct"]
+    if pct["enabled"] and pct["data"] is None and cfg["dataset"]["kind"] != "folder":
+        if n < 3:
+            errors.append(f"config key 'pct.enabled': PCT needs at least 3 images (held-out, strong, weak), the "
+                          f"dataset has {n}: set pct.enabled: false")
+        else:
+            from maskless.pct.split import held_out_count
+
+            train = n - held_out_count(n, pct["eval_fraction"])
+            errors += [f"config key 'pct.counts': {c} strong images of {train} training images ({n} images less "
+                       f"pct.eval_fraction held out) leaves no weak image; PCT needs both"
+                       for c in pct["counts"] if c >= train]
+    if n < 2 and not cfg["pretrain"].get("weights"):
+        warnings.append(f"the dataset has {n} image: DenseCL (pretrain.steps {cfg['pretrain']['steps']}) learns "
+                        "from one image's crops alone; give pretrain.weights or more images")
+    return errors, warnings
+
+
+def check_image_count(cfg: dict, n: int | None, where: str) -> list[str]:
+    """Raise ConfigError for image_count_checks' errors (n images, counted from `where`); return its warnings."""
+    if n is None:
+        return []
+    errors, warnings = image_count_checks(cfg, n)
+    if errors:
+        raise ConfigError(f"invalid configuration for the {n} images of {where}:\n  - " + "\n  - ".join(errors))
+    return warnings
 
 
 def validate_config(config: dict) -> dict:

@@ -131,3 +131,29 @@ def test_solo_section_becomes_training_params():
     assert p.model.arch == "resnet18" and p.model.emb_dim == 128 and p.seed == 3
     assert p.solo_geometry().scale_ranges == ((1.0, 48.0), (24.0, 96.0), (48.0, 2048.0))
     assert p.loss.pair_warmup == cfg["solo"]["loss"]["pair_warmup"] and p.steps == cfg["solo"]["steps"]
+
+
+def test_whole_number_floats_become_ints_where_the_key_takes_an_integer():
+    # JSON Schema counts 4.0 as an integer; Python slices, ranges and wildcards do not (issue 17).
+    cfg = validate_config({"pretrain": {"steps": 4.0}, "freemask": {"shard_size": 4.0}, "solo": {"steps": 3.0},
+                           "selftrain": {"rounds": 1.0}, "exemplar": {"counts": [2.0, 8]}})
+    values = (cfg["pretrain"]["steps"], cfg["freemask"]["shard_size"], cfg["solo"]["steps"],
+              cfg["selftrain"]["rounds"], *cfg["exemplar"]["counts"])
+    assert values == (4, 4, 3, 1, 2, 8) and all(type(v) is int for v in values)
+    # A number key keeps its float; a fractional value for an integer key is refused, naming the key.
+    assert type(validate_config({"pretrain": {"lr": 1.0}})["pretrain"]["lr"]) is float
+    with pytest.raises(ConfigError, match=r"'freemask.shard_size': 4.5 is not of type 'integer'"):
+        validate_config({"freemask": {"shard_size": 4.5}})
+
+
+def test_exponent_without_a_dot_is_a_number():
+    # PyYAML (YAML 1.1) reads 1e-3 as the string '1e-3'; where the key takes a number it is one.
+    import yaml
+
+    assert yaml.safe_load("lr: 1e-3") == {"lr": "1e-3"}
+    cfg = validate_config(yaml.safe_load("pretrain: {lr: 1e-3}\npct: {ratios: [5e-2]}"))
+    assert cfg["pretrain"]["lr"] == 0.001 and cfg["pct"]["ratios"] == [0.05]
+    with pytest.raises(ConfigError, match=r"'pretrain.lr': 'fast' is not of type 'number'"):
+        validate_config({"pretrain": {"lr": "fast"}})
+    # A string key stays a string.
+    assert validate_config({"experiment": "1e3"})["experiment"] == "1e3"
