@@ -1,14 +1,22 @@
 # Config validation, path helpers, wildcard constraints and small input functions. Nothing else.
 
+import sys
 from types import SimpleNamespace
 
 from maskless import evalset
-from maskless.config import section_params, validate_config
+from maskless.config import check_image_count, section_params, validate_config
+from maskless.data.ingest import dag_image_count, input_fingerprint
 from maskless.data.manifest import num_shards
 
 config.update(validate_config(config))
 
 EXP = config["experiment"]
+# What the user's dataset files are now (names, sizes, times; the JSON's bytes): a param of the ingest rules,
+# so a changed image set or annotation file reruns ingest and everything after it.
+DATASET_INPUTS = (input_fingerprint(config["dataset"]["images"], config["dataset"]["annotations"])
+                  if config["dataset"]["kind"] != "synthetic" else {})
+for _w in check_image_count(config, dag_image_count(config, EXP, DATASET_INPUTS), f"dataset {config['dataset']['name']!r}"):
+    print(f"warning: {_w}", file=sys.stderr)
 ENV = "../envs/maskless.yaml"
 
 

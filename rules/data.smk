@@ -30,6 +30,7 @@ checkpoint ingest:
     output:
         manifest="results/{experiment}/data/manifest.parquet",
         gt="results/{experiment}/data/instances_gt.json" if has_ground_truth() else [],
+        summary="results/{experiment}/data/ingest_summary.json",
     log:
         "results/{experiment}/logs/ingest.log",
     benchmark:
@@ -40,6 +41,7 @@ checkpoint ingest:
         annotations=config["dataset"]["annotations"],
         on_bad_image=config["dataset"]["on_bad_image"],
         max_images=config["dataset"]["max_images"],
+        inputs=DATASET_INPUTS,
     threads: 1
     resources:
         mem_mb=4000,
@@ -58,6 +60,7 @@ if eval_set() is not None:
         output:
             manifest=evalset.EVAL_MANIFEST,
             gt=evalset.EVAL_GT,
+            summary="results/{experiment}/data/eval_ingest_summary.json",
         log:
             "results/{experiment}/logs/ingest_eval.log",
         benchmark:
@@ -69,6 +72,7 @@ if eval_set() is not None:
             on_bad_image=config["dataset"]["on_bad_image"],
             max_images=eval_set()["max_images"],
             split="eval",
+            inputs=input_fingerprint(eval_set()["images"], eval_set()["annotations"]),
         threads: 1
         resources:
             mem_mb=4000,

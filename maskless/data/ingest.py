@@ -17,16 +17,18 @@ missing `area` is computed from the segmentation and a missing `iscrowd` becomes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 from pathlib import Path
+from typing import Callable
 
 import pycocotools.mask as mask_utils
 
-from maskless.data.images import ImageError, probe_image
-from maskless.data.manifest import write_manifest
+from maskless.data.images import ImageError, probe_image, sha256_file
+from maskless.data.manifest import read_num_rows, write_manifest
 from maskless.io import write_json_atomic
 
 log = logging.getLogger("maskless.ingest")
@@ -51,10 +53,14 @@ class IngestError(ValueError):
 
 def ingest(*, kind: str, images: str | list[str], annotations: str | None, manifest_out: str,
            gt_out: str | None = None, on_bad_image: str = "stop", split: str = "train",
-           max_images: int | None = None) -> dict:
+           max_images: int | None = None, summary_out: str | None = None,
+           check_count: Callable[[int], object] | None = None) -> dict:
     """Check the dataset, write the manifest (and the cleaned GT when gt_out is given); return counts.
 
-    `images` is one folder, or for kind "folder" a list of folders read as one dataset."""
+    `images` is one folder, or for kind "folder" a list of folders read as one dataset. The counts (images,
+    skipped, annotation fixes and the conversions load_rgb applies: grayscale, 16-bit, alpha, EXIF
+    orientation) are logged and, with `summary_out`, written there as JSON. `check_count(n)` runs on the
+    number of usable images before anything is written (the workflow's image-count config checks)."""
     _check_args(kind, images, annotations, gt_out, on_bad_image, max_images)
     coco = None
     root = folder_root(images)  # file names are relative to it
@@ -67,7 +73,11 @@ def ingest(*, kind: str, images: str | list[str], annotations: str | None, manif
     if max_images is not None and len(entries) > max_images:
         log.info("max_images=%d: keeping the first %d of %d images by id", max_images, max_images, len(entries))
         entries = entries[:max_images]
-    records, bad = check_images(entries, root, split)
+    escaped = [e["file_name"] for e in entries if not _inside(root, e["file_name"])]
+    if escaped:
+        raise IngestError(f"{len(escaped)} file_name(s) in {annotations} point outside the images folder {root} "
+                          "(dataset.images); file names must be relative paths inside it:", escaped)
+    records, bad, conversions = check_images(entries, root, split)
     if bad:
         lines = [f"{name}: {reason}" for name, reason in bad]
         if on_bad_image == "stop":
@@ -78,16 +88,32 @@ def ingest(*, kind: str, images: str | list[str], annotations: str | None, manif
         log.warning("skipped %d of %d images (dataset.on_bad_image = skip)", len(bad), len(entries))
     if not records:
         raise ValueError(f"no usable images under {images}")
-    write_manifest(manifest_out, records)
+    if check_count is not None:
+        check_count(len(records))
+    for what, count in conversions.items():
+        if count:
+            log.info("%d of %d images: %s", count, len(records), what)
     summary = {"images": len(records), "skipped": len(bad), "annotations": 0,
-               "fixed_area": 0, "fixed_iscrowd": 0, "clipped_boxes": 0}
+               "fixed_area": 0, "fixed_iscrowd": 0, "clipped_boxes": 0, "conversions": conversions}
+    gt = None
     if coco is not None:
         gt, counts = clean_gt(coco, {r["id"] for r in records})
         summary.update(counts)
-        if gt_out:
-            write_json_atomic(gt_out, gt)
+    write_manifest(manifest_out, records)
+    if gt_out and gt is not None:
+        write_json_atomic(gt_out, gt)
+    if summary_out:
+        write_json_atomic(summary_out, summary, indent=1)
     log.info("ingest %s: %s", images, summary)
     return summary
+
+
+def _inside(root: Path, file_name: str) -> bool:
+    """Whether `file_name` names a path inside `root` (lexically: a symlink inside the folder may point anywhere)."""
+    if os.path.isabs(file_name):
+        return False
+    base = os.path.normpath(root)
+    return os.path.normpath(os.path.join(base, file_name)).startswith(base + os.sep)
 
 
 def _check_args(kind, images, annotations, gt_out, on_bad_image, max_images) -> None:
@@ -139,20 +165,67 @@ def folder_root(images) -> Path:
     return Path(os.path.commonpath(resolved))
 
 
-def folder_entries(images) -> list[dict]:
-    """Every image file under `images` (one folder or a list; recursive, sorted by the name relative to
-    folder_root) with ids 1..N."""
+def image_files(images) -> list[Path]:
+    """Every image file under `images` (one folder or a list; recursive), sorted by its name relative to
+    folder_root."""
     root = folder_root(images)
-    names = sorted(p.relative_to(root).as_posix() for folder in _searched(images) for p in folder.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = [p for folder in _searched(images) for p in folder.rglob("*")
+             if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def folder_entries(images) -> list[dict]:
+    """Every image file under `images` (image_files) with ids 1..N."""
+    root = folder_root(images)
+    names = [p.relative_to(root).as_posix() for p in image_files(images)]
     if not names:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found under {images}")
     return [{"id": i, "file_name": name} for i, name in enumerate(names, start=1)]
 
 
-def check_images(entries: list[dict], root: Path, split: str) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Decode every image: manifest records of the good ones, (file_name, reason) of the bad ones."""
+def input_fingerprint(images, annotations: str | None = None) -> dict:
+    """What a user's dataset is, cheaply, for the workflow to compare between runs (DAG time, every run):
+    sha256 over every image file's name, size and modification time under `images`, and over the
+    annotation file's bytes (a touched but unchanged JSON reruns nothing). {"images": hex or None when a
+    folder is missing, "image_files": count, "annotations": hex or None}. Cost: one stat per image file and
+    one read of the JSON per run of snakemake (about a second for COCO train2017 on a local disk)."""
+    out: dict = {"images": None, "image_files": 0, "annotations": None}
+    if images and all(Path(f).is_dir() for f in _folders(images)):
+        root, h = folder_root(images), hashlib.sha256()
+        files = image_files(images)
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(root).as_posix()}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        out.update(images=h.hexdigest(), image_files=len(files))
+    if annotations and Path(annotations).is_file():
+        out["annotations"] = sha256_file(annotations)
+    return out
+
+
+def dag_image_count(cfg: dict, experiment: str, fingerprint: dict) -> int | None:
+    """The training images a run will have, where known before any job: the synthetic count, the image files
+    of a folder (input_fingerprint), a finished ingest's manifest rows for COCO; else None (ingest checks)."""
+    ds = cfg["dataset"]
+    cap = ds["max_images"] or float("inf")
+    if ds["kind"] == "synthetic":
+        return int(min(cfg["synthetic"]["num_images"], cap))
+    if ds["kind"] == "folder":
+        return int(min(fingerprint.get("image_files", 0), cap)) if fingerprint.get("images") else None
+    manifest = Path(f"results/{experiment}/data/manifest.parquet")
+    return read_num_rows(manifest) if manifest.is_file() else None
+
+
+# The conversions load_rgb applies, counted by ingest: its note (maskless.data.images) -> the counted name.
+CONVERSIONS = {"grayscale converted to RGB": "grayscale", "16-bit samples scaled to 8-bit": "16-bit",
+               "alpha composited on black": "alpha", "EXIF orientation": "exif_orientation"}
+
+
+def check_images(entries: list[dict], root: Path,
+                 split: str) -> tuple[list[dict], list[tuple[str, str]], dict[str, int]]:
+    """Decode every image: manifest records of the good ones, (file_name, reason) of the bad ones, and how many
+    good images needed each conversion (CONVERSIONS)."""
     records, bad = [], []
+    conversions = dict.fromkeys(CONVERSIONS.values(), 0)
     step = max(1, math.ceil(len(entries) / 10))
     for i, entry in enumerate(entries, start=1):
         path = root / entry["file_name"]
@@ -170,9 +243,11 @@ def check_images(entries: list[dict], root: Path, split: str) -> tuple[list[dict
                 records.append({"id": int(entry["id"]), "file_name": entry["file_name"],
                                 "path": str(path.resolve()), "width": size[0], "height": size[1],
                                 "split": split, "hash": info["sha256"]})
+                for note in info["notes"]:
+                    conversions[next(v for k, v in CONVERSIONS.items() if note.startswith(k))] += 1
         if i % step == 0 or i == len(entries):
             log.info("checked %d/%d images (%d bad)", i, len(entries), len(bad))
-    return records, bad
+    return records, bad, conversions
 
 
 # --- COCO JSON -----------------------------------------------------------------------------------------

@@ -56,12 +56,16 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     return sorted(table.to_pylist(), key=lambda r: r["id"])
 
 
+def read_num_rows(path: str | os.PathLike) -> int:
+    """Rows of the manifest, from its footer alone."""
+    return pq.read_metadata(path).num_rows
+
+
 def num_shards(path: str | os.PathLike, shard_size: int) -> int:
     """How many shards of `shard_size` images the manifest splits into (at least 1)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    n = pq.read_metadata(path).num_rows
-    return max(1, math.ceil(n / shard_size))
+    return max(1, math.ceil(read_num_rows(path) / shard_size))
 
 
 def shard_records(records: list[dict], shard: int, shard_size: int) -> list[dict]:

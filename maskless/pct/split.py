@@ -44,6 +44,11 @@ def _strong_count(n: int, ratio: float | None, count: int | None) -> int:
     return max(1, round(ratio * n)) if ratio > 0 else 0
 
 
+def held_out_count(n_images: int, eval_fraction: float) -> int:
+    """Images held out for evaluation from n (>= 3): round(eval_fraction * n), at least 1, leaving 2 to train."""
+    return min(n_images - 2, max(1, round(eval_fraction * n_images)))
+
+
 def split_ids(ids: Iterable[int], *, ratio: float | None = None, count: int | None = None, seed: int = 0,
               tags: Mapping[int, Iterable[int]] | None = None) -> tuple[list[int], list[int]]:
     """(strong ids, weak ids), each sorted. Stratified when `tags` (id -> class ids) is given (module doc)."""

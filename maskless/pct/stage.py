@@ -61,7 +61,7 @@ import numpy as np
 from maskless.data.images import load_rgb
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
-from maskless.pct.split import split_ids, tags_from_label_map
+from maskless.pct.split import held_out_count, split_ids, tags_from_label_map
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +323,7 @@ def make_split(ids: Sequence[int], tags: dict[int, frozenset[int]], params: Spli
     ids = sorted(int(i) for i in ids)
     if len(ids) < 3:
         raise ValueError(f"PCT needs at least 3 images (held-out, strong, weak), the dataset has {len(ids)}")
-    n_eval = min(len(ids) - 2, max(1, round(params.eval_fraction * len(ids))))
+    n_eval = held_out_count(len(ids), params.eval_fraction)
     held, train = split_ids(ids, count=n_eval, seed=params.seed)
     strong, weak = _strong_weak(train, tags, params)
     return {"eval": held, "strong": strong, "weak": weak}

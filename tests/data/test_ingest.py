@@ -44,7 +44,8 @@ def test_synthetic_ids_sizes_hashes(synthetic, tmp_path):
                      manifest_out=str(tmp_path / "m.parquet"), gt_out=str(tmp_path / "gt.json"), split="val")
     coco = _coco(synthetic)
     assert summary == {"images": 6, "skipped": 0, "annotations": len(coco["annotations"]), "fixed_area": 0,
-                       "fixed_iscrowd": 0, "clipped_boxes": 0}
+                       "fixed_iscrowd": 0, "clipped_boxes": 0,
+                       "conversions": {"grayscale": 0, "16-bit": 0, "alpha": 0, "exif_orientation": 0}}
     rows = read_manifest(tmp_path / "m.parquet")
     assert [r["id"] for r in rows] == [1, 2, 3, 4, 5, 6]
     for r in rows:
