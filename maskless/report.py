@@ -45,7 +45,6 @@ import math
 import re
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from maskless import evalset, viz
@@ -519,7 +518,7 @@ def _loss_figures(root: Path, add) -> None:
 # ---------------------------------------------------------------------------------------------- metrics
 
 def _label_width(labels: list[str]) -> int:
-    return max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0] for t in labels) + 12
+    return viz.label_width(labels) + 12
 
 
 def _chart_width(labels: list[str]) -> int:

@@ -1,4 +1,5 @@
-"""Figures for the pipeline's HTML report (``snakemake --report``), drawn with numpy and OpenCV only.
+"""Figures for the pipeline's HTML report (``snakemake --report``): charts drawn with matplotlib (Agg),
+images and their layouts with numpy and OpenCV.
 
 The report embeds PNG files; these functions make them. Each returns a uint8 RGB array of shape (H, W, 3)
 and is deterministic (the same inputs give the same bytes), so report figures only change when the
@@ -8,13 +9,15 @@ results do:
     palette          the distinct bright colours every figure here uses (instances, series, bars)
     colorize_labels  a semantic class map (STEGO, PCT, ground truth) as colours; 0 black, ignore white
     line_plot        loss curves from a training run's loss CSV (see `read_loss_csv`)
-    bar_chart        one number per method or round (e.g. mask AP, mIoU)
+    bar_chart        one number per method or round (e.g. mask AP, mIoU); label_width sizes its slots
     grid             a contact sheet of thumbnails with captions
     side_by_side     "image | ground truth | coarse masks | round 0 | round 1" strips at one height
     save_png         writes an RGB figure as PNG, atomically (maskless.io.write_bytes_atomic)
 
-Sizes are given as (width, height), the OpenCV order; arrays are (height, width, 3). Text is OpenCV's
-Hershey font, so it is ASCII only (other characters are drawn as "?").
+Sizes are given as (width, height), the OpenCV order; arrays are (height, width, 3). Chart text is
+matplotlib's bundled DejaVu Sans, so titles, axis labels, legends and bar labels may be Unicode ("mIoU ±
+std", "α"). Captions and panel titles of grid and side_by_side are OpenCV's Hershey font, ASCII only
+(other characters are drawn as "?").
 """
 
 from __future__ import annotations
@@ -23,24 +26,29 @@ import csv
 import math
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from contextlib import contextmanager
+from typing import Callable, Iterator, Mapping, Sequence
 
 import cv2
+import matplotlib
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.text import Text
 
 from maskless.io import write_bytes_atomic
 
-__all__ = ["palette", "overlay_masks", "colorize_labels", "line_plot", "bar_chart", "grid", "side_by_side",
-           "read_loss_csv", "save_png", "CAPTION_HEIGHT", "TITLE_HEIGHT"]
+__all__ = ["palette", "overlay_masks", "colorize_labels", "line_plot", "bar_chart", "label_width", "grid",
+           "side_by_side", "read_loss_csv", "save_png", "CAPTION_HEIGHT", "TITLE_HEIGHT"]
 
 GOLDEN = 0.6180339887498949  # hue step: consecutive colours sit far apart on the hue circle
 SATURATION, VALUE = 0.75, 0.9
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-SMALL = 0.4  # font scale of ticks, legends, captions
-LARGE = 0.5  # font scale of titles
+SMALL = 0.4  # Hershey font scale of captions and panel titles
+LARGE = 0.5  # Hershey font scale of "no images"
 WHITE = (255, 255, 255)
 TEXT = (30, 30, 30)
-AXES = (70, 70, 70)
 CAPTION_HEIGHT = 16  # px of caption band under each grid cell (when captions are given)
 TITLE_HEIGHT = 20  # px of title band above each side_by_side panel
 
@@ -201,66 +209,71 @@ def _put(img: np.ndarray, text: str, x: float, y: float, *, scale: float = SMALL
     cv2.putText(img, text, (int(round(x)), int(round(y))), FONT, scale, color, 1, cv2.LINE_AA)
 
 
-def _put_vertical(img: np.ndarray, text: str, cx: float, cy: float, max_len: int, scale: float = SMALL):
-    """Text rotated 90 degrees counter-clockwise (reading upwards), centred on (cx, cy)."""
-    text = _fit(text, max_len, scale)
-    if not text:
-        return
-    w, h, base = _text_size(text, scale)
-    patch = np.full((h + base + 2, w + 2, 3), 255, np.uint8)
-    cv2.putText(patch, text, (1, h + 1), FONT, scale, TEXT, 1, cv2.LINE_AA)
-    patch = cv2.rotate(patch, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    ph, pw = patch.shape[:2]
-    y0, x0 = int(round(cy - ph / 2)), int(round(cx - pw / 2))
-    ys, xs = max(y0, 0), max(x0, 0)
-    ye, xe = min(y0 + ph, img.shape[0]), min(x0 + pw, img.shape[1])
-    if ye > ys and xe > xs:
-        region = img[ys:ye, xs:xe]
-        np.minimum(region, patch[ys - y0:ye - y0, xs - x0:xe - x0], out=region)
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    return f"{v:.4g}"
-
-
-def _blank(size: tuple[int, int]) -> np.ndarray:
-    w, h = int(size[0]), int(size[1])
-    if w < 1 or h < 1:
-        raise ValueError(f"size must be (width, height) >= 1, got {size}")
-    return np.full((h, w, 3), 255, np.uint8)
-
-
-def _message(img: np.ndarray, text: str, box: tuple[int, int, int, int] | None = None) -> None:
-    """`text` centred in box (x0, y0, x1, y1) or the whole image."""
-    x0, y0, x1, y1 = box if box is not None else (0, 0, img.shape[1], img.shape[0])
-    _put(img, text, (x0 + x1) / 2, (y0 + y1) / 2, scale=LARGE, align="center", valign="middle")
+def _message(img: np.ndarray, text: str) -> None:
+    """`text` centred in the image."""
+    _put(img, text, img.shape[1] / 2, img.shape[0] / 2, scale=LARGE, align="center", valign="middle")
 
 
 # -------------------------------------------------------------------------------------------- charts
+# Drawn by matplotlib's Agg renderer on a Figure of their own: no pyplot, so no global figure registry and
+# no backend switch for anyone else using matplotlib in the process. While a chart is drawn, rcParams are
+# matplotlib's built-in defaults plus CHART_RC whatever a matplotlibrc or the caller set (rc_context
+# restores them afterwards), so the pixels depend only on the inputs and the pinned matplotlib (and the
+# FreeType its wheel bundles).
 
-class _Frame:
-    """Plot-area layout of a chart of `size` (width, height) with y tick labels up to `tick_w` px wide."""
-
-    def __init__(self, size: tuple[int, int], tick_w: int, x_axis_rows: int):
-        self.w, self.h = int(size[0]), int(size[1])
-        self.left = 6 + 14 + tick_w + 6  # margin, rotated ylabel, tick labels, gap
-        self.right = self.w - 12
-        self.top = 28
-        self.bottom = self.h - 6 - 14 * x_axis_rows
-        if self.right - self.left < 20 or self.bottom - self.top < 20:
-            raise ValueError(f"size {size} is too small for a chart")
-
-    def decorate(self, img, title: str, ylabel: str, xlabel: str | None) -> None:
-        _put(img, _fit(title, self.w - 8, LARGE), self.w / 2, 19, scale=LARGE, align="center")
-        _put_vertical(img, ylabel, 13, (self.top + self.bottom) / 2, self.bottom - self.top)
-        if xlabel is not None:
-            _put(img, _fit(xlabel, self.right - self.left), (self.left + self.right) / 2, self.h - 6,
-                 align="center")
+DPI = 100
+MIN_CHART_SIZE = (160, 120)  # (width, height) px: below this the title and ticks leave no plot area
+CHART_RC = {"font.family": "DejaVu Sans",  # bundled with matplotlib: Greek, "±" etc. render everywhere
+            "font.size": 8, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8}
+LINE_WIDTH = 1.8  # points: 2.5 px at DPI, so a curve has pixels of exactly its palette colour
 
 
-def _finite_points(xs, ys, log_y: bool) -> tuple[np.ndarray, np.ndarray]:
+def _plain(text) -> str:
+    """`text` shown as written: a "$" pair would otherwise start matplotlib mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+@contextmanager
+def _chart_rc() -> Iterator[None]:
+    """matplotlib's built-in rcParams plus CHART_RC inside; the caller's rcParams again after."""
+    with matplotlib.rc_context():
+        matplotlib.rcdefaults()
+        matplotlib.rcParams.update(CHART_RC)
+        yield
+
+
+def _render(size: tuple[int, int], draw: Callable[[Axes], None]) -> np.ndarray:
+    """A (size[1], size[0], 3) uint8 RGB image of one Axes filled in by draw(ax)."""
+    w, h = int(size[0]), int(size[1])
+    if w < MIN_CHART_SIZE[0] or h < MIN_CHART_SIZE[1]:
+        raise ValueError(f"chart size must be (width, height) >= {MIN_CHART_SIZE}, got {size}")
+    with _chart_rc():
+        # + 0.25 px: the canvas is int(inches * DPI) px and w / DPI * DPI may round to just under w
+        fig = Figure(figsize=((w + 0.25) / DPI, (h + 0.25) / DPI), dpi=DPI, layout="constrained")
+        canvas = FigureCanvasAgg(fig)
+        draw(fig.add_subplot())
+        canvas.draw()
+        rgba = np.asarray(canvas.buffer_rgba())
+    if rgba.shape[:2] != (h, w):
+        raise RuntimeError(f"matplotlib drew {rgba.shape[1]}x{rgba.shape[0]} px for a {w}x{h} chart")
+    return np.ascontiguousarray(rgba[..., :3])
+
+
+def _decorate(ax: Axes, title: str, xlabel: str | None, ylabel: str) -> None:
+    ax.set_title(_plain(title))
+    ax.set_ylabel(_plain(ylabel))
+    if xlabel is not None:
+        ax.set_xlabel(_plain(xlabel))
+
+
+def _no_data(ax: Axes) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=10)
+
+
+def _points(xs, ys, log_y: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The (x, y) pairs of a series that can be drawn: both finite (and y > 0 with log_y)."""
     xs = np.asarray(xs, dtype=np.float64).ravel()
     ys = np.asarray(ys, dtype=np.float64).ravel()
     if xs.shape != ys.shape:
@@ -269,148 +282,119 @@ def _finite_points(xs, ys, log_y: bool) -> tuple[np.ndarray, np.ndarray]:
     if log_y:
         with np.errstate(invalid="ignore"):
             keep &= ys > 0
-    xs, ys = xs[keep], ys[keep]
-    return xs, (np.log10(ys) if log_y else ys)
-
-
-def _span(lo: float, hi: float) -> tuple[float, float]:
-    if hi > lo:
-        return lo, hi
-    d = max(abs(lo) * 0.05, 0.5)
-    return lo - d, hi + d
+    return xs[keep], ys[keep]
 
 
 def line_plot(series: Mapping[str, tuple[Sequence[float], Sequence[float]]], *, title: str, xlabel: str,
               ylabel: str, size: tuple[int, int] = (480, 320), log_y: bool = False) -> np.ndarray:
     """A line chart, uint8 (size[1], size[0], 3) RGB: e.g. loss curves from `read_loss_csv`.
 
-    series: {name: (xs, ys)}, drawn in order as polylines in palette(len(series)) colours, with a legend
-    at the top right of the plot area. Points where x or y is NaN or infinite (with log_y: y <= 0 too) are
-    skipped; the line joins the points either side. Ticks mark the smallest and largest x and y drawn (log_y:
-    values shown, not their logarithms). With no point to draw (an empty dict, say) the plot area says
-    "no data".
+    series: {name: (xs, ys)}, drawn in order as lines in palette(len(series)) colours, with a legend of
+    the drawn ones at the top right. Points where x or y is NaN or infinite (with log_y: y <= 0 too) are
+    skipped; the line joins the points either side (a series of one point is a dot). log_y draws y on a
+    log axis. With no point to draw (an empty dict, say) the plot area says "no data". Labels may be any
+    Unicode that DejaVu Sans has (e.g. "±", Greek).
     """
     names = [str(k) for k in series]
-    points = [_finite_points(xs, ys, log_y) for xs, ys in series.values()]
-    colours = palette(len(points))
-    drawn = [p for p in points if p[0].size]
-    if drawn:
-        x_lo, x_hi = min(p[0].min() for p in drawn), max(p[0].max() for p in drawn)
-        y_lo, y_hi = min(p[1].min() for p in drawn), max(p[1].max() for p in drawn)
-        y_text = [_fmt(10 ** v if log_y else v) for v in (y_lo, y_hi)]
-        tick_w = max(_text_size(t, SMALL)[0] for t in y_text)
-    else:
-        tick_w = 0
-    fr = _Frame(size, tick_w, x_axis_rows=2)
-    img = _blank(size)
-    fr.decorate(img, title, ylabel + (" (log)" if log_y else ""), xlabel)
-    cv2.rectangle(img, (fr.left, fr.top), (fr.right, fr.bottom), AXES, 1, cv2.LINE_8)
-    if not drawn:
-        _message(img, "no data", (fr.left, fr.top, fr.right, fr.bottom))
-        return img
+    points = [_points(xs, ys, log_y) for xs, ys in series.values()]
+    colours = palette(len(points)).astype(np.float64) / 255.0
 
-    # y: 6% headroom each side so the lines stay off the frame; x: the data range spans the frame
-    inset = 4
-    xa, xb = _span(x_lo, x_hi)
-    ya, yb = _span(y_lo, y_hi)
-    ya, yb = ya - 0.06 * (yb - ya), yb + 0.06 * (yb - ya)
-    x0, x1 = fr.left + inset, fr.right - inset
+    def draw(ax: Axes) -> None:
+        _decorate(ax, title, xlabel, ylabel)
+        drawn = [(n, p, c) for n, p, c in zip(names, points, colours) if p[0].size]
+        if not drawn:
+            _no_data(ax)
+            return
+        if log_y:
+            ax.set_yscale("log")
+        for name, (xs, ys), colour in drawn:
+            ax.plot(xs, ys, color=colour, linewidth=LINE_WIDTH, marker="o" if xs.size == 1 else "",
+                    label=_plain(name))
+        ax.legend(loc="upper right")
 
-    def px(x):
-        return x0 + (np.asarray(x) - xa) / (xb - xa) * (x1 - x0)
+    return _render(size, draw)
 
-    def py(y):
-        return fr.bottom - (np.asarray(y) - ya) / (yb - ya) * (fr.bottom - fr.top)
 
-    for v, t in zip((y_lo, y_hi), y_text):
-        y = int(round(float(py(v))))
-        cv2.line(img, (fr.left - 4, y), (fr.left, y), AXES, 1, cv2.LINE_8)
-        _put(img, t, fr.left - 6, y, align="right", valign="middle")
-    for v, align in ((x_lo, "left"), (x_hi, "right")):
-        x = int(round(float(px(v))))
-        cv2.line(img, (x, fr.bottom), (x, fr.bottom + 4), AXES, 1, cv2.LINE_8)
-        _put(img, _fmt(v), x, fr.bottom + 15, align=align if x_hi > x_lo else "center")
+def _shorten(label: Text, text: str, max_w: float, renderer) -> str:
+    """`text`, cut and ended with ".." until it is at most max_w px wide in `label`'s font (label is
+    used to measure and left set to the result)."""
+    cut, shown = text, _plain(text)
+    label.set_text(shown)
+    while cut and label.get_window_extent(renderer).width > max_w:
+        cut = cut[:-1]
+        shown = _plain(cut) + ".."
+        label.set_text(shown)
+    return shown
 
-    for (xs, ys), colour in zip(points, colours):
-        if not xs.size:
-            continue
-        colour = tuple(int(c) for c in colour)
-        pts = np.rint(np.stack([px(xs), py(ys)], -1) * 16).astype(np.int32)  # 4 fractional bits
-        if len(pts) == 1:
-            cv2.circle(img, tuple(int(c) for c in pts[0]), 3 * 16, colour, -1, cv2.LINE_AA, shift=4)
+
+def label_width(labels: Sequence[str]) -> int:
+    """Width in px of the widest of `labels` as bar_chart writes them under its bars (0 for none): a bar
+    chart whose slots are this plus a few px wide shows every label in full."""
+    with _chart_rc():
+        fig = Figure(dpi=DPI)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        size = matplotlib.rcParams["xtick.labelsize"]
+        return max((math.ceil(fig.text(0, 0, _plain(t), fontsize=size).get_window_extent(renderer).width)
+                    for t in labels), default=0)
+
+
+def _value_texts(ax: Axes, pos: np.ndarray, vals: np.ndarray) -> None:
+    """Each value (1 decimal) beyond its bar's end; "-" (NaN) or "inf"/"-inf" just above the axis."""
+    for x, v in zip(pos, vals):
+        if np.isfinite(v):
+            text, y, up = f"{v:.1f}", v, v >= 0
         else:
-            cv2.polylines(img, [pts], False, colour, 2, cv2.LINE_AA, shift=4)
+            text, y, up = ("-" if np.isnan(v) else "inf" if v > 0 else "-inf"), 0.0, True
+        ax.annotate(text, (x, y), xytext=(0, 2 if up else -2), textcoords="offset points", ha="center",
+                    va="bottom" if up else "top")
 
-    # legend: white box, top right inside the plot area
-    labels = [_fit(n, 150) for n in names]
-    row_h = 14
-    box_w = 8 + 18 + 6 + max(_text_size(t, SMALL)[0] for t in labels) + 8
-    bx1, by0 = fr.right - 6, fr.top + 6
-    bx0, by1 = max(bx1 - box_w, fr.left + 6), by0 + 6 + row_h * len(labels)
-    cv2.rectangle(img, (bx0, by0), (bx1, by1), WHITE, -1)
-    cv2.rectangle(img, (bx0, by0), (bx1, by1), (170, 170, 170), 1)
-    for i, (t, colour) in enumerate(zip(labels, colours)):
-        yc = by0 + 3 + row_h * i + row_h // 2
-        cv2.line(img, (bx0 + 8, yc), (bx0 + 26, yc), tuple(int(c) for c in colour), 2, cv2.LINE_8)
-        _put(img, t, bx0 + 32, yc, valign="middle")
-    return img
+
+def _bar_labels(ax: Axes, pos: np.ndarray, names: list[str]) -> None:
+    """`names` under the bars at `pos`, each shortened to its slot.
+
+    The labels are empty while the figure is laid out (a long one would squeeze the plot area), then cut
+    to the slot width; tick texts are rewritten from the formatter at each draw, so the cut labels are set
+    as the formatter's.
+    """
+    ax.set_xticks(pos, [""] * len(names))
+    ax.tick_params(axis="x", length=0)
+    ax.figure.draw_without_rendering()
+    slot = ax.bbox.width / len(names)
+    renderer = ax.figure.canvas.get_renderer()
+    ax.set_xticks(pos, [_shorten(t, n, slot - 4, renderer) for t, n in zip(ax.get_xticklabels(), names)])
 
 
 def bar_chart(values: Mapping[str, float], *, title: str, ylabel: str,
               size: tuple[int, int] = (480, 320)) -> np.ndarray:
     """Vertical bars in insertion order, uint8 (size[1], size[0], 3) RGB.
 
-    Bar i is filled with palette(len(values))[i] from 0 to its value (down for negative values), with
-    the value (1 decimal) printed beyond its end and its label, shortened to the bar's slot, under the axis.
-    NaN shows "-" and no bar; +-inf shows "inf"/"-inf" and no bar. An empty dict says "no data".
+    Bar i is a solid (not anti-aliased) rectangle of palette(len(values))[i] from 0 to its value (down
+    for negative values), with the value (1 decimal) printed beyond its end and its label, shortened with
+    ".." to the bar's slot, under the axis. NaN shows "-" and no bar; +-inf shows "inf"/"-inf" and no bar.
+    An empty dict says "no data". Labels may be any Unicode that DejaVu Sans has.
     """
     names = [str(k) for k in values]
     vals = np.array([float(v) for v in values.values()], dtype=np.float64)
-    finite = vals[np.isfinite(vals)]
-    lo = min(0.0, float(finite.min())) if finite.size else 0.0
-    hi = max(0.0, float(finite.max())) if finite.size else 0.0
-    if hi == lo:
-        hi = lo + 1.0
-    y_text = [_fmt(lo), _fmt(hi)]
-    fr = _Frame(size, max(_text_size(t, SMALL)[0] for t in y_text), x_axis_rows=1)
-    img = _blank(size)
-    fr.decorate(img, title, ylabel, None)
-    if not names:
-        cv2.rectangle(img, (fr.left, fr.top), (fr.right, fr.bottom), AXES, 1, cv2.LINE_8)
-        _message(img, "no data", (fr.left, fr.top, fr.right, fr.bottom))
-        return img
+    colours = palette(len(names)).astype(np.float64) / 255.0
 
-    room = 16  # px kept beyond the longest bars for their value text
-    top, bottom = fr.top + room, fr.bottom - (room if lo < 0 else 0)
+    def draw(ax: Axes) -> None:
+        _decorate(ax, title, None, ylabel)
+        if not names:
+            _no_data(ax)
+            return
+        pos = np.arange(len(names), dtype=np.float64)
+        finite = np.isfinite(vals)
+        ax.bar(pos[finite], vals[finite], width=0.7, color=colours[finite], edgecolor="none", antialiased=False)
+        lo = min(0.0, float(vals[finite].min())) if finite.any() else 0.0
+        hi = max(0.0, float(vals[finite].max())) if finite.any() else 0.0
+        room = 0.12 * ((hi - lo) or 1.0)  # beyond the longest bars, for their value text
+        ax.set_ylim(lo - (room if lo < 0 else 0.0), hi + room)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.axhline(0.0, color="0.3", linewidth=0.8)
+        _value_texts(ax, pos, vals)
+        _bar_labels(ax, pos, names)
 
-    def py(v: float) -> int:
-        return int(round(bottom - (v - lo) / (hi - lo) * (bottom - top)))
-
-    base = py(0.0)
-    slot = (fr.right - fr.left) / len(names)
-    colours = palette(len(names))
-    for i, (name, v) in enumerate(zip(names, vals)):
-        cx = fr.left + slot * (i + 0.5)
-        half = max(1.0, slot * 0.35)
-        if np.isfinite(v):
-            end = py(v)
-            if end != base:  # |end - base| rows of bar, the axis line at `base` not included
-                y0, y1 = (end, base - 1) if end < base else (base + 1, end)
-                cv2.rectangle(img, (int(round(cx - half)), y0), (int(round(cx + half)) - 1, y1),
-                              tuple(int(c) for c in colours[i]), -1, cv2.LINE_8)
-            text, ty = f"{v:.1f}", (end - 4 if v >= 0 else end + 13)
-        else:
-            text, ty = ("-" if np.isnan(v) else "inf" if v > 0 else "-inf"), base - 4
-        _put(img, _fit(text, int(slot) - 2), cx, ty, align="center")
-        _put(img, _fit(name, int(slot) - 4), cx, fr.bottom + 15, align="center")
-    cv2.line(img, (fr.left, fr.top), (fr.left, fr.bottom), AXES, 1, cv2.LINE_8)
-    cv2.line(img, (fr.left, base), (fr.right, base), AXES, 1, cv2.LINE_8)
-    ticks = [(lo, y_text[0]), (hi, y_text[1])] + ([(0.0, "0")] if lo < 0 < hi else [])
-    for v, t in ticks:
-        y = py(v)
-        cv2.line(img, (fr.left - 4, y), (fr.left, y), AXES, 1, cv2.LINE_8)
-        _put(img, t, fr.left - 6, y, align="right", valign="middle")
-    return img
+    return _render(size, draw)
 
 
 # ------------------------------------------------------------------------------------- image layouts

@@ -98,6 +98,12 @@ def test_colorize_labels_fixed_colours_and_bad_ids():
 
 # ---------------------------------------------------------------------------------------------- charts
 
+def _components(img: np.ndarray, colour) -> int:
+    """Connected regions (8-neighbour) of pixels of exactly `colour`."""
+    mask = (img == np.asarray(colour, np.uint8)).all(-1).astype(np.uint8)
+    return cv2.connectedComponents(mask, connectivity=8)[0] - 1
+
+
 def test_line_plot_size_determinism_and_skipped_points():
     xs = np.arange(10.0)
     ys = np.array([5, 4, 3, np.nan, 2, 1.5, np.inf, 1.2, 1.1, 1.0])
@@ -106,20 +112,33 @@ def test_line_plot_size_determinism_and_skipped_points():
     assert a.shape == (320, 480, 3) and a.dtype == np.uint8
     assert viz.line_plot({"loss": (xs, ys)}, **kw).tobytes() == a.tobytes()
     assert viz.line_plot({"loss": (xs, ys)}, size=(300, 200), **kw).shape == (200, 300, 3)
+    assert viz.line_plot({"loss": (xs, ys)}, size=(333, 217), **kw).shape == (217, 333, 3)  # no px lost to rounding
     ok = np.isfinite(ys)
     # NaN/inf points are skipped: the same picture as without them, and the line is drawn
     assert np.array_equal(a, viz.line_plot({"loss": (xs[ok], ys[ok])}, **kw))
-    assert _count(a, viz.palette(1)[0]) > 200  # far more than the legend's 19 x 2 px sample
-    # two series: the second colour appears too
+    assert _count(a, viz.palette(1)[0]) > 400  # the curve, ~400 px long and 2.5 px wide, plus the legend
+    # two series: the second colour appears too, and the first keeps its colour
     b = viz.line_plot({"loss": (xs, ys), "lr": (xs, xs * 0.1)}, **kw)
-    assert _count(b, viz.palette(2)[1]) > 200
-    # log_y drops non-positive values like non-finite ones
-    neg = ys.copy()
-    neg[-1] = -1.0
-    keep = ok.copy()
-    keep[-1] = False
-    assert np.array_equal(viz.line_plot({"loss": (xs, neg)}, log_y=True, **kw),
-                          viz.line_plot({"loss": (xs[keep], ys[keep])}, log_y=True, **kw))
+    assert _count(b, viz.palette(2)[1]) > 400 and _count(b, viz.palette(2)[0]) > 400
+    # a single point is drawn as a dot
+    assert _count(viz.line_plot({"loss": ([3.0], [2.0])}, **kw), viz.palette(1)[0]) > 20
+    with pytest.raises(ValueError):
+        viz.line_plot({"loss": (xs, ys)}, size=(50, 40), **kw)
+
+
+def test_line_plot_log_y_drops_non_positive_values():
+    xs = np.arange(8.0)
+    ys = np.array([100.0, 30.0, 0.0, 10.0, 3.0, -1.0, 1.0, 0.5])
+    kw = dict(title="t", xlabel="step", ylabel="loss", log_y=True)
+    img = viz.line_plot({"loss": (xs, ys)}, **kw)
+    keep = ys > 0
+    assert np.array_equal(img, viz.line_plot({"loss": (xs[keep], ys[keep])}, **kw))
+    assert _count(img, viz.palette(1)[0]) > 400
+    # a log axis: the same data on a linear axis is a different picture
+    assert not np.array_equal(img, viz.line_plot({"loss": (xs[keep], ys[keep])}, **{**kw, "log_y": False}))
+    # only non-positive values: nothing to draw on a log axis
+    none = viz.line_plot({"loss": ([0, 1], [0.0, -2.0])}, **kw)
+    assert _count(none, viz.palette(1)[0]) == 0 and (none[150:180, 200:280] < DARK).any()
 
 
 def test_line_plot_without_data_says_so():
@@ -128,6 +147,7 @@ def test_line_plot_without_data_says_so():
     assert (empty[150:180, 200:280] < DARK).any()  # "no data" in the middle of the plot area
     all_nan = viz.line_plot({"loss": ([0, 1], [np.nan, np.nan])}, title="t", xlabel="x", ylabel="y")
     assert _count(all_nan, viz.palette(1)[0]) == 0 and (all_nan[150:180, 200:280] < DARK).any()
+    assert np.array_equal(all_nan, empty)  # the empty series is not in the legend either
     with pytest.raises(ValueError):
         viz.line_plot({"bad": ([0, 1, 2], [1, 2])}, title="t", xlabel="x", ylabel="y")
 
@@ -139,6 +159,7 @@ def test_bar_chart_heights_and_nan():
     assert viz.bar_chart(values, title="mask AP", ylabel="AP", size=(360, 240)).tobytes() == img.tobytes()
     cols = viz.palette(3)
     assert _count(img, cols[1]) == 0  # NaN: no bar in its colour anywhere
+    assert _components(img, cols[0]) == 1 and _components(img, cols[2]) == 1  # one region per bar
     (r0, c0), (r2, c2) = [np.nonzero((img == c).all(-1)) for c in (cols[0], cols[2])]
     # solid bars of the same width on the same baseline, heights proportional to the values (+-1 px)
     assert _count(img, cols[0]) == (np.ptp(r0) + 1) * (np.ptp(c0) + 1) and np.ptp(c0) == np.ptp(c2)
@@ -146,7 +167,70 @@ def test_bar_chart_heights_and_nan():
     # the NaN slot, between the two bars, shows a dark "-" just above the baseline
     baseline = r0.max() + 1
     assert (img[baseline - 12:baseline, c0.max() + 1:c2.min()] < DARK).any()
+    # each bar's label is written under the axis, below its bar
+    for c in (c0, c2):
+        assert (img[baseline + 2:baseline + 20, c.min():c.max() + 1] < DARK).any()
     assert viz.bar_chart({}, title="t", ylabel="y").shape == (320, 480, 3)
+
+
+def test_bar_chart_negative_inf_and_empty():
+    values = {"a": 5.0, "b": -5.0, "c": float("inf"), "d": 2.5}
+    img = viz.bar_chart(values, title="t", ylabel="y")
+    cols = viz.palette(4)
+    assert [_components(img, c) for c in cols] == [1, 1, 0, 1]  # inf: no bar
+    (ra, _), (rb, _) = [np.nonzero((img == c).all(-1)) for c in cols[:2]]
+    assert rb.min() > ra.max()  # the negative bar hangs below the positive one, from the same axis
+    assert abs((np.ptp(ra) + 1) - (np.ptp(rb) + 1)) <= 1
+    empty = viz.bar_chart({}, title="t", ylabel="y")
+    assert (empty[150:180, 200:280] < DARK).any() and (empty[150:180, 200:280] < DARK).mean() < 0.5  # "no data"
+
+
+@pytest.mark.filterwarnings("error")  # e.g. constrained layout giving up on a long label
+def test_bar_chart_shortens_labels_to_their_slot():
+    short = viz.bar_chart({"a": 1.0, "b": 2.0}, title="t", ylabel="y", size=(240, 200))
+    long = viz.bar_chart({"a" * 60: 1.0, "b": 2.0}, title="t", ylabel="y", size=(240, 200))
+    bars = [np.nonzero((short == c).all(-1))[1] for c in viz.palette(2)]
+    # the long label stays inside its own slot: the second bar's label region is unchanged
+    mid = (bars[0].max() + bars[1].min()) // 2
+    assert np.array_equal(short[:, mid + 2:], long[:, mid + 2:]) and not np.array_equal(short, long)
+    assert viz.label_width(["a" * 60]) > 120 > viz.label_width(["b"]) > 0 and viz.label_width([]) == 0
+
+
+def _ink(img: np.ndarray, rows: slice) -> int:
+    return int((img[rows] < DARK).any(-1).sum())
+
+
+@pytest.mark.filterwarnings("error")  # matplotlib warns of a glyph missing from the font: the test fails
+def test_charts_render_unicode_and_dollar_signs_as_written():
+    kw = dict(xlabel="step", ylabel="mIoU ± std")
+    series = {"α": ([0, 1, 2], [1.0, 2.0, 1.5])}
+    alpha = viz.line_plot(series, title="α", **kw)
+    assert not np.array_equal(alpha, viz.line_plot(series, title="a", **kw))
+    assert not np.array_equal(alpha, viz.line_plot(series, title="?", **kw))  # not a "?" stand-in
+    bars = viz.bar_chart({"β": 1.0, "γ": 2.0}, title="mIoU ± std", ylabel="%")
+    assert not np.array_equal(bars, viz.bar_chart({"b": 1.0, "g": 2.0}, title="mIoU ± std", ylabel="%"))
+    with pytest.warns(UserWarning, match="missing from font"):  # what a glyph DejaVu Sans lacks does
+        viz.line_plot(series, title="\u4e2d", **kw)
+    # "$x$" is text, not mathtext (which would draw an italic x alone): both "$" are drawn in the title
+    title = slice(0, 20)
+    dollars, plain = viz.line_plot(series, title="$x$", **kw), viz.line_plot(series, title="x", **kw)
+    assert _ink(dollars, title) > 2 * _ink(plain, title) > 0
+    viz.bar_chart({"co$t": 1.0, "$$": 2.0}, title="$", ylabel="$$")  # lone or empty "$" pairs do not raise
+
+
+def test_charts_ignore_and_keep_the_callers_matplotlib_settings(tmp_path):
+    import matplotlib
+
+    series = {"loss": ([0, 1, 2], [3.0, 2.0, 1.0])}
+    kw = dict(title="t", xlabel="x", ylabel="y")
+    ref_line, ref_bar = viz.line_plot(series, **kw), viz.bar_chart({"a": 1.0}, title="t", ylabel="y")
+    with matplotlib.rc_context({"font.size": 20, "lines.linewidth": 7, "axes.facecolor": "black"}):
+        assert np.array_equal(viz.line_plot(series, **kw), ref_line)
+        assert np.array_equal(viz.bar_chart({"a": 1.0}, title="t", ylabel="y"), ref_bar)
+        assert matplotlib.rcParams["font.size"] == 20  # the caller's settings are back afterwards
+    # same input, same PNG bytes
+    a, b = viz.save_png(tmp_path / "a.png", ref_line), viz.save_png(tmp_path / "b.png", viz.line_plot(series, **kw))
+    assert a.read_bytes() == b.read_bytes()
 
 
 # --------------------------------------------------------------------------------------------- layouts
