@@ -22,32 +22,96 @@ import numpy as np
 log = logging.getLogger("maskless")
 
 
+def file_mode(directory: bool = False) -> int:
+    """The mode a plain open() or mkdir() gives under the process umask (0o644 / 0o755 under umask 022):
+    mkstemp and mkdtemp make 0600 / 0700, which nobody else on a shared cluster folder could read."""
+    umask = _umask()
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else set and restored."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Remove the temp files and folders that a killed writer of `path` left beside it (`.<name>.*.tmp`,
+    `.<name>.*.tmp.old`); return them. Snakemake gives each output one writer, so none is in use."""
+    path = Path(path)
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except FileNotFoundError:
+        return []
+    stale = [path.parent / n for n in names if n.startswith(prefix) and n.endswith((".tmp", ".tmp.old"))]
+    for p in stale:
+        log.warning("removing %s, left by a killed writer of %s", p, path)
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return stale
+
+
+def write_error(path: str | os.PathLike, error: BaseException) -> OSError:
+    """An OSError naming `path` and the cause ('No space left on device', 'Permission denied', ...) of a
+    failed write: the OSError itself or one in its context chain (torch's writer hides it behind a
+    RuntimeError), else the error's text with the free space left beside `path`."""
+    cause: BaseException | None = error
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno is not None):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return OSError(cause.errno, f"cannot write {path}: {os.strerror(cause.errno)}")
+    try:
+        free = f"{shutil.disk_usage(Path(path).parent).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(f"cannot write {path} ({free}): {error}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file gets the umask's mode (file_mode). Temps a killed writer of `path` left are removed first. A
+    failed write (disk full, no permission) raises an OSError naming `path` and the cause (write_error)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise write_error(path, e) from e
     finally:
-        if tmp.exists():
+        if tmp is not None and (tmp.exists() or tmp.is_symlink()):
             tmp.unlink()
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside `path`; on success it replaces `path` (an old store is removed after)."""
+    """Yield a temp folder beside `path`; on success it replaces `path` (an old store is removed after).
+
+    The folder gets the umask's mode; temps a killed writer of `path` left are removed first; a failed
+    write raises an OSError naming `path` and the cause, as atomic_path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; give the store the usual permissions
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, file_mode(directory=True))  # mkdtemp makes 0700
         yield tmp
         if path.exists():
             old = tmp.with_name(tmp.name + ".old")
@@ -56,8 +120,10 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(old) if old.is_dir() else old.unlink()
         else:
             os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        raise write_error(path, e) from e
     finally:
-        if tmp.exists():
+        if tmp is not None and tmp.exists():
             shutil.rmtree(tmp)
 
 
@@ -85,10 +151,13 @@ def write_parquet_atomic(path: str | os.PathLike, table: "pyarrow.Table") -> Non
 
 
 def torch_save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save through a Python file object, so that a failed write keeps its errno (torch's own file
+    writer reports a full disk as 'basic_ios::clear: iostream error'); the bytes are the same."""
     import torch
 
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
 
 
 def setup_logging(log_file: str | os.PathLike | None = None, level: int = logging.INFO) -> None:

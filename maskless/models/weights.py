@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -50,10 +51,22 @@ def _read_checkpoint(path: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 (torch.load raises IndexError, UnpicklingError, RuntimeError ... on junk)
-        raise ValueError(
-            f"{path} is not a readable torch checkpoint (torch.load with weights_only=True failed: "
-            f"{type(e).__name__}: {str(e)[:200]})"
-        ) from e
+        raise ValueError(f"{path} is not a readable torch checkpoint: {_unreadable_reason(path, e)}. maskless "
+                         "loads weights only as tensors and plain containers and never runs code from a "
+                         "file; give a state dict (torchvision, MoCo/DenseCL or maskless format)") from e
+
+
+def _unreadable_reason(path: str, error: Exception) -> str:
+    """Why torch.load(weights_only=True) refused `path`, in our words: torch's own message ends with advice to
+    load with weights_only=False, the one thing never to do with a file one does not trust."""
+    blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if blocked:
+        return f"it holds a Python object ({blocked.group(1)}) beyond tensors and plain containers"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if zipfile.is_zipfile(path):
+        return f"a zip archive that torch cannot read as a checkpoint ({type(error).__name__})"
+    return f"neither a torch zip archive nor a legacy torch pickle (it starts with {head!r})"
 
 
 def _unwrap(obj: object, path: str) -> tuple[dict[str, torch.Tensor], dict]:

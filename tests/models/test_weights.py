@@ -147,3 +147,35 @@ def test_groupnorm_checkpoint_loads_as_groupnorm(tmp_path):
     path = tmp_path / "gn.pth"
     torch.save(model.state_dict(), path)
     assert load_backbone(str(path)).norm == "gn"
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"hello, this is a text file\n", "neither a torch zip archive nor a legacy torch pickle"),
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00", "neither a torch zip archive nor a legacy torch pickle"),
+    (b"PK\x03\x04garbage", "neither a torch zip archive"),
+])
+def test_non_checkpoint_message_never_advises_weights_only_false(tmp_path, content, reason):
+    """torch's own message ends with advice to load with weights_only=False: never pass that on (issue 17)."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        load_state(str(path))
+    assert reason in str(e.value) and "weights_only=False" not in str(e.value)
+    assert "weights_only` set to `False" not in str(e.value)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_code_executing_pickle_is_named_and_never_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pt"
+    torch.save({"conv1.weight": torch.zeros(1), "x": _RunsCode()}, path)
+    with pytest.raises(ValueError, match=r"holds a Python object \(posix.system\) beyond tensors") as e:
+        load_state(str(path))
+    assert "weights_only=False" not in str(e.value) and "set to `False" not in str(e.value)
+    assert not (tmp_path / "PWNED").exists()
