@@ -29,8 +29,15 @@ log = logging.getLogger(__name__)
 # The COCO summary metrics reported for every instance output (METHODS.md, "Evaluation").
 INSTANCE_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
 # Semantic outputs (STEGO, PCT): mean IoU over classes and pixel accuracy, after Hungarian matching for
-# unsupervised clusters (maskless.eval.semantic).
-SEMANTIC_METRICS = ("mIoU", "Acc")
+# unsupervised clusters (maskless.eval.semantic); STEGO's rows add both on the object pixels alone.
+SEMANTIC_METRICS = ("mIoU", "Acc", "obj_mIoU", "obj_Acc")
+OPTIONAL_SEMANTIC = ("obj_mIoU", "obj_Acc")  # a table shows these columns only when some row has them
+
+
+def semantic_columns(rows: list[dict]) -> tuple[str, ...]:
+    """The semantic table's columns for `rows`: mIoU, Acc, and the optional ones some row holds."""
+    present = {r["metric"] for r in rows}
+    return tuple(m for m in SEMANTIC_METRICS if m not in OPTIONAL_SEMANTIC or m in present)
 
 SCHEMA = pa.schema(
     [
@@ -114,7 +121,7 @@ def _fmt(value: float | None) -> str:
 
 # Pipeline order of the stages in tables: coarse masks, then the segmenters trained on them; exemplar
 # variants by their count (exemplar_n2 before exemplar_n10); stages not listed after these, by name.
-STAGE_ORDER = ("freemask", "freesolo", "exemplar", "kmeans", "stego")
+STAGE_ORDER = ("freemask", "freesolo", "exemplar", "constant", "kmeans", "stego")
 
 
 def stage_rank(stage: str) -> tuple:
@@ -149,7 +156,7 @@ def metrics_markdown(rows: list[dict], *, metrics: tuple[str, ...] = INSTANCE_ME
     in `metrics` are left out (counted in the log); an iou_type with none of `metrics` gets no table.
     """
     _check_rows(rows, "for the markdown table")
-    columns = {t: SEMANTIC_METRICS if t == "semantic" else tuple(metrics) for t in IOU_TYPES}
+    columns = {t: semantic_columns(rows) if t == "semantic" else tuple(metrics) for t in IOU_TYPES}
     shown = [r for r in rows if r["metric"] in columns[r["iou_type"]]]
     if len(shown) < len(rows):
         n_hidden = len(rows) - len(shown)

@@ -36,6 +36,7 @@ from maskless.eval.metrics import (
     _check_rows,
     _fmt,
     _model_rank,
+    semantic_columns,
     split_ratio_stage,
     stage_rank,
 )
@@ -224,7 +225,7 @@ def paper_tables(rows: list[dict]) -> dict[str, dict[str, str]]:
         if name == "semi":
             grids[name] = _semi_grid(parts[name])
         else:
-            columns = list(SEMANTIC_METRICS if name == "semantic" else INSTANCE_METRICS)
+            columns = list(semantic_columns(parts[name]) if name == "semantic" else INSTANCE_METRICS)
             grids[name] = _grid(_stage_lines(parts[name]), columns, always_round=name != "semantic")
     return {name: {"md": _markdown(g), "csv": _csv(g), "tex": _latex(g)} for name, g in grids.items()}
 

@@ -126,21 +126,39 @@ def semantic_confusion(preds: Sequence, gts: Sequence, *, num_pred: int, num_cla
     return total
 
 
+def object_confusion(confusion: np.ndarray, background: int, match: str) -> np.ndarray:
+    """The confusion of the object pixels alone, ready for `scores`: the background row left out (its pixels
+    are not scored), then cluster ids Hungarian-matched to the object classes on those pixels ("hungarian"),
+    or for class predictions ("identity") the object classes' columns with the background column last, as an
+    unmatched id (a background prediction on an object pixel is an error)."""
+    obj = np.delete(np.asarray(confusion), background, axis=0)  # (C - 1, P)
+    if match == "hungarian":
+        return matched_confusion(obj, hungarian_match(obj))
+    return np.concatenate([np.delete(obj, background, axis=1), obj[:, [background]]], axis=1)
+
+
 def semantic_results(preds: Sequence, gts: Sequence, *, num_pred: int, num_classes: int,
-                     match: str = "hungarian", ignore_index: int = 255, prefix: str = "") -> dict:
+                     match: str = "hungarian", ignore_index: int = 255, prefix: str = "",
+                     background: int | None = None) -> dict:
     """{"semantic": {prefix + "mIoU": .., prefix + "Acc": ..}} for maskless.eval.metrics.metric_rows.
 
     match: "hungarian" for cluster ids (one matching over the whole dataset), "identity" for class
     predictions (then num_pred must equal num_classes). `prefix` tells probes apart in one stage's rows
-    (e.g. "cluster_", "linear_crf_").
+    (e.g. "cluster_", "linear_crf_"). With `background` (a class id), also "obj_mIoU" and "obj_Acc": the
+    same scores on the object pixels alone (object_confusion), which a map of background everywhere cannot
+    score on: on data that is mostly background, mIoU and Acc reward predicting background.
     """
     if match not in MATCHES:
         raise ValueError(f"match {match!r} unknown; choices: {list(MATCHES)}")
     if match == "identity" and num_pred != num_classes:
         raise ValueError(f"identity matching needs num_pred == num_classes, got {num_pred} and {num_classes}")
-    confusion = semantic_confusion(preds, gts, num_pred=num_pred, num_classes=num_classes,
-                                   ignore_index=ignore_index)
-    if match == "hungarian":
-        confusion = matched_confusion(confusion, hungarian_match(confusion))
+    raw = semantic_confusion(preds, gts, num_pred=num_pred, num_classes=num_classes, ignore_index=ignore_index)
+    confusion = matched_confusion(raw, hungarian_match(raw)) if match == "hungarian" else raw
     s = scores(confusion)
-    return {"semantic": {f"{prefix}mIoU": s["mIoU"], f"{prefix}Acc": s["Acc"]}}
+    out = {f"{prefix}mIoU": s["mIoU"], f"{prefix}Acc": s["Acc"]}
+    if background is not None:
+        if not 0 <= background < num_classes or num_classes < 2:
+            raise ValueError(f"background class {background} is not one of {num_classes} classes (2 or more)")
+        o = scores(object_confusion(raw, background, match))
+        out.update({f"{prefix}obj_mIoU": o["mIoU"], f"{prefix}obj_Acc": o["Acc"]})
+    return {"semantic": out}

@@ -5,7 +5,10 @@ so the frozen features of every image stack into one tensor; the ground truth ge
 (maskless.data.semantic.square_labels). Ground truth comes from the experiment's validated COCO instances
 (thing classes 1..C, background 0, crowd 255): for the synthetic data these are the generator's own objects.
 
-Evaluation rows (iou_type "semantic", metrics mIoU and Acc, maskless.eval.metrics), one stage name each:
+Evaluation rows (iou_type "semantic", metrics mIoU and Acc, and obj_mIoU and obj_Acc on the object pixels
+alone: maskless.eval.semantic), one stage name each:
+  constant           background everywhere: the trivial baseline (on mostly-background data it beats a weak
+                     clustering on mIoU and Acc, never on the object-pixel scores)
   kmeans             k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat)
   stego_cluster      the cluster probe (Hungarian-matched to the classes over the whole dataset)
   stego_cluster_crf  the same after the dense CRF
@@ -29,6 +32,7 @@ from maskless.io import pick_device, set_threads, write_text_atomic
 from maskless.stego.features import extract_all, square_image
 
 log = logging.getLogger(__name__)
+BACKGROUND = 0  # the class id of background in the ground truth (maskless.data.semantic)
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
     net = load_frozen(backbone, dev)
     feats = extract_all(net, list(images), layer=params.layer, batch_size=params.batch_size)  # (N, C, h, w)
     size = (params.input_size, params.input_size)
-    preds = {"kmeans": kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=kmeans_seed))}
+    preds = {"constant": torch.full_like(gts, BACKGROUND),
+             "kmeans": kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=kmeans_seed))}
     variants = [("", None)] + ([("_crf", CrfParams(**crf))] if crf is not None else [])
     for suffix, crf_params in variants:
         t0 = time.perf_counter()
@@ -119,9 +124,10 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
                  time.perf_counter() - t0)
     rows = []
     for stage, pred in preds.items():
-        linear = stage.startswith("stego_linear")
-        res = semantic_results(list(pred.numpy()), list(gts.numpy()), num_pred=n_classes if linear else k,
-                               num_classes=n_classes, match="identity" if linear else "hungarian")
+        classes = stage.startswith("stego_linear") or stage == "constant"  # class ids, not cluster ids
+        res = semantic_results(list(pred.numpy()), list(gts.numpy()), num_pred=n_classes if classes else k,
+                               num_classes=n_classes, match="identity" if classes else "hungarian",
+                               background=BACKGROUND)
         rows += metric_rows(res, experiment=experiment, stage=stage, round=0, dataset=dataset)
         log.info("%s: %s", stage, res["semantic"])
     write_metrics(out_metrics, rows)

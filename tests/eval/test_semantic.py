@@ -116,3 +116,28 @@ def test_results_fit_metric_rows(tmp_path):
     write_metrics(tmp_path / "m.parquet", rows)
     assert [(r["iou_type"], r["metric"], r["value"]) for r in rows] == [
         ("semantic", "cluster_mIoU", 100.0), ("semantic", "cluster_Acc", 100.0)]
+
+
+# Object-pixel scores (issue 15): 8 pixels, background 0 on four, class 1 on two, class 2 on two.
+_GT8 = np.array([[0, 0, 0, 0, 1, 1, 2, 2]])
+
+
+def test_background_everywhere_scores_nothing_on_object_pixels():
+    res = semantic_results([np.zeros_like(_GT8)], [_GT8], num_pred=3, num_classes=3, match="identity",
+                           background=0)["semantic"]
+    # Confusion rows bg [4,0,0], 1 [2,0,0], 2 [2,0,0]: IoU bg 4/8, others 0 -> mIoU 50/3, Acc 4/8.
+    assert res["mIoU"] == pytest.approx(50 / 3) and res["Acc"] == pytest.approx(50.0)
+    # Object pixels alone: every one predicted background, an unmatched id -> 0 and 0.
+    assert res["obj_mIoU"] == 0.0 and res["obj_Acc"] == 0.0
+
+
+def test_object_scores_match_clusters_on_object_pixels_alone():
+    pred = np.array([[1, 1, 1, 0, 0, 0, 2, 2]])
+    res = semantic_results([pred], [_GT8], num_pred=3, num_classes=3, background=0)["semantic"]
+    # All pixels: bg<-id1 (3 px), 1<-id0 (2), 2<-id2 (2). IoU 3/4, 2/3 (id0 also took a bg pixel), 2/2.
+    assert res["mIoU"] == pytest.approx(100 * (3 / 4 + 2 / 3 + 1) / 3) and res["Acc"] == pytest.approx(87.5)
+    # Object pixels: rows 1 [2,0,0], 2 [0,0,2]; 1<-id0, 2<-id2; the bg pixel id0 took is not scored.
+    assert res["obj_mIoU"] == pytest.approx(100.0) and res["obj_Acc"] == pytest.approx(100.0)
+    assert "obj_mIoU" not in semantic_results([pred], [_GT8], num_pred=3, num_classes=3)["semantic"]
+    with pytest.raises(ValueError, match="background class 3"):
+        semantic_results([pred], [_GT8], num_pred=3, num_classes=3, background=3)

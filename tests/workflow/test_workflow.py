@@ -59,9 +59,10 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     # STEGO: the probes with and without CRF and the k-means baseline, as semantic rows.
     rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
     assert {(x["stage"], x["metric"]) for x in rows} == {
-        (s, m) for s in ("kmeans", "stego_cluster", "stego_cluster_crf", "stego_linear", "stego_linear_crf")
-        for m in ("mIoU", "Acc")}
+        (s, m) for s in ("constant", "kmeans", "stego_cluster", "stego_cluster_crf", "stego_linear",
+                         "stego_linear_crf") for m in ("mIoU", "Acc", "obj_mIoU", "obj_Acc")}
     assert all(0.0 <= x["value"] <= 100.0 for x in rows)
+    assert {x["metric"]: x["value"] for x in rows if x["stage"] == "constant"}["obj_mIoU"] == 0.0
     ckpt = torch.load(res / "stego" / "model.pt", map_location="cpu", weights_only=True)
     assert ckpt["params"]["features"]["layer"] == "res3" and ckpt["params"]["features"]["input_size"] == 64
     table = (res / "tables" / "metrics.md").read_text()
