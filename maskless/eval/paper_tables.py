@@ -3,7 +3,8 @@
 Tables (named as in the output files):
     instance_segm, instance_bbox   unsupervised instance segmentation (iou_type "segm" = mask, "bbox" = box):
                                    method, round, then the COCO summary metrics (INSTANCE_METRICS).
-    semantic                       unsupervised semantic segmentation (k-means, STEGO probes): method, mIoU, Acc.
+    semantic                       unsupervised semantic segmentation (constant, k-means, STEGO probes): method,
+                                   mIoU, Acc (and obj_mIoU, obj_Acc where the rows have them).
     semi                           semi/weakly supervised (stages "<model>[+ctr]@<ratio>"): one line per model
                                    and Contextrast yes/no, one column of mIoU per label ratio.
 
@@ -51,6 +52,7 @@ FORMATS = ("md", "csv", "tex")
 METHOD_LABELS = {
     "freemask": "Free Mask",
     "freesolo": "FreeSOLO",
+    "constant": "Background everywhere (trivial)",
     "kmeans": "k-means (raw features)",
     "stego_cluster": "STEGO cluster probe",
     "stego_cluster_crf": "STEGO cluster probe + CRF",
