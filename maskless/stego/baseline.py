@@ -6,6 +6,12 @@ the cluster probe assigns) with k-means++ seeding (Arthur & Vassilvitskii 2007) 
 max_points vectors drawn at random (fitting on all pixels of a large set is not needed: the centroids
 settle long before); every pixel is then assigned at the output resolution, features upsampled bilinearly
 exactly as maskless.stego.predict upsamples codes. Deterministic by seed.
+
+Memory (issue 15, 17): beside its input features and output maps, the baseline holds one chunk of upsampled
+features (ASSIGN_CHUNK_BYTES) and the max_points sampled vectors, never the whole set upsampled (that was
+N x C x H x W floats, twice: 3.4 GB at the demo's res3, 13 GB at res5) nor a normalised copy of every
+feature vector. Interpolation, normalisation and the einsum act on each image alone, so the chunked result
+is the all-at-once result bit for bit (tests/stego/test_baseline.py).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import torch
 import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
+
+ASSIGN_CHUNK_BYTES = 1 << 26  # upsampled float32 features per assignment chunk (64 MiB; at least one image)
 
 
 @dataclass
@@ -33,13 +41,32 @@ class KMeansParams:
                 raise ValueError(f"KMeansParams.{key} must be a positive integer, got {value!r}")
 
 
-def pixel_vectors(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, h, w) -> (N h w, C) L2-normalised per-pixel vectors."""
+def _check_features(features: torch.Tensor) -> None:
+    """(N, C, h, w) with finite values, checked a chunk of images at a time (no full-size mask)."""
     if features.ndim != 4:
         raise ValueError(f"features must be (N, C, h, w), got shape {tuple(features.shape)}")
-    if not torch.isfinite(features).all():
+    step = _chunk(features[0].numel() * 4)
+    if not all(torch.isfinite(features[s : s + step]).all() for s in range(0, len(features), step)):
         raise ValueError("features hold NaN or inf values")
+
+
+def _chunk(bytes_per_image: int) -> int:
+    """Images per chunk of about ASSIGN_CHUNK_BYTES (at least one)."""
+    return max(1, ASSIGN_CHUNK_BYTES // max(1, bytes_per_image))
+
+
+def pixel_vectors(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, h, w) -> (N h w, C) L2-normalised per-pixel vectors."""
+    _check_features(features)
     x = features.float().permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (N h w, C)
+    return F.normalize(x, dim=1)
+
+
+def _sampled_vectors(features: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """pixel_vectors(features)[rows] without building every vector: rows index the (N h w) pixels."""
+    n, c, h, w = features.shape
+    flat = features.reshape(n, c, h * w)  # (N, C, h w), a view of contiguous features
+    x = flat[rows // (h * w), :, rows % (h * w)].float()  # (M, C)
     return F.normalize(x, dim=1)
 
 
@@ -59,12 +86,15 @@ def _kmeans_pp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
 
 def fit_kmeans(features: torch.Tensor, params: KMeansParams) -> torch.Tensor:
     """(K, C) centroids of the normalised pixel vectors of features (N, C, h, w)."""
-    x = pixel_vectors(features)  # (M, C)
-    if len(x) < params.n_clusters:
-        raise ValueError(f"k-means with {params.n_clusters} clusters needs at least that many pixels, got {len(x)}")
+    _check_features(features)
+    n_pixels = features.shape[0] * features.shape[2] * features.shape[3]
+    if n_pixels < params.n_clusters:
+        raise ValueError(f"k-means with {params.n_clusters} clusters needs at least that many pixels, got {n_pixels}")
     gen = torch.Generator().manual_seed(params.seed)
-    if len(x) > params.max_points:
-        x = x[torch.randperm(len(x), generator=gen)[: params.max_points]]
+    if n_pixels > params.max_points:  # the same draw as permuting pixel_vectors(features), without building it
+        x = _sampled_vectors(features, torch.randperm(n_pixels, generator=gen)[: params.max_points])  # (M, C)
+    else:
+        x = pixel_vectors(features)  # (M, C)
     centres = _kmeans_pp(x, params.n_clusters, gen)
     for it in range(params.iterations):
         assign = (x @ F.normalize(centres, dim=1).T).argmax(1)  # (M,) nearest by cosine, as assign_maps
@@ -81,11 +111,21 @@ def fit_kmeans(features: torch.Tensor, params: KMeansParams) -> torch.Tensor:
 
 @torch.no_grad()
 def assign_maps(features: torch.Tensor, centres: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, H, W) int64: nearest centroid (cosine) of every pixel of features upsampled to size (H, W)."""
-    up = F.interpolate(features.float(), size=tuple(size), mode="bilinear", align_corners=False)  # (N, C, H, W)
-    up = F.normalize(up, dim=1)
-    c = F.normalize(centres, dim=1)  # (K, C)
-    return torch.einsum("nchw,kc->nkhw", up, c).argmax(1)
+    """(N, H, W) int64: nearest centroid (cosine) of every pixel of features upsampled to size (H, W).
+
+    A chunk of images at a time (about ASSIGN_CHUNK_BYTES of upsampled features): each image is
+    interpolated, normalised and scored alone, so the result equals the all-at-once computation."""
+    n, c = features.shape[:2]
+    h, w = (int(v) for v in size)
+    cn = F.normalize(centres, dim=1)  # (K, C)
+    out = torch.empty((n, h, w), dtype=torch.int64, device=features.device)
+    step = _chunk(c * h * w * 4)
+    for s in range(0, n, step):
+        up = F.interpolate(features[s : s + step].float(), size=(h, w), mode="bilinear",
+                           align_corners=False)  # (B, C, H, W)
+        up = F.normalize(up, dim=1)
+        out[s : s + step] = torch.einsum("nchw,kc->nkhw", up, cn).argmax(1)  # (B, H, W)
+    return out
 
 
 def kmeans_baseline(features: torch.Tensor, size: tuple[int, int], params: KMeansParams | None = None
