@@ -38,13 +38,14 @@ import asyncio
 import json
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from maskless.io import atomic_dir, write_parquet_atomic
+from maskless.io import atomic_dir, atomic_path
 from maskless.ops.masks import pack_mask_delta, unpack_mask_delta
 
 log = logging.getLogger(__name__)
@@ -325,53 +326,90 @@ def read_image(path: str, image_id: int) -> ImageMasks:
     return ShardReader(path).get(image_id)
 
 
-def build_index(shard_paths: list[str], out_parquet: str) -> None:
-    """Parquet index of shard stores: one row per mask, plus the per-image table in the schema metadata."""
+INDEX_TYPES = {"image_id": "int64", "shard": "string", "index": "int64", "score": "float32", "x": "float32",
+               "y": "float32", "w": "float32", "h": "float32", "area": "int64"}
+INDEX_ROW_GROUP = 1 << 17  # index rows per parquet row group: build_index holds at most about this many
+
+
+def _image_tables(shard_paths: list[str]) -> dict[str, list]:
+    """Every shard's image table as lists (id, shard number, height, width, mask count); ids unique."""
+    images: dict[str, list] = {"image_id": [], "shard": [], "height": [], "width": [], "count": []}
+    owner: dict[int, int] = {}
+    for s, path in enumerate(shard_paths):
+        idx = ShardReader(path).index
+        for img in idx["img_ids"].tolist():
+            if img in owner:
+                raise ValueError(f"image id {img} is in two mask stores: {shard_paths[owner[img]]} and {path}")
+            owner[img] = s
+        for key, src in (("image_id", "img_ids"), ("height", "img_height"), ("width", "img_width"),
+                         ("count", "img_count")):
+            images[key] += idx[src].tolist()
+        images["shard"] += [s] * idx["img_ids"].size
+    return images
+
+
+def _mask_rows(path: str, rel: str, schema) -> "pyarrow.Table":  # noqa: F821
+    """One shard's rows of the index: image_id, shard (path relative to the index), index, score, xywh, area."""
     import pyarrow as pa
+
+    t = ShardReader(path).mask_table()
+    n = t["scores"].size
+    cols = {"image_id": t["image_ids"], "shard": np.full(n, rel, dtype=object), "index": np.arange(n, dtype=np.int64),
+            "score": t["scores"], **{name: t["boxes"][:, j] for j, name in enumerate("xywh")}, "area": t["areas"]}
+    return pa.table({k: pa.array(v, type=schema.field(k).type) for k, v in cols.items()}, schema=schema)
+
+
+def build_index(shard_paths: list[str], out_parquet: str) -> None:
+    """Parquet index of shard stores: one row per mask, plus the per-image table in the schema metadata.
+
+    Two passes over the shards, one reader open at a time: the image tables first (they make the schema
+    metadata, which the parquet writer takes before any row), then the masks, streamed out in row groups of
+    INDEX_ROW_GROUP rows, so memory grows with the images (the metadata, tens of bytes each) and not with
+    the masks (issue 17). Below INDEX_ROW_GROUP masks the file is byte for byte one write_table of the
+    whole table (as before), and above it holds the same rows.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     if not shard_paths:
         raise ValueError(f"build_index needs at least one shard store (index {out_parquet})")
     base = Path(out_parquet).resolve().parent
     rel = [os.path.relpath(Path(p).resolve(), base) for p in shard_paths]
-    cols: dict[str, list] = {k: [] for k in ("image_id", "shard", "index", "score", "x", "y", "w", "h", "area")}
-    images = {"image_id": [], "shard": [], "height": [], "width": [], "count": []}
-    owner: dict[int, str] = {}
-    for s, path in enumerate(shard_paths):
-        reader = ShardReader(path)
-        for img in reader.image_ids().tolist():
-            if img in owner:
-                raise ValueError(f"image id {img} is in two mask stores: {owner[img]} and {path}")
-            owner[img] = path
-        t = reader.mask_table()
-        n = t["scores"].size
-        cols["image_id"].append(t["image_ids"])
-        cols["shard"].append(np.full(n, rel[s], dtype=object))
-        cols["index"].append(np.arange(n, dtype=np.int64))
-        cols["score"].append(t["scores"])
-        for j, name in enumerate("xywh"):
-            cols[name].append(t["boxes"][:, j])
-        cols["area"].append(t["areas"])
-        for key, src in (("image_id", "img_ids"), ("height", "img_height"), ("width", "img_width"),
-                         ("count", "img_count")):
-            images[key] += reader.index[src].tolist()
-        images["shard"] += [s] * reader.image_ids().size
-    types = {"image_id": pa.int64(), "shard": pa.string(), "index": pa.int64(), "score": pa.float32(),
-             "x": pa.float32(), "y": pa.float32(), "w": pa.float32(), "h": pa.float32(), "area": pa.int64()}
-    arrays = {k: pa.array(np.concatenate(v) if v else np.zeros(0), type=types[k]) for k, v in cols.items()}
-    table = pa.table(arrays)
+    images = _image_tables(shard_paths)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "shards": rel, **images}
-    table = table.replace_schema_metadata({INDEX_META_KEY: json.dumps(meta, separators=(",", ":")).encode()})
-    write_parquet_atomic(out_parquet, table)
-    log.info("mask index %s: %d shards, %d images, %d masks", out_parquet, len(rel), len(owner), table.num_rows)
+    schema = pa.schema([(k, getattr(pa, v)()) for k, v in INDEX_TYPES.items()],
+                       metadata={INDEX_META_KEY: json.dumps(meta, separators=(",", ":")).encode()})
+    pending, n_pending, n_written = [], 0, 0
+    with atomic_path(out_parquet) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for path, shard in zip(shard_paths, rel):
+            pending.append(_mask_rows(path, shard, schema))
+            n_pending += pending[-1].num_rows
+            if n_pending >= INDEX_ROW_GROUP:
+                table = pa.concat_tables(pending).combine_chunks()
+                full = n_pending // INDEX_ROW_GROUP * INDEX_ROW_GROUP
+                writer.write_table(table.slice(0, full), row_group_size=INDEX_ROW_GROUP)
+                pending, n_pending, n_written = [table.slice(full)], n_pending - full, n_written + full
+        if n_pending or not n_written:  # an index of no masks is one empty table, as write_table gives
+            writer.write_table(pa.concat_tables(pending).combine_chunks(), row_group_size=INDEX_ROW_GROUP)
+    log.info("mask index %s: %d shards, %d images, %d masks", out_parquet, len(rel), len(images["image_id"]),
+             n_written + n_pending)
 
 
 class MaskStore:
-    """All shards of a mask index: MaskStore(index_parquet).get(image_id) -> ImageMasks."""
+    """All shards of a mask index: MaskStore(index_parquet).get(image_id) -> ImageMasks.
 
-    def __init__(self, index_parquet: str) -> None:
+    Memory stays bounded in the number of shards (issue 17): get() keeps at most max_open shard readers
+    open (least recently used closed first; a reader holds its shard's per-mask offsets, boxes and scores,
+    ~45 bytes a mask, plus its zarr handles), and iter_images() opens each shard once for its pass and keeps
+    none. The per-image table (id, shard, count) is three int64 arrays, read from the index's metadata.
+    """
+
+    def __init__(self, index_parquet: str, *, max_open: int = 64) -> None:
         import pyarrow.parquet as pq
 
-        self.index_path = str(index_parquet)
+        if max_open < 1:
+            raise ValueError(f"max_open must be >= 1, got {max_open}")
+        self.index_path, self.max_open = str(index_parquet), int(max_open)
         if not Path(index_parquet).is_file():
             raise FileNotFoundError(f"mask index {index_parquet} does not exist")
         meta = (pq.read_schema(index_parquet).metadata or {}).get(INDEX_META_KEY)
@@ -380,38 +418,57 @@ class MaskStore:
         meta = json.loads(meta)
         base = Path(index_parquet).resolve().parent
         self.shards = [str(base / p) for p in meta["shards"]]
-        self._shard_of = dict(zip(meta["image_id"], meta["shard"]))
-        self._counts = {int(i): int(c) for i, c in zip(meta["image_id"], meta["count"])}
-        self._readers: dict[int, ShardReader] = {}
+        ids = np.asarray(meta["image_id"], dtype=np.int64)
+        order = np.argsort(ids, kind="stable")
+        self._ids = ids[order]  # (M,) sorted: build_index refuses an id in two shards
+        self._shard = np.asarray(meta["shard"], dtype=np.int64)[order]  # (M,)
+        self._count = np.asarray(meta["count"], dtype=np.int64)[order]  # (M,)
+        self._readers: OrderedDict[int, ShardReader] = OrderedDict()
 
     def mask_counts(self) -> dict[int, int]:
         """Masks per image id, for every indexed image (zero included), without opening any shard."""
-        return dict(self._counts)
+        return dict(zip(self._ids.tolist(), self._count.tolist()))
 
     def image_ids(self) -> list[int]:
-        return sorted(self._shard_of)
+        return self._ids.tolist()
 
     def __len__(self) -> int:
-        return len(self._shard_of)
+        return int(self._ids.size)
+
+    def _row(self, image_id: int) -> int | None:
+        k = int(np.searchsorted(self._ids, int(image_id)))
+        return k if k < self._ids.size and self._ids[k] == int(image_id) else None
 
     def __contains__(self, image_id: int) -> bool:
-        return int(image_id) in self._shard_of
+        return self._row(image_id) is not None
+
+    def _shard_number(self, image_id: int) -> int:
+        k = self._row(image_id)
+        if k is None:
+            raise KeyError(f"image id {image_id} is not in mask index {self.index_path}")
+        return int(self._shard[k])
 
     def shard_of(self, image_id: int) -> str:
-        if int(image_id) not in self._shard_of:
-            raise KeyError(f"image id {image_id} is not in mask index {self.index_path}")
-        return self.shards[self._shard_of[int(image_id)]]
+        return self.shards[self._shard_number(image_id)]
+
+    @property
+    def open_readers(self) -> int:
+        """How many shard readers get() holds open now (at most max_open)."""
+        return len(self._readers)
 
     def _reader(self, s: int) -> ShardReader:
-        if s not in self._readers:
+        if s in self._readers:
+            self._readers.move_to_end(s)
+        else:
+            if len(self._readers) >= self.max_open:
+                self._readers.popitem(last=False)  # the least recently used
             self._readers[s] = ShardReader(self.shards[s])
         return self._readers[s]
 
     def get(self, image_id: int) -> ImageMasks:
-        self.shard_of(image_id)
-        return self._reader(self._shard_of[int(image_id)]).get(int(image_id))
+        return self._reader(self._shard_number(image_id)).get(int(image_id))
 
     def iter_images(self) -> Iterator[ImageMasks]:
-        """Every image, shard by shard, each shard read in one pass."""
-        for s in range(len(self.shards)):
-            yield from self._reader(s).iter_images()
+        """Every image, shard by shard, each shard read in one pass by a reader of its own (not kept)."""
+        for path in self.shards:
+            yield from ShardReader(path).iter_images()

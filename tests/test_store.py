@@ -12,7 +12,7 @@ import pytest
 from zarr.storage import LocalStore, WrapperStore
 
 import maskless.store as store_mod
-from maskless.coco_export import export_coco
+from maskless.coco_export import export_coco, export_coco_files
 from maskless.data.manifest import write_manifest
 from maskless.ops.masks import boxes_xywh, encode_rles
 from maskless.store import (
@@ -263,6 +263,35 @@ def test_index_and_mask_store(tmp_path):
         build_index([str(tmp_path / "shards" / "0.zarr"), str(tmp_path / "dup.zarr")], str(tmp_path / "x.parquet"))
 
 
+def test_mask_store_keeps_at_most_max_open_readers(tmp_path, monkeypatch):
+    """Reading from 6 shards through a store capped at 2 open readers: never more than 2 open, the least
+    recently used closed first, every read still right; iter_images keeps none open (issue 17)."""
+    images = [ImageMasks(i, 8, 8, blob_masks(np.random.default_rng(i), 2, 8, 8), [0.7, 0.2]) for i in range(1, 7)]
+    paths = [str(tmp_path / f"{i}.zarr") for i in range(6)]
+    for path, im in zip(paths, images):
+        write_shard(path, [im], embedding_dim=2)
+    build_index(paths, str(tmp_path / "index.parquet"))
+    opened = []
+    real_init = ShardReader.__init__
+
+    def counting_init(self, store, where=None):
+        opened.append(Path(str(store)).name)
+        real_init(self, store, where)
+
+    monkeypatch.setattr(ShardReader, "__init__", counting_init)
+    ms = MaskStore(str(tmp_path / "index.parquet"), max_open=2)
+    for image_id in (1, 2, 1, 3, 1, 4, 5, 6, 6):
+        assert_same(ms.get(image_id), sorted_copy(images[image_id - 1]))
+        assert ms.open_readers <= 2
+    # 1 stays open while it is used; 2 is closed when 3 opens, 3 when 4 opens (1 was used in between).
+    assert opened == ["0.zarr", "1.zarr", "2.zarr", "3.zarr", "4.zarr", "5.zarr"]
+    assert ms.get(2).image_id == 2 and opened[-1] == "1.zarr" and ms.open_readers == 2  # reopened after eviction
+    fresh = MaskStore(str(tmp_path / "index.parquet"), max_open=2)
+    assert [im.image_id for im in fresh.iter_images()] == [1, 2, 3, 4, 5, 6] and fresh.open_readers == 0
+    with pytest.raises(ValueError, match="max_open"):
+        MaskStore(str(tmp_path / "index.parquet"), max_open=0)
+
+
 def test_export_results_scores_perfectly_against_same_masks(tmp_path):
     """Results made from the same masks as a ground truth score AP = 1 (class-agnostic segm eval)."""
     from pycocotools.coco import COCO
@@ -325,3 +354,75 @@ def test_export_checks_manifest(tmp_path):
     with pytest.raises(ValueError, match="kind"):
         export_coco(index=index, manifest=manifest, out_json=str(tmp_path / "r.json"), kind="boxes")
     assert not (tmp_path / "r.json").exists()
+
+
+def _export_in_memory(index, manifest, kind, max_per_image=None) -> str:
+    """The export before issue 17 (every record in a list, then json.dumps of the whole): the reference text."""
+    from maskless.data.manifest import read_manifest
+
+    records = {int(r["id"]): r for r in read_manifest(manifest)}
+    out, anns = [], []
+    for im in MaskStore(index).iter_images():
+        order = np.argsort(-im.scores, kind="stable")[:max_per_image]
+        masks = im.masks[order]
+        for rle, k, box, m in zip(encode_rles(masks), order, boxes_xywh(masks), masks):
+            score = float(im.scores[k])
+            if kind == "results":
+                out.append({"image_id": im.image_id, "category_id": 1, "segmentation": rle, "score": score})
+            else:
+                anns.append({"id": len(anns) + 1, "image_id": im.image_id, "category_id": 1,
+                             "bbox": [float(v) for v in box], "area": float(m.sum()), "iscrowd": 0,
+                             "segmentation": rle, "score": score})
+    if kind == "annotations":
+        images = [{"id": int(r["id"]), "file_name": r["file_name"], "width": int(r["width"]),
+                   "height": int(r["height"])} for r in records.values()]
+        out = {"info": {"description": f"maskless masks from {index}"}, "images": images,
+               "categories": [{"id": 1, "name": "object", "supercategory": "object"}], "annotations": anns}
+    return json.dumps(out) + "\n"
+
+
+@pytest.mark.parametrize("cap", [None, 1, 2])
+def test_streamed_export_is_byte_identical_to_the_whole_json(tmp_path, cap):
+    """One pass writing both files record by record gives the bytes json.dumps of the whole objects gave,
+    and the same as two separate exports; an empty store gives empty lists (issue 17)."""
+    index, images = two_shard_index(tmp_path)
+    manifest = make_manifest(tmp_path, images)
+    res, ann = tmp_path / "res.json", tmp_path / "ann.json"
+    counts = export_coco_files(index=index, manifest=manifest, results=str(res), annotations=str(ann),
+                               max_per_image=cap, max_annotations_per_image=cap)
+    assert res.read_text() == _export_in_memory(index, manifest, "results", cap)
+    assert ann.read_text() == _export_in_memory(index, manifest, "annotations", cap)
+    assert counts == {"images": 5, "results": {None: 7, 1: 3, 2: 6}[cap], "annotations": counts["results"]}
+    both = export_coco_files(index=index, manifest=manifest, results=str(res), annotations=str(ann),
+                             max_per_image=cap)  # annotations keep every mask, results keep cap
+    assert ann.read_text() == _export_in_memory(index, manifest, "annotations")
+    assert res.read_text() == _export_in_memory(index, manifest, "results", cap) and both["annotations"] == 7
+    export_coco(index=index, manifest=manifest, out_json=str(tmp_path / "one.json"), kind="annotations")
+    assert (tmp_path / "one.json").read_text() == ann.read_text()
+
+    write_shard(str(tmp_path / "empty.zarr"), [ImageMasks(2, 10, 10, np.zeros((0, 10, 10), bool), [])],
+                embedding_dim=4)
+    build_index([str(tmp_path / "empty.zarr")], str(tmp_path / "empty.parquet"))
+    export_coco_files(index=str(tmp_path / "empty.parquet"), manifest=manifest, results=str(res), annotations=str(ann))
+    assert res.read_text() == "[]\n" == _export_in_memory(str(tmp_path / "empty.parquet"), manifest, "results")
+    assert ann.read_text() == _export_in_memory(str(tmp_path / "empty.parquet"), manifest, "annotations")
+    with pytest.raises(ValueError, match="results or an annotations path"):
+        export_coco_files(index=index, manifest=manifest)
+
+
+def test_index_streams_row_groups_with_the_same_rows(tmp_path, monkeypatch):
+    """build_index writes the masks in row groups as it reads the shards: below INDEX_ROW_GROUP rows the
+    file is byte for byte one write_table of the whole table (the index before issue 17); with groups of 3
+    rows it holds the same rows and metadata in ceil(7 / 3) groups."""
+    import pyarrow.parquet as pq
+
+    index, _ = two_shard_index(tmp_path)
+    pq.write_table(pq.read_table(index), tmp_path / "whole.parquet")
+    assert Path(index).read_bytes() == (tmp_path / "whole.parquet").read_bytes()
+    monkeypatch.setattr(store_mod, "INDEX_ROW_GROUP", 3)
+    shards = [str(tmp_path / "shards" / f"{s}.zarr") for s in (0, 1)]
+    build_index(shards, str(tmp_path / "index" / "grouped.parquet"))
+    grouped = pq.ParquetFile(tmp_path / "index" / "grouped.parquet")
+    assert grouped.num_row_groups == 3 and grouped.metadata.num_rows == 7
+    assert grouped.read().equals(pq.read_table(index)) and grouped.schema_arrow.metadata == pq.read_schema(index).metadata
+    assert MaskStore(str(tmp_path / "index" / "grouped.parquet")).mask_counts() == MaskStore(index).mask_counts()
