@@ -27,7 +27,7 @@ from torch import Tensor
 
 from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
-from maskless.ops.masks import boxes_xywh
+from maskless.ops.masks import boxes_xywh, largest_component
 from maskless.ops.matrix_nms import KERNELS, matrix_nms
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class FreeMaskParams:
     embedding_method: str = "interpolate"
     embedding_seed: int = 0  # seeds the random_projection matrix
     upsample_threshold: float = 0.5
+    keep_largest_component: bool = False  # not in FreeSOLO: MaskCut's post-processing (mask_quality.py)
 
     def __post_init__(self) -> None:
         self.scales = tuple(float(s) for s in self.scales)
@@ -235,6 +236,8 @@ def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParam
     if idx.numel():
         up = F.interpolate(soft[None], size=(height, width), mode="bilinear", align_corners=False)[0]  # (N, H, W)
         masks = (up >= params.upsample_threshold).cpu().numpy()
+        if params.keep_largest_component:
+            masks = np.stack([largest_component(m) for m in masks])
     maskness = qm["maskness"][idx].cpu().numpy().astype(np.float32)  # raw, (N,)
     scores = decayed.cpu().numpy().astype(np.float32)  # (N,) the reference's score
     reasons = filter_reasons(masks, scores, params)

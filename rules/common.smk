@@ -240,6 +240,8 @@ def get_final_outputs(report=True):
     wc = SimpleNamespace(experiment=EXP)
     if instance_evals(wc) or stego_evals(wc) or (pct_on() and config["pct"]["data"] is None):
         out.append(f"results/{EXP}/tables/metrics.md")
+    if mask_sets():
+        out.append(f"results/{EXP}/tables/mask_quality.md")
     if pct_on():
         out += [f"results/{EXP}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]
         if config["pct"]["data"] is not None:

@@ -74,3 +74,60 @@ rule tables:
         ENV
     script:
         "../stages/tables.py"
+
+
+# Quality of the masks each SOLO round trains on (maskless/eval/mask_quality.py): Free Mask's, and each
+# self-training round's relabelled masks, against the training images' ground truth.
+
+
+def mask_sets():
+    if not (instances_on() and has_ground_truth()):
+        return []
+    return ["freemask"] + [f"{v}_round{r}" for v in solo_variants() for r in range(1, variant_rounds(v) + 1)]
+
+
+def mask_set_index(wildcards):
+    if wildcards.masks == "freemask":
+        return training_masks(wildcards.experiment, "freesolo", 0)
+    variant, _, r = wildcards.masks.rpartition("_round")
+    return training_masks(wildcards.experiment, variant, int(r))
+
+
+rule mask_quality:
+    wildcard_constraints:
+        masks=r"freemask|(freesolo|exemplar_n\d+)_round\d+",
+    input:
+        index=mask_set_index,
+        gt="results/{experiment}/data/instances_gt.json",
+    output:
+        quality="results/{experiment}/eval/masks/{masks}.json",
+    log:
+        "results/{experiment}/logs/eval/masks_{masks}.log",
+    params:
+        name=lambda wc: wc.masks,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/mask_quality.py"
+
+
+rule mask_quality_table:
+    input:
+        lambda wc: [f"results/{wc.experiment}/eval/masks/{m}.json" for m in mask_sets()],
+    output:
+        table="results/{experiment}/tables/mask_quality.md",
+    log:
+        "results/{experiment}/logs/mask_quality_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../stages/mask_quality.py"

@@ -309,3 +309,21 @@ def test_maskness_prefilter_is_exact(seed):
     assert np.array_equal(fast.scores, full.scores[sel])
     assert np.array_equal(fast.masks, full.masks[sel])
     assert np.array_equal(fast.embeddings, full.embeddings[sel])
+
+
+def test_keep_largest_component_cuts_a_split_mask():
+    """Columns 0-1 and 5-7 carry e0, columns 2-4 e1: an e0 query's mask is two blocks (16 and 24 cells of an
+    8x8 map). Kept whole by default (FreeSOLO); with keep_largest_component only the 24-cell block stays."""
+    f = torch.zeros(4, 8, 8)
+    f[0, :, :2] = f[0, :, 5:] = 1.0
+    f[1, :, 2:5] = 1.0
+    base = dict(scales=(1.0,), top_k=1, drop_top_fraction=0.0, max_width_fraction=2.0, min_maskness=0.5)
+    whole = free_mask(f, (8, 8), FreeMaskParams(**base))
+    cut = free_mask(f, (8, 8), FreeMaskParams(**base, keep_largest_component=True))
+    e0 = np.zeros((8, 8), bool)
+    e0[:, :2] = e0[:, 5:] = True
+    assert (whole.masks[0] == e0).all()
+    right = np.zeros((8, 8), bool)
+    right[:, 5:] = True
+    assert (cut.masks[0] == right).all()
+    assert cut.scores[0] == whole.scores[0]

@@ -10,6 +10,7 @@ An empty mask has the box (0, 0, 0, 0).
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 __all__ = ["boxes_xywh", "pack_mask_delta", "unpack_mask_delta", "delta_nbytes",
@@ -153,3 +154,19 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     inter = (fa @ fb.T).astype(np.float64)  # (N, M)
     union = fa.sum(1, dtype=np.float64)[:, None] + fb.sum(1, dtype=np.float64)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def components(mask: np.ndarray) -> int:
+    """8-connected components of a (H, W) bool mask (0 for an empty one)."""
+    n, _ = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    return int(n) - 1
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a (H, W) bool mask (ties: the lowest label, i.e. the first in
+    raster order); an empty mask stays empty."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if n <= 2:
+        return mask.astype(bool, copy=True)
+    keep = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    return labels == keep

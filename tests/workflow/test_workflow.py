@@ -63,6 +63,11 @@ def test_whole_dag_runs_and_caches(workflow_dir):
                          "stego_linear_crf") for m in ("mIoU", "Acc", "obj_mIoU", "obj_Acc")}
     assert all(0.0 <= x["value"] <= 100.0 for x in rows)
     assert {x["metric"]: x["value"] for x in rows if x["stage"] == "constant"}["obj_mIoU"] == 0.0
+    # The quality of the masks each round trains on: Free Mask's and each relabel round's.
+    quality = (res / "tables" / "mask_quality.md").read_text()
+    assert [line.split(" | ")[0] for line in quality.splitlines()[2:]] == [
+        "| freemask", "| freesolo_round1", "| exemplar_n2_round1"]
+    assert json.loads((res / "eval" / "masks" / "freemask.json").read_text())["masks"] == index.num_rows
     ckpt = torch.load(res / "stego" / "model.pt", map_location="cpu", weights_only=True)
     assert ckpt["params"]["features"]["layer"] == "res3" and ckpt["params"]["features"]["input_size"] == 64
     table = (res / "tables" / "metrics.md").read_text()
