@@ -1,5 +1,6 @@
 # Config validation, path helpers, wildcard constraints and small input functions. Nothing else.
 
+import re
 import sys
 from types import SimpleNamespace
 
@@ -21,7 +22,7 @@ ENV = "../envs/maskless.yaml"
 
 
 wildcard_constraints:
-    experiment=r"[A-Za-z0-9_.-]+",
+    experiment=re.escape(EXP),  # only the config's experiment: results/<other>/... is not this run's
     shard=r"\d+",
     stage=r"[a-z0-9_]+",
     round=r"\d+",

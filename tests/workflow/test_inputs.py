@@ -81,3 +81,10 @@ def test_image_count_checks_stop_before_any_job(workflow_dir):
     assert "'stego.knn_k' (3) needs at least knn_k + 1 = 4 images" in out
     assert "'exemplar.counts': 5 exemplars asked for but the dataset has 3 images" in out
     assert "2 exemplars" not in out
+
+
+def test_experiment_wildcard_is_the_configs(workflow_dir):
+    """results/<other experiment>/... is not this config's to make (issue 13): no rule matches it."""
+    proc = snakemake(workflow_dir, MANIFEST.format("other"), "-n", "--configfile", "tiny.yaml")
+    assert proc.returncode != 0 and "No rule to produce results/other/data/manifest.parquet" in proc.stderr + proc.stdout
+    _ok(snakemake(workflow_dir, MANIFEST.format("tiny"), "-n", "--configfile", "tiny.yaml"))
