@@ -90,7 +90,7 @@ class SegTrainParams:
     poly_power: float = 0.9
     backbone_lr_mult: float = 1.0
     grad_clip: float = 0.0  # global L2 norm; 0 disables
-    input_size: int = 160
+    input_size: int = 128
     scale_range: tuple[float, float] = (0.75, 1.25)
     flip: bool = True
     amp: bool = True  # CUDA only
