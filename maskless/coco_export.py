@@ -2,7 +2,8 @@
 
 Memory stays flat in the dataset (issue 17): the store is read one image at a time (MaskStore.iter_images,
 one shard reader at a time), each image's masks are RLE-encoded once for both files, and each record is
-written to its file as it is made, so no list of every record, nor the whole JSON text, is ever held. The
+written to its file as it is made, so no list of every record, nor the whole JSON text, is ever held; of
+the manifest only four columns are read (arrow and int64 arrays, tens of bytes an image). The
 files are byte for byte what json.dumps of the whole object (write_json_atomic) gives, written to a temp
 path and renamed into place.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 import numpy as np
 
@@ -46,30 +47,57 @@ class _JsonList:
 
 
 @contextlib.contextmanager
-def _streamed(path: str | None, head: str, tail: str) -> Iterator[_JsonList | None]:
-    """A list written between head and tail into a temp file renamed onto path at the end (None: no file)."""
+def _streamed(path: str | None, head: Iterable[str], tail: str) -> Iterator[_JsonList | None]:
+    """A list written after the head pieces and before tail, into a temp file renamed onto path at the end
+    (None: no file)."""
     if path is None:
         yield None
         return
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(head)
+        f.writelines(head)
         out = _JsonList(f)
         yield out
         f.write(tail)
 
 
-def _images_json(records: dict[int, dict]) -> str:
-    return json.dumps([{"id": int(r["id"]), "file_name": r["file_name"], "width": int(r["width"]),
-                        "height": int(r["height"])} for r in records.values()])
+class _Manifest:
+    """The manifest columns an export needs (id, file_name, width, height), sorted by id: arrow columns
+    and int64 arrays, not a dict per row (a row dict with paths and hashes is about a kilobyte)."""
+
+    COLUMNS = ("id", "file_name", "width", "height")
+
+    def __init__(self, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = str(path)
+        missing = [c for c in self.COLUMNS if c not in pq.read_schema(path).names]
+        if missing:
+            raise ValueError(f"image manifest {path} lacks columns {missing}")
+        self.table = pq.read_table(path, columns=list(self.COLUMNS)).sort_by("id")
+        self.ids, self.heights, self.widths = (self.table[c].to_numpy().astype(np.int64)
+                                               for c in ("id", "height", "width"))  # (M,) each
+
+    def check(self, im: ImageMasks, index: str) -> None:
+        k = int(np.searchsorted(self.ids, im.image_id))
+        if k >= self.ids.size or self.ids[k] != im.image_id:
+            raise ValueError(f"image id {im.image_id} of mask index {index} is not in manifest {self.path}")
+        if (self.heights[k], self.widths[k]) != (im.height, im.width):
+            raise ValueError(f"image {im.image_id}: masks are {im.height}x{im.width} in {index} but the "
+                             f"manifest {self.path} says {self.heights[k]}x{self.widths[k]}")
+
+    def images_json(self) -> Iterator[str]:
+        """The COCO "images" list as json.dumps writes it, a piece per image."""
+        yield "["
+        for i, row in enumerate(r for batch in self.table.to_batches() for r in batch.to_pylist()):
+            yield (", " if i else "") + json.dumps({"id": int(row["id"]), "file_name": row["file_name"],
+                                                    "width": int(row["width"]), "height": int(row["height"])})
+        yield "]"
 
 
-def _checked(im: ImageMasks, records: dict[int, dict], index: str, manifest: str) -> None:
-    rec = records.get(im.image_id)
-    if rec is None:
-        raise ValueError(f"image id {im.image_id} of mask index {index} is not in manifest {manifest}")
-    if (int(rec["height"]), int(rec["width"])) != (im.height, im.width):
-        raise ValueError(f"image {im.image_id}: masks are {im.height}x{im.width} in {index} but the "
-                         f"manifest {manifest} says {rec['height']}x{rec['width']}")
+def _annotations_head(index: str, manifest: _Manifest) -> Iterator[str]:
+    yield f'{{"info": {json.dumps({"description": f"maskless masks from {index}"})}, "images": '
+    yield from manifest.images_json()
+    yield f', "categories": {json.dumps(CATEGORIES)}, "annotations": ['
 
 
 def export_coco_files(*, index: str, manifest: str, results: str | None = None, annotations: str | None = None,
@@ -83,8 +111,6 @@ def export_coco_files(*, index: str, manifest: str, results: str | None = None, 
     on, at most max_annotations_per_image per image (None: every mask). Returns {"images", "results",
     "annotations"} counts (0 for a file not asked for).
     """
-    from maskless.data.manifest import read_manifest
-
     caps = {"max_per_image": max_per_image, "max_annotations_per_image": max_annotations_per_image}
     for name, cap in caps.items():
         if cap is not None and cap < 1:
@@ -93,13 +119,11 @@ def export_coco_files(*, index: str, manifest: str, results: str | None = None, 
     if not wanted:
         raise ValueError("export_coco_files needs a results or an annotations path")
     keep = None if None in wanted else max(wanted)  # each mask is encoded once, for both files
-    records = {int(r["id"]): r for r in read_manifest(manifest)}
-    head = "" if annotations is None else (
-        f'{{"info": {json.dumps({"description": f"maskless masks from {index}"})}, "images": '
-        f'{_images_json(records)}, "categories": {json.dumps(CATEGORIES)}, "annotations": [')
-    with _streamed(results, "[", "]\n") as res, _streamed(annotations, head, "]}\n") as ann:
+    images = _Manifest(manifest)
+    head = _annotations_head(index, images) if annotations else ()
+    with _streamed(results, ("[",), "]\n") as res, _streamed(annotations, head, "]}\n") as ann:
         for im in MaskStore(index).iter_images():
-            _checked(im, records, index, manifest)
+            images.check(im, index)
             for rank, (rle, score, box, area) in enumerate(_coco_records(im, keep)):
                 if res is not None and (max_per_image is None or rank < max_per_image):
                     res.add({"image_id": im.image_id, "category_id": 1, "segmentation": rle, "score": score})
@@ -107,7 +131,7 @@ def export_coco_files(*, index: str, manifest: str, results: str | None = None, 
                     ann.add({"id": ann.n + 1, "image_id": im.image_id, "category_id": 1,
                              "bbox": [float(v) for v in box], "area": area, "iscrowd": 0,
                              "segmentation": rle, "score": score})
-    counts = {"images": len(records), "results": res.n if res else 0, "annotations": ann.n if ann else 0}
+    counts = {"images": int(images.ids.size), "results": res.n if res else 0, "annotations": ann.n if ann else 0}
     log.info("exported the masks of %s: %d results (%s), %d annotations (%s)", index, counts["results"], results,
              counts["annotations"], annotations)
     return counts

@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -408,6 +409,11 @@ def test_streamed_export_is_byte_identical_to_the_whole_json(tmp_path, cap):
     assert ann.read_text() == _export_in_memory(str(tmp_path / "empty.parquet"), manifest, "annotations")
     with pytest.raises(ValueError, match="results or an annotations path"):
         export_coco_files(index=index, manifest=manifest)
+    wrong = make_manifest(tmp_path, [SimpleNamespace(image_id=i.image_id, height=i.height + (i.image_id == 7),
+                                                     width=i.width) for i in images])
+    with pytest.raises(ValueError, match="image 7: masks are 6x5 .* says 7x5"):
+        export_coco_files(index=index, manifest=wrong, results=str(tmp_path / "never.json"))
+    assert not (tmp_path / "never.json").exists()
 
 
 def test_index_streams_row_groups_with_the_same_rows(tmp_path, monkeypatch):
@@ -424,5 +430,6 @@ def test_index_streams_row_groups_with_the_same_rows(tmp_path, monkeypatch):
     build_index(shards, str(tmp_path / "index" / "grouped.parquet"))
     grouped = pq.ParquetFile(tmp_path / "index" / "grouped.parquet")
     assert grouped.num_row_groups == 3 and grouped.metadata.num_rows == 7
-    assert grouped.read().equals(pq.read_table(index)) and grouped.schema_arrow.metadata == pq.read_schema(index).metadata
+    assert grouped.read().equals(pq.read_table(index))
+    assert grouped.schema_arrow.metadata == pq.read_schema(index).metadata
     assert MaskStore(str(tmp_path / "index" / "grouped.parquet")).mask_counts() == MaskStore(index).mask_counts()
