@@ -8,11 +8,20 @@ For an image pair (a, b), both sampled at P x P random points:
     loss(a, b, shift) = mean(-clamp(S, min=0) * (F - shift))
 Where the (centred) features agree above `shift` the gradient raises S (codes pulled together); below it,
 S is pushed down to 0 (the clamp stops pushing further: Sec. 3.2, "zero clamp").
-L = w_self loss(x, x, b_self) + w_knn loss(x, x_knn, b_knn) + w_rand loss(x, x_rand, b_rand); the self pair
-uses a second, independent set of points of the same image.
+L = w_self loss(x, x, b_self) + w_knn loss(x, x_knn, b_knn) + w_rand mean_n loss(x, x_rand_n, b_rand).
 
-The "global mean" is the mean over the whole (B, P, P, P, P) tensor of the batch, as in the paper's
-released training (one scalar per batch). Feature correlations carry no gradient (frozen backbone).
+As the reference (mhamilton723/STEGO src/modules.py, ContrastiveCorrelationLoss.forward):
+- the self pair is the anchor against itself at the SAME points (helper(feats, feats, code, code,
+  pos_intra_shift)): S and F are 1 on the diagonal p = q;
+- the kNN partner and every random partner are sampled at a second set of points, shared by all of them;
+- there are neg_samples random partners (5 in train_config.yml), each image of the batch against an
+  in-batch partner; the reference concatenates the neg_samples loss tensors and takes one mean, which equals
+  the mean of the per-sample means (equal sizes);
+- pointwise centring, zero clamp, no "stabalize" (train_config.yml: pointwise True, zero_clamp True,
+  stabalize False).
+
+The "global mean" is the mean over the whole (B, P, P, P, P) tensor of one pair term, as in the reference
+(one scalar per helper call). Feature correlations carry no gradient (frozen backbone).
 """
 
 from __future__ import annotations
@@ -80,6 +89,20 @@ def random_coords(rng: np.random.Generator, batch: int, points: int) -> torch.Te
     return torch.from_numpy(rng.uniform(-1.0, 1.0, (batch, points, points, 2)).astype(np.float32))
 
 
+def random_derangement(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(n,) int64 permutation with no fixed point, uniform over derangements (rejection: about e draws).
+
+    The reference's super_perm (src/modules.py) bumps fixed points of a random permutation by one, which
+    avoids self pairs but can repeat an image; a derangement gives every image exactly one partner role.
+    """
+    if n < 2:
+        raise ValueError(f"random_derangement needs n >= 2, got {n}")
+    while True:
+        perm = rng.permutation(n)
+        if (perm != np.arange(n)).all():
+            return perm.astype(np.int64)
+
+
 def sample_points(x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """Bilinear samples of x (B, C, h, w) at coords (B, P, Q, 2) in [-1, 1] -> (B, C, P, Q).
 
@@ -108,20 +131,23 @@ def corr_loss(feats_a: torch.Tensor, feats_b: torch.Tensor, codes_a: torch.Tenso
     return -(cd.clamp(min=0) * (fd - shift)).mean()
 
 
-def stego_losses(anchor: tuple[torch.Tensor, torch.Tensor], pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-                 *, weight_self: float, weight_knn: float, weight_rand: float,
-                 shift_self: float, shift_knn: float, shift_rand: float) -> dict[str, torch.Tensor]:
+Pair = tuple[torch.Tensor, torch.Tensor]  # (feats (B, C, P, P), codes (B, D, P, P)) at sampled points
+
+
+def stego_losses(anchor: Pair, knn: Pair, rand: list[Pair], *, weight_self: float, weight_knn: float,
+                 weight_rand: float, shift_self: float, shift_knn: float,
+                 shift_rand: float) -> dict[str, torch.Tensor]:
     """{"corr_self", "corr_knn", "corr_rand" (unweighted), "corr" (their weighted sum)}.
 
-    anchor: (feats (B, C, P, P), codes (B, D, P, P)) of x at its points; pairs[name] the same for the
-    partner of each pair in PAIRS (self: x at independent points; knn: a neighbour; rand: another image).
+    anchor: x at its points; knn: its neighbour at the partners' points; rand: one entry per random
+    partner (neg_samples of them), each another image at the partners' points. The self term is the anchor
+    against itself (same points, the reference's pos_intra pair); corr_rand is the mean over `rand`.
     """
-    missing = [p for p in PAIRS if p not in pairs]
-    if missing:
-        raise ValueError(f"stego_losses: pairs {missing} missing (need {list(PAIRS)})")
-    weights = {"self": weight_self, "knn": weight_knn, "rand": weight_rand}
-    shifts = {"self": shift_self, "knn": shift_knn, "rand": shift_rand}
-    out = {f"corr_{p}": corr_loss(anchor[0], pairs[p][0], anchor[1], pairs[p][1], shift=shifts[p])
-           for p in PAIRS}
-    out["corr"] = sum(weights[p] * out[f"corr_{p}"] for p in PAIRS)
+    if not rand:
+        raise ValueError("stego_losses: rand holds no random partner (need neg_samples >= 1)")
+    out = {"corr_self": corr_loss(anchor[0], anchor[0], anchor[1], anchor[1], shift=shift_self),
+           "corr_knn": corr_loss(anchor[0], knn[0], anchor[1], knn[1], shift=shift_knn),
+           "corr_rand": torch.stack([corr_loss(anchor[0], f, anchor[1], c, shift=shift_rand)
+                                     for f, c in rand]).mean()}
+    out["corr"] = weight_self * out["corr_self"] + weight_knn * out["corr_knn"] + weight_rand * out["corr_rand"]
     return out

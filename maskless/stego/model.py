@@ -1,7 +1,9 @@
 """STEGO head and probes (METHODS.md "STEGO"; Hamilton et al. 2022, Sec. 3.3).
 
-- StegoHead: codes s = linear(drop(f)) + nonlinear(drop(f)), a 1x1 conv plus a residual 1x1-ReLU-1x1
-  branch, with Dropout2d(0.1) on the frozen input features (one dropout mask shared by both branches).
+- StegoHead: codes s = linear(drop(f)) + nonlinear(drop'(f)), a 1x1 conv plus a residual 1x1-ReLU-1x1
+  branch, with Dropout2d(0.1) on the frozen input features; each branch draws its own dropout mask, as the
+  reference does (mhamilton723/STEGO src/modules.py, DinoFeaturizer.forward: cluster1(self.dropout(feat)) +
+  cluster2(self.dropout(feat)), two calls of one Dropout2d), and every forward draws new masks.
 - ClusterProbe: K centroids; cosine of normalised codes to normalised centroids; hard assignment; loss
   -mean(max_k cos), a gradient form of spherical k-means. It always sees DETACHED codes: the clusters
   follow the head, never shape it.
@@ -32,8 +34,8 @@ class StegoHead(nn.Module):
                                        nn.Conv2d(in_channels, code_dim, kernel_size=1))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        x = self.dropout(feats)  # (B, C, h, w)
-        return self.linear(x) + self.nonlinear(x)  # (B, D, h, w)
+        # Two calls of the dropout: two independent channel masks, one per branch (reference).
+        return self.linear(self.dropout(feats)) + self.nonlinear(self.dropout(feats))  # (B, D, h, w)
 
 
 class ClusterProbe(nn.Module):

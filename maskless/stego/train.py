@@ -3,10 +3,16 @@
 - Data: features (N, C, h, w) of the frozen backbone (maskless.stego.features), their kNN (N, k)
   (maskless.stego.knn) and, optionally, label maps (N, H, W) int64 (255 = ignore) for the linear probe.
 - Step s: batch_size images (epoch permutations from (seed, epoch), maskless.pretrain.train.batch_indices);
-  for each, a kNN partner drawn uniformly from its first knn_top neighbours and a random partner from an
-  in-batch derangement; two independent sets of points x points coordinates (anchor, partners). All of it
-  comes from a numpy generator seeded with (seed, s), and dropout from torch.manual_seed((seed, s)): a step
-  never depends on the steps before it.
+  for each, a kNN partner drawn uniformly from its first knn_top neighbours and neg_samples random partners,
+  each from its own in-batch derangement; two independent sets of points x points coordinates: the anchor's
+  (also both sides of the self pair) and the partners' (shared by the kNN and every random partner). All of
+  it comes from a numpy generator seeded with (seed, s), and dropout from torch.manual_seed((seed, s)): a
+  step never depends on the steps before it.
+- As the reference (mhamilton723/STEGO src/train_segmentation.py training_step: self.net(img),
+  self.net(img_pos)), the head runs once on the batch and once on the kNN partners, each forward drawing its
+  own dropout masks (and one per head branch: maskless.stego.model); with feature_dropout the features that
+  give the correlations F are dropped out too, with a mask of their own (DinoFeaturizer.forward returns
+  self.dropout(image_feat) when cfg.dropout, True in train_config.yml).
 - Loss: the correlation loss (maskless.stego.losses) trains the head; the cluster probe's and the linear
   probe's losses are added to the total but see detached codes, so they train only themselves.
 - Optimisation: Adam, lr for the head (5e-4, METHODS.md) and probe_lr for the probes. They are param groups
@@ -34,7 +40,8 @@ from maskless.io import pick_device, torch_save_atomic, write_text_atomic
 from maskless.pretrain.train import batch_indices
 from maskless.resume import restore, resume_key, save_state, try_resume
 from maskless.stego.knn import check_knn
-from maskless.stego.losses import TERMS, StegoLossParams, random_coords, sample_points, stego_losses
+from maskless.stego.losses import (TERMS, StegoLossParams, random_coords, random_derangement, sample_points,
+                                   stego_losses)
 from maskless.stego.model import IGNORE, ClusterProbe, LinearProbe, StegoHead
 
 log = logging.getLogger(__name__)
@@ -53,9 +60,11 @@ class StegoTrainParams:
     probe_lr: float = 5e-3
     code_dim: int = 70
     dropout: float = 0.1
+    feature_dropout: bool = True  # the correlation features are dropped out too (reference cfg.dropout)
     n_clusters: int = 5
     points: int = 11
     knn_top: int = 7  # x_knn is drawn from the first knn_top neighbours
+    neg_samples: int = 5  # random partners per image and step (reference train_config.yml neg_samples)
     checkpoint_every: int = 100
     seed: int = 0
     loss: StegoLossParams = field(default_factory=StegoLossParams)
@@ -64,7 +73,8 @@ class StegoTrainParams:
         if isinstance(self.loss, dict):
             self.loss = StegoLossParams(**self.loss)
         name = "StegoTrainParams"
-        for key in ("steps", "batch_size", "code_dim", "n_clusters", "points", "knn_top", "checkpoint_every"):
+        for key in ("steps", "batch_size", "code_dim", "n_clusters", "points", "knn_top", "neg_samples",
+                    "checkpoint_every"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
@@ -79,6 +89,8 @@ class StegoTrainParams:
                 raise ValueError(f"{name}.{key} must be a finite number > 0, got {getattr(self, key)!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{name}.dropout must lie in [0, 1), got {self.dropout}")
+        if not isinstance(self.feature_dropout, bool):
+            raise ValueError(f"{name}.feature_dropout must be true or false, got {self.feature_dropout!r}")
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -118,15 +130,15 @@ def _check_labels(labels, n_images: int, num_classes: int | None) -> tuple[torch
 
 
 def step_batch(step: int, n_images: int, knn: torch.Tensor, params: StegoTrainParams) -> dict:
-    """0-based step's image indices, kNN partners, in-batch derangement and point coordinates."""
+    """0-based step's image indices (B,), kNN partners (B,), neg_samples in-batch derangements "perms"
+    (neg_samples, B) (row n: the batch position of each image's n-th random partner, never itself) and point
+    coordinates "coords_a" (anchor and self pair), "coords_b" (kNN and random partners), (B, P, P, 2) each."""
     idx = batch_indices(step, n_images=n_images, batch_size=params.batch_size, seed=params.seed)
     rng = np.random.default_rng([params.seed, step, 1])
     top = min(params.knn_top, knn.shape[1])
     nn_idx = knn[torch.from_numpy(idx), torch.from_numpy(rng.integers(0, top, len(idx)))]  # (B,)
-    order = rng.permutation(len(idx))
-    perm = np.empty(len(idx), dtype=np.int64)
-    perm[order] = np.roll(order, -1)  # a cyclic derangement: no image is its own random partner
-    return {"idx": torch.from_numpy(idx), "knn": nn_idx, "perm": torch.from_numpy(perm),
+    perms = np.stack([random_derangement(rng, len(idx)) for _ in range(params.neg_samples)])  # (n_neg, B)
+    return {"idx": torch.from_numpy(idx), "knn": nn_idx, "perms": torch.from_numpy(perms),
             "coords_a": random_coords(rng, len(idx), params.points),
             "coords_b": random_coords(rng, len(idx), params.points)}
 
@@ -135,14 +147,16 @@ def train_losses(modules: torch.nn.ModuleDict, feats: torch.Tensor, feats_knn: t
                  params: StegoTrainParams, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Named loss terms of one batch (feats, feats_knn (B, C, h, w)); "loss" is their sum."""
     head = modules["head"]
-    codes, codes_knn = head(feats), head(feats_knn)  # (B, D, h, w) each
+    codes, codes_knn = head(feats), head(feats_knn)  # (B, D, h, w) each, own dropout masks per forward
+    if params.feature_dropout and head.training:  # the correlation signal, a mask of its own (reference)
+        feats = torch.nn.functional.dropout2d(feats, params.dropout, training=True)  # (B, C, h, w)
+        feats_knn = torch.nn.functional.dropout2d(feats_knn, params.dropout, training=True)
     ca, cb = batch["coords_a"], batch["coords_b"]
     anchor = (sample_points(feats, ca), sample_points(codes, ca))  # (B, C, P, P), (B, D, P, P)
-    other = (sample_points(feats, cb), sample_points(codes, cb))
-    perm = batch["perm"].to(feats.device)
-    pairs = {"self": other, "knn": (sample_points(feats_knn, cb), sample_points(codes_knn, cb)),
-             "rand": (other[0][perm], other[1][perm])}
-    out = stego_losses(anchor, pairs, **params.loss.to_dict())
+    other = (sample_points(feats, cb), sample_points(codes, cb))  # the batch at the partners' points
+    knn_pair = (sample_points(feats_knn, cb), sample_points(codes_knn, cb))
+    rand = [(other[0][perm], other[1][perm]) for perm in batch["perms"].to(feats.device)]  # neg_samples pairs
+    out = stego_losses(anchor, knn_pair, rand, **params.loss.to_dict())
     out["cluster"] = modules["cluster"].loss(codes)
     out["linear"] = modules["linear"].loss(codes, labels) if "linear" in modules else codes.new_zeros(())
     out["loss"] = out["corr"] + out["cluster"] + out["linear"]

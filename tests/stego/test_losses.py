@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskless.stego.losses import (PAIRS, PRESETS, StegoLossParams, centre, corr_loss, correlation,
-                                   random_coords, sample_points, stego_losses)
+from maskless.stego.losses import (PRESETS, StegoLossParams, centre, corr_loss, correlation, random_coords,
+                                   random_derangement, sample_points, stego_losses)
 
 R2 = 1 / math.sqrt(2)
 
@@ -64,18 +64,59 @@ def _pair(b=2, c=6, d=4, p=3, seed=0):
 
 
 def test_every_pair_term_has_a_gradient_and_total_is_weighted_sum():
-    anchor = _pair(seed=0)
-    pairs = {name: _pair(seed=i + 1) for i, name in enumerate(PAIRS)}
+    anchor, knn = _pair(seed=0), _pair(seed=1)
+    rand = [_pair(seed=2), _pair(seed=3)]
     params = StegoLossParams(weight_self=0.5, weight_knn=2.0, weight_rand=3.0)
-    out = stego_losses(anchor, pairs, **params.to_dict())
+    out = stego_losses(anchor, knn, rand, **params.to_dict())
     assert set(out) == {"corr_self", "corr_knn", "corr_rand", "corr"}
     assert float(out["corr"].detach()) == pytest.approx(
-        sum(w * float(out[f"corr_{p}"].detach()) for w, p in zip((0.5, 2.0, 3.0), PAIRS)), rel=1e-5)
-    for name in PAIRS:
-        anchor[1].grad = None
-        pairs[name][1].grad = None
-        stego_losses(anchor, pairs, **params.to_dict())[f"corr_{name}"].backward()
-        assert float(anchor[1].grad.abs().sum()) > 0 and float(pairs[name][1].grad.abs().sum()) > 0
+        sum(w * float(out[f"corr_{p}"].detach()) for w, p in zip((0.5, 2.0, 3.0), ("self", "knn", "rand"))),
+        rel=1e-5)
+    for term, partners in (("corr_self", []), ("corr_knn", [knn]), ("corr_rand", rand)):
+        for t in (anchor, knn, *rand):
+            t[1].grad = None
+        stego_losses(anchor, knn, rand, **params.to_dict())[term].backward()
+        assert float(anchor[1].grad.abs().sum()) > 0, term
+        assert all(float(p[1].grad.abs().sum()) > 0 for p in partners), term
+
+
+def test_self_term_is_the_anchor_against_itself_at_the_same_points():
+    """The reference's pos_intra pair: helper(feats, feats, code, code). With codes equal to the features,
+    S = F before centring, so S is 1 on the diagonal p = q; the term equals corr_loss(anchor, anchor)."""
+    feats, codes = _pair(b=2, c=6, d=4, p=3, seed=4)
+    out = stego_losses((feats, codes), _pair(seed=5), [_pair(seed=6)], **StegoLossParams().to_dict())
+    assert float(out["corr_self"].detach()) == pytest.approx(
+        float(corr_loss(feats, feats, codes, codes, shift=StegoLossParams().shift_self).detach()), rel=1e-6)
+    s = correlation(codes, codes).reshape(2, 9, 9).detach()  # (B, P*P, P*P)
+    np.testing.assert_allclose(torch.diagonal(s, dim1=1, dim2=2).numpy(), 1.0, atol=1e-6)
+
+
+def test_random_term_is_the_mean_over_the_random_partners():
+    """Two partners: corr_rand = (loss(partner 1) + loss(partner 2)) / 2, the mean of the reference's
+    concatenated neg_samples loss tensors (equal sizes)."""
+    anchor, rand = _pair(seed=0), [_pair(seed=1), _pair(seed=2)]
+    shift = 0.3
+    out = stego_losses(anchor, _pair(seed=3), rand, weight_self=1, weight_knn=1, weight_rand=1, shift_self=0,
+                       shift_knn=0, shift_rand=shift)
+    each = [float(corr_loss(anchor[0], f, anchor[1], c, shift=shift).detach()) for f, c in rand]
+    assert float(out["corr_rand"].detach()) == pytest.approx(sum(each) / 2, rel=1e-6)
+    assert each[0] != pytest.approx(each[1])  # a mean of two different values, not a copy of one
+    with pytest.raises(ValueError, match="no random partner"):
+        stego_losses(anchor, _pair(seed=3), [], **StegoLossParams().to_dict())
+
+
+@pytest.mark.parametrize("n", [2, 3, 7, 16])
+def test_random_derangement_has_no_fixed_point_and_covers_every_image(n):
+    rng = np.random.default_rng(0)
+    perms = [random_derangement(rng, n) for _ in range(50)]
+    for perm in perms:
+        assert sorted(perm.tolist()) == list(range(n)) and (perm != np.arange(n)).all()
+    if n == 2:
+        assert all(p.tolist() == [1, 0] for p in perms)  # the only derangement of two
+    if n >= 3:  # not always one cycle: a uniform derangement of 3+ images varies
+        assert len({tuple(p.tolist()) for p in perms}) > 1
+    with pytest.raises(ValueError, match="n >= 2"):
+        random_derangement(rng, 1)
 
 
 def test_feature_correlation_carries_no_gradient():
@@ -101,5 +142,4 @@ def test_params_presets_and_validation():
         StegoLossParams(weight_knn=-1)
     with pytest.raises(ValueError, match="shift_rand"):
         StegoLossParams(shift_rand=float("nan"))
-    with pytest.raises(ValueError, match="missing"):
-        stego_losses(_pair(), {"self": _pair()}, **StegoLossParams().to_dict())
+

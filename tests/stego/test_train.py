@@ -10,7 +10,7 @@ import torch
 
 from maskless.stego import train as train_mod
 from maskless.stego.knn import compute_knn, pool_features
-from maskless.stego.losses import StegoLossParams
+from maskless.stego.losses import StegoLossParams, corr_loss, sample_points
 from maskless.stego.train import LOSS_COLUMNS, StegoTrainParams, step_batch, train_stego
 
 TINY = dict(batch_size=4, code_dim=6, n_clusters=3, points=3, knn_top=2)
@@ -125,7 +125,11 @@ def test_step_batch_is_deterministic_with_a_derangement_and_top_neighbours(data)
     a, b = step_batch(5, 10, data["knn"], params), step_batch(5, 10, data["knn"], params)
     for k in a:
         assert torch.equal(a[k], b[k])
-    assert (a["perm"] != torch.arange(4)).all() and sorted(a["perm"].tolist()) == [0, 1, 2, 3]
+    assert a["perms"].shape == (params.neg_samples, 4) == (5, 4)  # the reference's 5 random partners
+    for perm in a["perms"]:  # each a derangement of the batch: no image is its own random partner
+        assert (perm != torch.arange(4)).all() and sorted(perm.tolist()) == [0, 1, 2, 3]
+    assert len({tuple(p.tolist()) for p in a["perms"]}) > 1  # independent draws, not one repeated
+    assert step_batch(5, 10, data["knn"], StegoTrainParams(**TINY, neg_samples=2))["perms"].shape == (2, 4)
     for i, j in zip(a["idx"].tolist(), a["knn"].tolist()):
         assert j in data["knn"][i, :2].tolist()
     assert a["coords_a"].shape == (4, 3, 3, 2) and not torch.equal(a["coords_a"], a["coords_b"])
@@ -149,3 +153,67 @@ def test_every_trainable_term_has_a_gradient_and_probes_do_not_train_the_head(da
                 assert all(g is not None and float(g.abs().sum()) > 0 for g in grads), (term, name)
             else:
                 assert all(g is None or float(g.abs().sum()) == 0 for g in grads), (term, name)
+
+
+def test_pair_terms_rebuilt_by_hand_self_on_the_anchor_points(data):
+    """Without dropout the head is deterministic, so every term can be rebuilt from the batch: self = the
+    anchor (coords_a) against itself (the reference's helper(feats, feats, code, code)), knn = anchor vs the
+    neighbour at coords_b, rand = the mean over the neg_samples derangements of anchor vs the permuted batch
+    at coords_b. The old independent-points self pair (coords_b on one side) gives a different value."""
+    params = StegoTrainParams(**TINY, dropout=0.0, neg_samples=3)
+    modules, _ = train_mod._build(8, None, params, torch.device("cpu"))
+    batch = step_batch(2, 10, data["knn"], params)
+    feats, feats_knn = data["features"][batch["idx"]], data["features"][batch["knn"]]
+    with torch.no_grad():
+        out = train_mod.train_losses(modules, feats, feats_knn, batch, params)
+        head, ca, cb, shifts = modules["head"], batch["coords_a"], batch["coords_b"], params.loss
+        fa, sa = sample_points(feats, ca), sample_points(head(feats), ca)
+        fb, sb = sample_points(feats, cb), sample_points(head(feats), cb)
+        self_term = corr_loss(fa, fa, sa, sa, shift=shifts.shift_self)
+        knn_term = corr_loss(fa, sample_points(feats_knn, cb), sa, sample_points(head(feats_knn), cb),
+                             shift=shifts.shift_knn)
+        rand_term = sum(corr_loss(fa, fb[p], sa, sb[p], shift=shifts.shift_rand) for p in batch["perms"]) / 3
+        independent = corr_loss(fa, fb, sa, sb, shift=shifts.shift_self)
+    torch.testing.assert_close(out["corr_self"], self_term)
+    torch.testing.assert_close(out["corr_knn"], knn_term)
+    torch.testing.assert_close(out["corr_rand"], rand_term)
+    assert abs(float(out["corr_self"]) - float(independent)) > 1e-4
+
+
+def test_each_head_forward_and_each_branch_draws_its_own_dropout_mask():
+    """Dropout 0.5 on 16 channels: two forwards of the same input differ (the batch and its kNN partners get
+    their own masks, as the reference runs the net once per image), and within one forward the linear and
+    the nonlinear branch see different channel masks (the reference calls its Dropout2d once per branch).
+    With dropout 0 all of them are equal."""
+    from maskless.stego.model import StegoHead
+
+    x = torch.rand(2, 16, 3, 3) + 0.1  # no zero channel of its own
+    for p, differ in ((0.5, True), (0.0, False)):
+        torch.manual_seed(0)
+        head = StegoHead(16, code_dim=4, dropout=p).train()
+        seen = {}
+        head.linear.register_forward_pre_hook(lambda m, inp: seen.__setitem__("linear", inp[0]))
+        head.nonlinear.register_forward_pre_hook(lambda m, inp: seen.__setitem__("nonlinear", inp[0]))
+        first, second = head(x), head(x)
+        dropped = {k: (v == 0).all(-1).all(-1) for k, v in seen.items()}  # (B, C) channel masks of forward 2
+        assert (not torch.equal(first, second)) == differ
+        assert (not torch.equal(dropped["linear"], dropped["nonlinear"])) == differ
+        assert bool(dropped["linear"].any()) == differ
+
+
+def test_feature_dropout_changes_only_the_correlation_signal(data):
+    """feature_dropout drops channels of the features that give F (a mask of its own; the reference's
+    cfg.dropout), drawn after the head's masks, so the codes are the same with and without it and only F
+    moves the self term; with dropout 0 it is a no-op."""
+    batch_params = StegoTrainParams(**TINY)
+    batch = step_batch(0, 10, data["knn"], batch_params)
+    feats, feats_knn = data["features"][batch["idx"]], data["features"][batch["knn"]]
+    values = {}
+    for fd, p in ((True, 0.5), (False, 0.5), (True, 0.0), (False, 0.0)):
+        params = StegoTrainParams(**TINY, dropout=p, feature_dropout=fd)
+        modules, _ = train_mod._build(8, None, params, torch.device("cpu"))
+        torch.manual_seed(1)
+        with torch.no_grad():
+            values[fd, p] = float(train_mod.train_losses(modules, feats, feats_knn, batch, params)["corr_self"])
+    assert values[True, 0.0] == values[False, 0.0]
+    assert values[True, 0.5] != values[False, 0.5]
