@@ -3,7 +3,8 @@
 #
 # Paths (one folder per experiment, `experiment` in the config):
 #   data/synthetic/<experiment>/                  generated dataset (dataset.kind: synthetic)
-#   results/<experiment>/data/manifest.parquet    image manifest (+ instances_gt.json when ground truth exists)
+#   results/<experiment>/data/manifest.parquet    image manifest (+ instances_gt.json when ground truth exists,
+#                                                 ingest_summary.json: counts and conversions)
 #   results/<experiment>/data/eval_manifest.parquet, eval_instances_gt.json
 #                                                 the evaluation set (dataset.eval; maskless/evalset.py)
 #   results/<experiment>/pretrain/backbone.pt     DenseCL backbone (or the given pretrain.weights)
@@ -22,6 +23,8 @@
 #   results/<experiment>/pct/data/                PCT's checked user files (pct.data): manifest, labels.json
 #   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/freemask,
 #                                                 eval/<variant>/round<r>, eval/stego, eval/pct/<budget>/<mode>
+#   results/<experiment>/eval/masks/<masks>.json  quality of the masks a SOLO round trains on (freemask,
+#                                                 <variant>_round<r>); tables/mask_quality.md has them all
 #   results/<experiment>/tables/metrics.md        every metric of the experiment in one table (pct.md: PCT's)
 #   results/<experiment>/tables/paper/            paper tables as markdown, CSV and LaTeX
 #   results/<experiment>/report/                  figures of `snakemake --report report.html`
