@@ -147,6 +147,19 @@ def instance_evals(wildcards):
         for v in solo_variants() for r in range(variant_rounds(v) + 1)]
 
 
+def mask_sets():
+    if not (instances_on() and has_ground_truth()):
+        return []
+    return ["freemask"] + [f"{v}_round{r}" for v in solo_variants() for r in range(1, variant_rounds(v) + 1)]
+
+
+def mask_set_index(wildcards):
+    if wildcards.masks == "freemask":
+        return training_masks(wildcards.experiment, "freesolo", 0)
+    variant, _, r = wildcards.masks.rpartition("_round")
+    return training_masks(wildcards.experiment, variant, int(r))
+
+
 def stego_train_inputs(wildcards):
     exp = wildcards.experiment
     inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "backbone": f"results/{exp}/pretrain/backbone.pt"}

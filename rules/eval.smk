@@ -80,19 +80,6 @@ rule tables:
 # self-training round's relabelled masks, against the training images' ground truth.
 
 
-def mask_sets():
-    if not (instances_on() and has_ground_truth()):
-        return []
-    return ["freemask"] + [f"{v}_round{r}" for v in solo_variants() for r in range(1, variant_rounds(v) + 1)]
-
-
-def mask_set_index(wildcards):
-    if wildcards.masks == "freemask":
-        return training_masks(wildcards.experiment, "freesolo", 0)
-    variant, _, r = wildcards.masks.rpartition("_round")
-    return training_masks(wildcards.experiment, variant, int(r))
-
-
 rule mask_quality:
     wildcard_constraints:
         masks=r"freemask|(freesolo|exemplar_n\d+)_round\d+",

@@ -174,15 +174,15 @@ def run_fake_slurm(workdir: Path, targets: list[str], rules: list[str], inputs: 
 
 @pytest.fixture(scope="module")
 def gpu_and_cpu_jobs(tmp_path_factory) -> SlurmRun:
-    """pretrain (GPU) and synthetic (CPU, no inputs), submitted together.
+    """pretrain (GPU) and pct_split (CPU, needs only the manifest and the ground truth), submitted together.
 
-    synthetic makes another experiment's dataset: this experiment's is upstream of pretrain (via ingest).
+    Not synthetic: it is upstream of pretrain (via ingest), and {experiment} only matches the config's.
     Not eval_instances: it makes Snakemake evaluate freemask_index's input function on the empty manifest.
     """
     workdir = tmp_path_factory.mktemp("slurm_a") / "wd"
-    targets = [f"results/{EXP}/pretrain/backbone.pt", "data/synthetic/other_experiment/instances.json"]
-    inputs = [f"results/{EXP}/data/manifest.parquet"]
-    return run_fake_slurm(workdir, targets, ["pretrain", "synthetic"], inputs)
+    targets = [f"results/{EXP}/pretrain/backbone.pt", f"results/{EXP}/pct/ratio0.5/split.json"]
+    inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/data/instances_gt.json"]
+    return run_fake_slurm(workdir, targets, ["pretrain", "pct_split"], inputs)
 
 
 VARIANTS = ("freesolo", "exemplar_n2")  # tiny.yaml: exemplar.counts [2], selftrain.rounds 1
@@ -234,9 +234,9 @@ def test_training_rules_request_train_processes_gpus(tmp_path):
 
 @pytest.mark.workflow
 def test_cpu_rule_sbatch_arguments(gpu_and_cpu_jobs):
-    """synthetic declares runtime=30, mem_mb=2000, threads 1 and no GPU; the profile leaves it alone."""
-    argv = gpu_and_cpu_jobs.sbatch_by_rule()["synthetic"]
-    assert option_values(argv, "-t") == ["30"]
+    """pct_split declares runtime=10, mem_mb=2000, threads 1 and no GPU; the profile leaves it alone."""
+    argv = gpu_and_cpu_jobs.sbatch_by_rule()["pct_split"]
+    assert option_values(argv, "-t") == ["10"]
     assert option_values(argv, "--mem") == ["2000"]
     assert option_values(argv, "--cpus-per-task") == ["1"]
     assert option_values(argv, "--ntasks") == ["1"]
@@ -246,7 +246,7 @@ def test_cpu_rule_sbatch_arguments(gpu_and_cpu_jobs):
 @pytest.mark.workflow
 def test_each_job_submitted_once_and_its_id_parsed(gpu_and_cpu_jobs):
     """Two independent jobs: two sbatch calls, ids 4242 and 4243 (the fake counts from 4242)."""
-    assert sorted(gpu_and_cpu_jobs.sbatch_by_rule()) == ["pretrain", "synthetic"]
+    assert sorted(gpu_and_cpu_jobs.sbatch_by_rule()) == ["pct_split", "pretrain"]
     assert sorted(c["jobid"] for c in gpu_and_cpu_jobs.calls if c["cmd"] == "sbatch") == ["4242", "4243"]
     assert "SLURM jobid 4242" in gpu_and_cpu_jobs.output and "SLURM jobid 4243" in gpu_and_cpu_jobs.output
 
