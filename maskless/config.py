@@ -106,6 +106,9 @@ def _cross_checks(cfg: dict) -> list[str]:
         if ds["kind"] != "synthetic" and isinstance(path, str) and path and not os.path.exists(path):
             errors.append(f"config key 'dataset.{key}': {path!r} does not exist")
     errors += _dataset_list_and_eval_checks(ds)
+    if cfg["oracles"] and ds["kind"] not in ("synthetic", "coco"):
+        errors.append(f"config key 'oracles' needs ground truth to train the oracles on: dataset.kind "
+                      f"{ds['kind']!r} has none (synthetic or coco)")
     syn = cfg["synthetic"]
     for key in ("objects_per_image", "scale_range"):
         lo, hi = syn[key]

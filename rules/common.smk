@@ -21,15 +21,26 @@ for _w in check_image_count(config, dag_image_count(config, EXP, DATASET_INPUTS)
 ENV = "../envs/maskless.yaml"
 
 
+# The runs of this config: the experiment itself, or one per training seed (config `seeds`) below it.
+RUNS = [EXP] if config["seeds"] is None else [f"{EXP}/seed{k}" for k in config["seeds"]]
+
+
 wildcard_constraints:
-    experiment=re.escape(EXP),  # only the config's experiment: results/<other>/... is not this run's
+    # only this config's runs: results/<other>/... is not this run's
+    experiment="|".join(re.escape(r) for r in RUNS),
     shard=r"\d+",
     stage=r"[a-z0-9_]+",
     round=r"\d+",
-    variant=r"freesolo|exemplar_n\d+",
+    variant=r"freesolo|exemplar_n\d+|oracle",
     n_exemplars=r"\d+",
     budget=r"ratio[0-9]*\.?[0-9]+|count[0-9]+",
     mode=r"plain|ctr",
+
+
+def seed_param(wildcards):
+    """The seed of a run (rule param): k for results/<experiment>/seed<k>/, else the config's seed."""
+    found = re.fullmatch(r".*/seed(\d+)", wildcards.experiment)
+    return int(found.group(1)) if found else config["seed"]
 
 
 def has_ground_truth():
@@ -38,11 +49,8 @@ def has_ground_truth():
 
 def dataset_source(wildcards):
     """Inputs of the ingest rule: the generated dataset, or nothing (user files are params)."""
-    if config["dataset"]["kind"] == "synthetic":
-        return {
-            "instances": f"data/synthetic/{wildcards.experiment}/instances.json",
-            "images": f"data/synthetic/{wildcards.experiment}/images",
-        }
+    if config["dataset"]["kind"] == "synthetic":  # one dataset (made with `seed`) for every seed's run
+        return {"instances": f"data/synthetic/{EXP}/instances.json", "images": f"data/synthetic/{EXP}/images"}
     return {}
 
 
@@ -90,9 +98,11 @@ def solo_scored(wildcards):
 
 
 def training_masks(experiment, variant, round, shard=None):
-    """Masks SOLO round `round` trains on: Free Mask for round 0, else that round's relabelled predictions."""
+    """Masks SOLO round `round` trains on: Free Mask for round 0 (the ground truth for the oracle), else that
+    round's relabelled predictions."""
     if round == 0:
-        return f"results/{experiment}/freemask/" + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
+        base = f"results/{experiment}/" + ("data/gt_masks/" if variant == "oracle" else "freemask/")
+        return base + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
     base = f"results/{experiment}/solo/{variant}/round{round}/"
     return base + ("labels.parquet" if shard is None else f"labels/{shard}.zarr")
 
@@ -106,7 +116,7 @@ def solo_train_inputs(wildcards):
               "backbone": f"results/{exp}/pretrain/backbone.pt"}
     if r > 0 and config["selftrain"]["init"] == "finetune":
         inputs["init"] = f"results/{exp}/solo/{variant}/round{r - 1}/model.pt"
-    if variant != "freesolo":
+    if variant.startswith("exemplar_n"):
         inputs["pool"] = f"results/{exp}/exemplar/n{variant.removeprefix('exemplar_n')}/pool"
     return inputs
 
@@ -122,11 +132,15 @@ def relabel_inputs(wildcards):
 
 
 def solo_variants():
-    return ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]]
+    """FreeSOLO, Exemplar-FreeSOLO per exemplar count, and the oracle (SOLO on the ground truth) if asked."""
+    oracle = ["oracle"] if config["oracles"] else []
+    return ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]] + oracle
 
 
 def variant_rounds(variant):
-    """Self-training rounds after round 0 of a SOLO variant."""
+    """Self-training rounds after round 0 of a SOLO variant (none for the oracle: its masks are the truth)."""
+    if variant == "oracle":
+        return 0
     if variant != "freesolo" and config["exemplar"]["rounds"] is not None:
         return config["exemplar"]["rounds"]
     return config["selftrain"]["rounds"]
@@ -198,7 +212,7 @@ def pct_data_inputs(wildcards):
 
 def pct_split_params():
     """Params of pct_split: eval_fraction only where it is used (the dataset-ground-truth source)."""
-    params = dict(stratified=config["pct"]["stratified"], seed=config["seed"])
+    params = dict(stratified=config["pct"]["stratified"], seed=seed_param)
     if config["pct"]["data"] is None:
         params = dict(eval_fraction=config["pct"]["eval_fraction"], **params)
     return params
@@ -225,7 +239,7 @@ def pct_train_params(kind):
         kind=kind,
         pct=pct,
         arch=config["pretrain"]["arch"],
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
         processes=config["train_processes"],
     )

@@ -2,6 +2,8 @@
 
 
 rule synthetic:
+    wildcard_constraints:
+        experiment=re.escape(EXP),  # one dataset for every seed's run (dataset_source)
     output:
         instances="data/synthetic/{experiment}/instances.json",
         images=directory("data/synthetic/{experiment}/images"),

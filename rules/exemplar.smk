@@ -17,7 +17,7 @@ rule exemplar_pool:
     params:
         pool=section_params(config, "exemplar", exclude=("counts", "eec", "threads", "rounds")),
         n_exemplars=lambda wc: int(wc.n_exemplars),
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
     threads: config["exemplar"]["threads"]
     resources:

@@ -14,7 +14,7 @@ rule pretrain:
     params:
         densecl=section_params(config, "pretrain", exclude=("threads", "weights")),
         weights=config["pretrain"]["weights"],
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
         processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
         # Resumable state lives outside the outputs: Snakemake deletes outputs before a job starts.

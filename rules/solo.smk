@@ -20,9 +20,9 @@ rule solo_train:
         arch=config["pretrain"]["arch"],
         emb_dim=config["freemask"]["embedding_dim"],
         init=lambda wc: "pretrained" if int(wc.round) == 0 else config["selftrain"]["init"],
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
-        eec=lambda wc: config["exemplar"]["eec"] if wc.variant != "freesolo" else None,
+        eec=lambda wc: config["exemplar"]["eec"] if wc.variant.startswith("exemplar_n") else None,
         processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
         state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/{wc.variant}/round{wc.round}",
     threads: config["solo"]["threads"]

@@ -17,7 +17,7 @@ rule stego_train:
     params:
         stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
         train=config["stego"]["train"],
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
         state_dir=lambda wc: f"results/{wc.experiment}/_state/stego",
     threads: config["stego"]["threads"]
@@ -49,7 +49,7 @@ rule stego_eval:
         flip=config["stego"]["flip"],
         crf=config["stego"]["crf"],
         dataset=config["dataset"]["name"],
-        seed=config["seed"],
+        seed=seed_param,
         device=config["device"],
     threads: config["stego"]["threads"]
     resources:
