@@ -29,6 +29,10 @@
 #   results/<experiment>/tables/paper/            paper tables as markdown, CSV and LaTeX
 #   results/<experiment>/report/                  figures of `snakemake --report report.html`
 #   results/<experiment>/record.json              config, versions, git commit, each job's time and memory
+#   results/<experiment>/seed<k>/...              with config `seeds` a list: each seed's run, laid out as above;
+#                                                 results/<experiment>/tables/claims.md compares the methods
+#   results/<experiment>/data/gt_masks/           ground-truth masks as a mask store (config `oracles`: the
+#                                                 oracle SOLO variant, solo/oracle/round0/, trains on them)
 #   results/<experiment>/_state/                  resumable training state (never a rule output)
 #   results/<experiment>/logs/, benchmarks/       rule logs and Snakemake benchmark records
 
@@ -65,5 +69,6 @@ onsuccess:
     # results/<experiment>/record.json: config, seed, git commit, versions, devices, each job's time and memory.
     from maskless.record import write_run_record
 
-    if os.path.isdir(f"results/{EXP}"):
-        write_run_record(f"results/{EXP}", config)
+    for run in RUNS:  # the experiment, or each seed's run under it
+        if os.path.isdir(f"results/{run}"):
+            write_run_record(f"results/{run}", config)

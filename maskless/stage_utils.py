@@ -40,7 +40,8 @@ def begin(smk: Any, params_beside: str | None = None) -> dict:
     target = params_beside or str(smk.output[0])
     config = _plain(dict(getattr(smk, "config", {}) or {}))
     record = {"rule": smk.rule, "wildcards": dict(smk.wildcards.items()), "params": params,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": config.get("seed"), "config": config,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": params.get("seed", config.get("seed")),  # a seed run's own (config `seeds`)
+              "config": config,
               "environment": environment()}
     out = Path(target)
     # A directory output (a zarr store) records its params inside itself, written by the stage.

@@ -38,7 +38,7 @@ wildcard_constraints:
 
 
 def seed_param(wildcards):
-    """The seed of a run (rule param): k for results/<experiment>/seed<k>/, else the config's seed."""
+    """The seed param of a run: k for results/<experiment>/seed<k>/, else the config's seed."""
     found = re.fullmatch(r".*/seed(\d+)", wildcards.experiment)
     return int(found.group(1)) if found else config["seed"]
 
@@ -253,27 +253,57 @@ def pct_evals(wildcards):
 
 def report_inputs(wildcards):
     """Everything the run makes, so the report figures come last."""
-    return get_final_outputs(report=False)
+    return run_outputs(wildcards.experiment, report=False)
 
 
-def get_final_outputs(report=True):
+def pct_budget_texts():
+    """The PCT budgets as the metric rows write them after "@" (0.125, 92)."""
+    from maskless.pct.stage import budget_text
+
+    return list(dict.fromkeys(budget_text(b) for b, _ in pct_families())) if pct_on() else []
+
+
+def pct_oracle_text():
+    return None
+
+
+def run_metrics(exp):
+    """Every metric file of one run."""
+    wc = SimpleNamespace(experiment=exp)
+    return instance_evals(wc) + stego_evals(wc) + pct_evals(wc)
+
+
+def claims_inputs(wildcards):
+    return [path for run in RUNS for path in run_metrics(run)]
+
+
+def run_outputs(exp, report=True):
+    """The final outputs of one run (results/<experiment>/ or one seed's folder under it)."""
     # The last round's predictions: on the evaluation images when there is an evaluation set (the training
     # images' are only made where a self-training round relabels them).
     out = []
     if instances_on():
-        out += [f"results/{EXP}/freemask/index.parquet", f"results/{EXP}/freemask/annotations.json",
-                *[evalset.solo_index(config, EXP, v, variant_rounds(v)) for v in solo_variants()]]
+        out += [f"results/{exp}/freemask/index.parquet", f"results/{exp}/freemask/annotations.json",
+                *[evalset.solo_index(config, exp, v, variant_rounds(v)) for v in solo_variants()]]
     if config["stego"]["enabled"]:
-        out.append(f"results/{EXP}/stego/model.pt")
-    wc = SimpleNamespace(experiment=EXP)
+        out.append(f"results/{exp}/stego/model.pt")
+    wc = SimpleNamespace(experiment=exp)
     if instance_evals(wc) or stego_evals(wc) or (pct_on() and config["pct"]["data"] is None):
-        out.append(f"results/{EXP}/tables/metrics.md")
+        out.append(f"results/{exp}/tables/metrics.md")
     if mask_sets():
-        out.append(f"results/{EXP}/tables/mask_quality.md")
+        out.append(f"results/{exp}/tables/mask_quality.md")
     if pct_on():
-        out += [f"results/{EXP}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]
+        out += [f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]
         if config["pct"]["data"] is not None:
-            out.append(f"results/{EXP}/tables/pct.md")  # the PCT table (metrics.md needs instance ground truth)
+            out.append(f"results/{exp}/tables/pct.md")  # the PCT table (metrics.md needs instance ground truth)
     if report and config["report"]["enabled"]:
-        out.append(f"results/{EXP}/report")
+        out.append(f"results/{exp}/report")
+    return out
+
+
+def get_final_outputs():
+    """Every run's outputs, and the claims table when the config runs several seeds."""
+    out = [path for run in RUNS for path in run_outputs(run)]
+    if config["seeds"] is not None and any(run_metrics(run) for run in RUNS):
+        out.append(f"results/{EXP}/tables/claims.md")
     return out

@@ -83,3 +83,49 @@ if eval_set() is not None:
             ENV
         script:
             "../stages/ingest.py"
+
+
+# The ground-truth masks as a mask store (config `oracles`): the oracle SOLO variant's training masks, in the
+# Free Mask sharding (maskless/data/gt_masks.py).
+
+
+rule gt_masks_shard:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        gt="results/{experiment}/data/instances_gt.json",
+    output:
+        store=directory("results/{experiment}/data/gt_masks/shards/{shard}.zarr"),
+    log:
+        "results/{experiment}/logs/gt_masks/{shard}.log",
+    params:
+        shard_size=config["freemask"]["shard_size"],
+        embedding_dim=config["freemask"]["embedding_dim"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        ENV
+    script:
+        "../stages/gt_masks.py"
+
+
+rule gt_masks_index:
+    input:
+        manifest="results/{experiment}/data/manifest.parquet",
+        shards=lambda wc: shard_paths(wc, "data/gt_masks/shards"),
+    output:
+        index="results/{experiment}/data/gt_masks/index.parquet",
+    log:
+        "results/{experiment}/logs/gt_masks/index.log",
+    params:
+        max_dets=config["eval"]["max_dets"],
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../stages/mask_index.py"

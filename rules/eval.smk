@@ -118,3 +118,36 @@ rule mask_quality_table:
         ENV
     script:
         "../stages/mask_quality.py"
+
+
+# The claims table of a run over several training seeds (config `seeds`): each method's claim as mean +- std
+# over the seeds' metric rows, with a verdict (maskless/eval/claims.py).
+
+
+rule claims:
+    wildcard_constraints:
+        experiment=re.escape(EXP),
+    input:
+        claims_inputs,
+    output:
+        table="results/{experiment}/tables/claims.md",
+        json="results/{experiment}/tables/claims.json",
+    log:
+        "results/{experiment}/logs/claims.log",
+    params:
+        seeds=config["seeds"],
+        exemplar_counts=config["exemplar"]["counts"] if instances_on() else [],
+        rounds=config["selftrain"]["rounds"],
+        oracle=config["oracles"],
+        pct_budgets=lambda wc: pct_budget_texts(),
+        pct_modes=["ctr" if c else "plain" for c in config["pct"]["contextrast"]],
+        pct_oracle=lambda wc: pct_oracle_text(),
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    localrule: True
+    conda:
+        ENV
+    script:
+        "../stages/claims.py"

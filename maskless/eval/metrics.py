@@ -112,7 +112,7 @@ def read_metrics(paths: list[str | os.PathLike]) -> list[dict]:
     return rows
 
 
-def _fmt(value: float | None) -> str:
+def fmt_value(value: float | None) -> str:
     if value is None or math.isnan(value):
         return "-"
     text = f"{value:.1f}"
@@ -121,7 +121,7 @@ def _fmt(value: float | None) -> str:
 
 # Pipeline order of the stages in tables: coarse masks, then the segmenters trained on them; exemplar
 # variants by their count (exemplar_n2 before exemplar_n10); stages not listed after these, by name.
-STAGE_ORDER = ("freemask", "freesolo", "exemplar", "constant", "kmeans", "stego")
+STAGE_ORDER = ("freemask", "freesolo", "exemplar", "oracle", "constant", "kmeans", "stego")
 
 
 def stage_rank(stage: str) -> tuple:
@@ -142,7 +142,7 @@ def _table(iou_type: str, rows: list[dict], metrics: tuple[str, ...]) -> str:
         "|" + "|".join([":--", ":--", "--:", ":--"] + ["--:"] * len(metrics)) + "|",
     ]
     for key in sorted(cells, key=lambda k: (str(k[0]), stage_rank(str(k[1])), int(k[2]), str(k[3]))):
-        values = [_fmt(cells[key].get(m)) for m in metrics]
+        values = [fmt_value(cells[key].get(m)) for m in metrics]
         lines.append("| " + " | ".join([str(k) for k in key] + values) + " |")
     return "\n".join(lines) + "\n"
 
@@ -218,6 +218,6 @@ def ratio_table(rows: list[dict], metric: str) -> str:
     ]
     for key in sorted(cells, key=lambda k: (str(k[0]), k[2], _model_rank(k[1]), str(k[3]))):
         exp, model, ctr, dataset = key
-        values = [_fmt(cells[key].get(c)) for c in cols]
+        values = [fmt_value(cells[key].get(c)) for c in cols]
         lines.append("| " + " | ".join([str(exp), model, "yes" if ctr else "no", str(dataset)] + values) + " |")
     return "\n".join(lines) + "\n"

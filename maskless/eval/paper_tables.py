@@ -16,7 +16,7 @@ Layout rules:
     * Methods with a label (METHOD_LABELS, exemplar_n<count>, MODEL_LABELS) come in pipeline order
       (stage_rank, then round; models in RATIO_MODELS order, each without then with Contextrast); stages
       without a label show their raw name and come after the known ones.
-    * Values with one decimal (`_fmt`); NaN (undefined) or absent values are "-" in markdown and LaTeX and
+    * Values with one decimal (`fmt_value`); NaN (undefined) or absent values are "-" in markdown and LaTeX and
       empty in CSV. Rows whose metric is not a column of their table are left out (counted in the log).
 
 The bytes depend only on the set of rows, not on their order.
@@ -35,7 +35,7 @@ from maskless.eval.metrics import (
     INSTANCE_METRICS,
     SEMANTIC_METRICS,
     _check_rows,
-    _fmt,
+    fmt_value,
     _model_rank,
     semantic_columns,
     split_ratio_stage,
@@ -52,6 +52,7 @@ FORMATS = ("md", "csv", "tex")
 METHOD_LABELS = {
     "freemask": "Free Mask",
     "freesolo": "FreeSOLO",
+    "oracle": "SOLO on the ground truth (oracle)",
     "constant": "Background everywhere (trivial)",
     "kmeans": "k-means (raw features)",
     "stego_cluster": "STEGO cluster probe",
@@ -160,7 +161,7 @@ def _split(rows: list[dict]) -> dict[str, list[dict]]:
 def _text(cell, empty: str) -> str:
     if isinstance(cell, str):
         return cell
-    text = _fmt(cell)
+    text = fmt_value(cell)
     return empty if text == "-" else text
 
 
