@@ -18,7 +18,7 @@ import torch
 
 from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
-from maskless.solo.inference import SoloInferenceParams, predict
+from maskless.solo.inference import SoloInferenceParams, instance_strides, predict
 from maskless.solo.model import SOLOv2, SoloModelParams, pad_to_multiple
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
     model, train_params = load_solo(weights)
     model = model.to(dev)
     emb_dim = model.params.emb_dim
+    strides = instance_strides(model.params.levels)
     log.info("SOLO predict: shard %d, %d images, weights %s on %s", shard, len(records), weights, dev)
     attrs = {"method": "solo", "params": {**dataclasses.asdict(params), "input_size": input_size},
              "weights": str(weights), "shard": shard}
@@ -74,7 +75,7 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
             x = normalize(torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev))  # (B, 3, h, w)
             x, hw = pad_to_multiple(x)  # (B, 3, H', W')
             outputs = model(x)
-            for rec, orig, res in zip(recs, sizes, _per_image(outputs, hw, sizes, params)):
+            for rec, orig, res in zip(recs, sizes, _per_image(outputs, hw, sizes, params, strides)):
                 writer.add(ImageMasks(int(rec["id"]), orig[0], orig[1], res["masks"], res["scores"],
                                       res["embeddings"]))
                 n_masks += len(res["scores"])
@@ -89,8 +90,9 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
     return summary
 
 
-def _per_image(outputs: dict, hw: tuple[int, int], sizes: list[tuple[int, int]], params: SoloInferenceParams):
+def _per_image(outputs: dict, hw: tuple[int, int], sizes: list[tuple[int, int]], params: SoloInferenceParams,
+               strides):
     """predict() per image, each resized to its own original size (images of a batch share hw)."""
     for b, orig in enumerate(sizes):
         one = {k: [t[b : b + 1] for t in v] if isinstance(v, list) else v[b : b + 1] for k, v in outputs.items()}
-        yield predict(one, hw, params, out_hw=orig)[0]
+        yield predict(one, hw, params, out_hw=orig, strides=strides)[0]

@@ -181,3 +181,30 @@ def test_one_pixel_mask(logit, pixels):
     if pixels:
         assert res["masks"][0, 12:16, 16:20].sum() == 12
         assert res["scores"][0] == pytest.approx(sig(2.0) * sig(3.0), rel=1e-5)
+
+
+def test_area_must_exceed_the_level_instance_stride():
+    """The reference drops a mask whose area in stride-4 cells is not above its level's instance stride
+    (`sum_masks > strides`): the square covers 3 x 3 = 9 cells, so stride 8 keeps it and stride 9 drops it;
+    without strides only empty masks go."""
+    out = _outputs({(1, 2): 2.0})
+    assert len(predict(out, (32, 32), SoloInferenceParams(), strides=[8])[0]["scores"]) == 1
+    assert len(predict(out, (32, 32), SoloInferenceParams(), strides=[9])[0]["scores"]) == 0
+    assert len(predict(out, (32, 32), SoloInferenceParams())[0]["scores"]) == 1
+    with pytest.raises(ValueError, match="2 strides for 1 levels"):
+        predict(out, (32, 32), SoloInferenceParams(), strides=[8, 8])
+
+
+def test_nms_pre_cuts_by_the_final_score_after_maskness():
+    """Cell A (0, 0): category sig(1) = 0.731 on the square of logit 3 (maskness sig(3) = 0.953): score 0.696.
+    Cell B (3, 3): category sig(1.5) = 0.818 on another 3 x 3 square (channel 1, rows 5..7, cols 0..2) of
+    logit 0.5 (maskness sig(0.5) = 0.622): score 0.509. nms_pre 1 keeps A, as the reference cuts after
+    maskness; a cut by category score alone (the old order) would have kept B."""
+    out = _outputs({(0, 0): 1.0, (3, 3): 1.5})
+    out["kernel"][0][0, :, 3, 3] = torch.tensor([0.0, 1.0])
+    out["mask_feat"][0, 1, 5:8, 0:3] = 0.5
+    (res,) = predict(out, (32, 32), SoloInferenceParams(nms_pre=1))
+    assert len(res["scores"]) == 1 and np.array_equal(res["masks"][0], _square())
+    assert res["scores"][0] == pytest.approx(sig(1.0) * sig(3.0), rel=1e-5)
+    (both,) = predict(out, (32, 32), SoloInferenceParams())
+    assert both["scores"] == pytest.approx([sig(1.0) * sig(3.0), sig(1.5) * sig(0.5)], rel=1e-5)
