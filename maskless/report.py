@@ -1,27 +1,32 @@
-"""The figures of the pipeline's HTML report (``snakemake --report``), made from a finished experiment folder.
+"""The figures of the pipeline's HTML report (``snakemake --report``), made from the files a run gives it.
 
-`build_report_figures(results/<experiment>, out_dir)` reads whatever stages the folder holds and writes PNG
-figures plus an ``index.json`` listing them (the same list it returns) into `out_dir`, written whole: built
-in a temp folder beside it and renamed into place (maskless.io.atomic_dir), so a killed job leaves the old
-folder or none. Every input is optional: a stage whose outputs are absent is skipped (logged), so the report
-of a half-run experiment shows what there is. An input that is present but unreadable is an error.
+`build_report_figures(inputs, out_dir)` draws the files named in `inputs` (a ReportInputs: the workflow's
+input function report_inputs in rules/common.smk fills it with what the run makes, each file with the
+variant, round, budget or mode it is of) and writes PNG figures plus an ``index.json`` listing them (the same
+list it returns) into `out_dir`, written whole: built in a temp folder beside it and renamed into place
+(maskless.io.atomic_dir), so a killed job leaves the old folder or none. Nothing else is read: a file the
+inputs do not name is not drawn, whatever lies beside the named ones (a variant the config no longer runs
+leaves no figure). Every input is optional: a stage given no files is skipped (logged), so the report of a
+smaller run shows what there is. An input that is named but unreadable is an error.
 
 Figures, in this order (category in brackets; every figure is drawn with maskless.viz):
 
     masks_<id>.png      [masks]      per sampled image: image | ground-truth instances | Free Mask | each SOLO
                                      variant and round ("freesolo r0", "exemplar_n8 r1"); SOLO masks with
                                      score >= 0.3, at most 20 (best first); Free Masks: the 20 best. With an
-                                     evaluation set (dataset.eval): its images, ground truth and the Free
-                                     Mask and SOLO predictions on them (maskless.evalset), the scored ones
-    semantic_<id>.png   [semantic]   per sampled image, when STEGO or PCT outputs exist: image | ground-truth
-                                     classes | STEGO input and ground truth at its square input size | STEGO
-                                     cluster map | PCT retrained map (the first label budget found: ratios,
-                                     then counts, each by value; then mode, plain before ctr)
-    semantic_pct_<id>.png [semantic] with PCT on user files (pct.data), per sampled held-out image of
-                                     results/<exp>/pct/data/: image | its label PNG's classes | PCT
+                                     evaluation set (inputs.eval_manifest): its images, ground truth and the
+                                     Free Mask and SOLO predictions on them
+    semantic_<id>.png   [semantic]   per sampled image, when STEGO or PCT outputs are given: image |
+                                     ground-truth classes | STEGO input and ground truth at its square input
+                                     size | STEGO cluster map | PCT retrained map (the first label budget:
+                                     ratios, then counts, each by value; then mode, plain before ctr)
+    semantic_pct_<id>.png [semantic] with PCT on user files (pct.data: inputs.pct_labels), per sampled
+                                     held-out image of its manifest: image | its label PNG's classes | PCT
                                      retrained map (same model); the semantic_<id> strips then show STEGO only
     loss_<name>.png     [losses]     the "loss" column over step of each training log (log scale when every
-                                     value is positive); name = the log's folder, "/" -> "_"
+                                     value is positive): pretrain, SOLO (variants in pipeline order, then
+                                     rounds), STEGO, PCT (budget, mode, then strong_only / pct / retrain);
+                                     name = the log's folder under results/<experiment>/, "/" -> "_"
     metrics_instance.png [metrics]   mask (segm) AP, AP50 and AR100 per instance stage and round: one bar
                                      chart per metric, stacked top to bottom
     metrics_semantic.png [metrics]   mIoU per semantic stage (STEGO probes, k-means)
@@ -39,21 +44,24 @@ The output is deterministic: the same inputs give the same PNG bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from maskless import evalset, viz
+from maskless import viz
 from maskless.data.images import load_record
 from maskless.io import atomic_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report_figures", "CATEGORIES", "MIN_SOLO_SCORE", "MAX_MASKS"]
+__all__ = ["build_report_figures", "ReportInputs", "CATEGORIES", "MIN_SOLO_SCORE", "MAX_MASKS", "PCT_RUNS"]
 
 CATEGORIES = ("masks", "semantic", "losses", "metrics", "exemplars")
 MIN_SOLO_SCORE = 0.3  # SOLO predictions shown: score >= this ...
@@ -63,110 +71,129 @@ CHART_SIZE = (480, 320)  # smallest (width, height) of a chart
 INSTANCE_METRICS = ("AP", "AP50", "AR100")
 EXEMPLAR_COLUMNS = 8
 EXEMPLAR_CELL = (128, 128)
-_EXPERIMENT = "results/{experiment}/"  # the prefix of maskless.evalset's path templates
-TRAIN_MANIFEST = "data/manifest.parquet"  # under results/<experiment>/ (rule ingest)
-PCT_DATA_MANIFEST = "pct/data/manifest.parquet"  # rule pct_data (pct.data): the PCT images ...
-PCT_DATA_LABELS = "pct/data/labels.json"  # ... and their label PNGs (maskless.pct.stage.run_pct_data)
+PCT_RUNS = ("strong_only", "pct", "retrain")  # PCT training runs of a budget and mode, in pipeline order
 
 
-def build_report_figures(results_dir: str, out_dir: str, *, n_images: int = 4, device: str = "cpu",
-                         eval_set: bool | None = None, pct_data: bool | None = None) -> list[dict]:
-    """Write the report's PNG figures and index.json into out_dir (replaced whole); return the index.
+@dataclass(frozen=True)
+class ReportInputs:
+    """The files the report draws, each with what it is of; None / empty: not drawn. Paths are strings.
 
-    results_dir: a finished (or partly finished) experiment folder results/<experiment>/. Returns one dict per
-    figure, in the order of the module docstring: {"file": PNG name, "category": one of CATEGORIES,
-    "caption": one sentence}. index.json holds the same list. device: where STEGO and PCT predict.
-    eval_set: whether the run has an evaluation set (config dataset.eval), so the mask strips show its images
-    and the predictions on them; pct_data: whether PCT ran on user files (config pct.data). None (the
-    default): decided by whether the folder holds the evaluation manifest, resp. PCT's labels.json.
+    Keyed lists hold tuples whose last item is the path: solo (variant, round, prediction index), pct
+    (budget wildcard "ratio0.125" / "count92", mode, retrained model.pt), solo_losses (variant, round,
+    loss.csv), pct_losses (budget, mode, run of PCT_RUNS, loss.csv), pct_metrics (budget, mode,
+    metrics.parquet), pools (exemplar count, pool folder).
     """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"results folder {results_dir} does not exist")
+
+    manifest: str | None = None  # the training images (mask strips without an evaluation set, semantic strips)
+    ground_truth: str | None = None  # their COCO instances
+    eval_manifest: str | None = None  # the evaluation set (dataset.eval): the mask strips show its images ...
+    eval_ground_truth: str | None = None  # ... and its ground truth
+    freemask: str | None = None  # the Free Mask index on the images of the mask strips
+    solo: Sequence[tuple[str, int, str]] = ()  # SOLO predictions on those images
+    backbone: str | None = None  # the frozen backbone STEGO predicts on
+    stego: str | None = None  # the STEGO model
+    pct: Sequence[tuple[str, str, str]] = ()  # PCT retrained models
+    pct_manifest: str | None = None  # pct.data's images ...
+    pct_labels: str | None = None  # ... and labels (given: PCT learnt from them, not from the dataset)
+    pretrain_loss: str | None = None
+    solo_losses: Sequence[tuple[str, int, str]] = ()
+    stego_loss: str | None = None
+    pct_losses: Sequence[tuple[str, str, str, str]] = ()
+    metrics: Sequence[str] = ()  # instance and STEGO metric rows (maskless.eval.metrics)
+    pct_metrics: Sequence[tuple[str, str, str]] = ()  # PCT's metric rows of each budget and mode
+    pools: Sequence[tuple[int, str]] = ()  # exemplar pools
+
+    @classmethod
+    def from_workflow(cls, files: Mapping[str, str | Sequence[str]], keys: Mapping[str, Sequence]) -> ReportInputs:
+        """From a rule's named inputs (field -> path, or -> [path]) and the keys of its keyed lists (field ->
+        [key], a key a list of the tuple's items before the path, in the paths' order). A name that is no
+        field is an error, but "after" (inputs that only order the rule after the rest of the run)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(files) - fields - {"after"} | set(keys) - fields)
+        if unknown:
+            raise ValueError(f"report inputs: unknown names {unknown}; known: {sorted(fields)}")
+        values: dict = {}
+        for name, value in files.items():
+            if name == "after":
+                continue
+            if name not in keys:
+                values[name] = str(value) if isinstance(value, (str, Path)) else [str(v) for v in value]
+                continue
+            paths, name_keys = [str(value)] if isinstance(value, (str, Path)) else [str(v) for v in value], keys[name]
+            if len(paths) != len(name_keys):
+                raise ValueError(f"report inputs: {len(paths)} files of {name} but {len(name_keys)} keys")
+            values[name] = [(*(key if isinstance(key, (list, tuple)) else [key]), path)
+                            for key, path in zip(name_keys, paths)]
+        missing = sorted(set(keys) - set(files))
+        if missing:
+            raise ValueError(f"report inputs: keys of {missing} but no files")
+        return cls(**values)
+
+
+def build_report_figures(inputs: ReportInputs, out_dir: str, *, n_images: int = 4,
+                         device: str = "cpu") -> list[dict]:
+    """Write the report's PNG figures of `inputs` and index.json into out_dir (replaced whole); return the index.
+
+    Returns one dict per figure, in the order of the module docstring: {"file": PNG name, "category": one of
+    CATEGORIES, "caption": one sentence}. index.json holds the same list. device: where STEGO and PCT predict.
+    """
+    if not isinstance(inputs, ReportInputs):
+        raise TypeError(f"build_report_figures takes a ReportInputs, got {type(inputs).__name__}")
     if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 0:
         raise ValueError(f"n_images must be an integer >= 0, got {n_images!r}")
-    if eval_set is None:
-        eval_set = _path(root, evalset.EVAL_MANIFEST).is_file()
-    if pct_data is None:
-        pct_data = (root / PCT_DATA_LABELS).is_file()
-    records = _sample(root / TRAIN_MANIFEST, n_images)
-    gt = _ground_truth(_path(root, evalset.TRAIN_GT))
-    if eval_set:
-        log.info("report: evaluation set: mask strips of %s", _path(root, evalset.EVAL_MANIFEST))
-        mask_records = _sample(_path(root, evalset.EVAL_MANIFEST), n_images)
-        mask_gt = _ground_truth(_path(root, evalset.EVAL_GT))
+    records = _sample(inputs.manifest, n_images)
+    gt = _ground_truth(inputs.ground_truth)
+    on_eval = inputs.eval_manifest is not None
+    if on_eval:
+        log.info("report: evaluation set: mask strips of %s", inputs.eval_manifest)
+        mask_records = _sample(inputs.eval_manifest, n_images)
+        mask_gt = _ground_truth(inputs.eval_ground_truth)
     else:
         mask_records, mask_gt = records, gt
+    pct_data = inputs.pct_labels is not None
     figures: list[dict] = []
+    images: list[np.ndarray] = []
+
+    def add(name: str, category: str, caption: str, rgb: np.ndarray) -> None:
+        figures.append({"file": name, "category": category, "caption": caption})
+        images.append(rgb)
+
+    # drawn first, written after: an input that cannot be read raises its own error, naming it
+    _mask_figures(inputs, mask_records, mask_gt, on_eval, add)
+    _semantic_figures(inputs, records, gt, device, pct_data, add)
+    if pct_data:
+        _pct_data_figures(inputs, n_images, device, add)
+    _loss_figures(inputs, add)
+    _metric_figures(inputs, add)
+    _exemplar_figures(inputs, add)
     with atomic_dir(out_dir) as tmp:
-        tmp = Path(tmp)
-
-        def add(name: str, category: str, caption: str, rgb: np.ndarray) -> None:
-            viz.save_png(tmp / name, rgb)
-            figures.append({"file": name, "category": category, "caption": caption})
-
-        _mask_figures(root, mask_records, mask_gt, eval_set, add)
-        _semantic_figures(root, records, gt, device, pct_data, add)
-        if pct_data:
-            _pct_data_figures(root, n_images, device, add)
-        _loss_figures(root, add)
-        _metric_figures(root, add)
-        _exemplar_figures(root, add)
-        write_json_atomic(tmp / "index.json", figures, indent=1)
-    log.info("report figures of %s: %d in %s (%s)", results_dir, len(figures), out_dir,
+        for figure, rgb in zip(figures, images):
+            viz.save_png(Path(tmp) / figure["file"], rgb)
+        write_json_atomic(Path(tmp) / "index.json", figures, indent=1)
+    log.info("report figures: %d in %s (%s)", len(figures), out_dir,
              ", ".join(f"{c} {sum(f['category'] == c for f in figures)}" for c in CATEGORIES))
     return figures
 
 
 # ----------------------------------------------------------------------------------------------- inputs
 
-def _number_key(text: str) -> tuple:
-    """Sort key reading the numbers in text as numbers ("round10" after "round2", "ratio0.125" before
-    "ratio0.5")."""
-    parts = re.split(r"(\d+(?:\.\d+)?)", text)
-    return tuple((0, float(p), p) if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
-
-
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _path(root: Path, template: str, **fields) -> Path:
-    """A maskless.evalset path template ("results/{experiment}/...") under the experiment folder root, its
-    other fields formatted (a glob pattern with "*" fields)."""
-    if not template.startswith(_EXPERIMENT):
-        raise ValueError(f"path template {template!r} does not start with {_EXPERIMENT!r}")
-    return root / template.removeprefix(_EXPERIMENT).format(**fields)
-
-
-def _glob(root: Path, template: str) -> list[tuple[dict, Path]]:
-    """[(fields, path)] of the files matching a maskless.evalset path template ("{variant}", "{round}", ...
-    read back from each path), in path order."""
-    rel = template.removeprefix(_EXPERIMENT)
-    parts = re.split(r"\{(\w+)\}", rel)  # literal, field, literal, ...
-    regex = re.compile("".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>[^/]+)" for i, p in enumerate(parts)))
-    out = []
-    for path in sorted(root.glob(_path(root, template, **{f: "*" for f in parts[1::2]}).relative_to(root)
-                                 .as_posix())):
-        m = regex.fullmatch(path.relative_to(root).as_posix())
-        if m:
-            out.append((m.groupdict(), path))
-    return out
-
-
-def _sample(path: Path, n_images: int) -> list[dict]:
-    """The first n_images rows (sorted by id) of the manifest at path; [] without it."""
+def _sample(path: str | None, n_images: int) -> list[dict]:
+    """The first n_images rows (sorted by id) of the manifest at path; [] without one."""
     from maskless.data.manifest import read_manifest
 
-    if not path.is_file():
-        log.info("report: no manifest %s: no figures of its images", path)
+    if path is None:
+        log.info("report: no manifest given: no figures of its images")
         return []
     return read_manifest(path)[:n_images]
 
 
-def _ground_truth(path: Path) -> dict | None:
-    if not path.is_file():
-        log.info("report: no ground truth %s: figures without ground-truth panels", path)
+def _ground_truth(path: str | None) -> dict | None:
+    if path is None:
+        log.info("report: no ground truth given: figures without ground-truth panels")
         return None
     with open(path) as f:
         return json.load(f)
@@ -192,26 +219,19 @@ def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | 
     return np.stack(masks) if masks else np.zeros((0, h, w), bool)
 
 
-def _mask_stores(root: Path, on_eval: bool) -> list[tuple[str, str, Path, bool]]:
+def _mask_stores(inputs: ReportInputs) -> list[tuple[str, str, str, bool]]:
     """[(panel title, short name, index parquet, is SOLO)]: Free Mask, then SOLO variants (pipeline order)
-    and rounds; their predictions on the evaluation images when on_eval, else on the training images."""
+    and rounds."""
     from maskless.eval.metrics import stage_rank
 
     out = []
-    free = _path(root, evalset.FREEMASK_EVAL_INDEX) if on_eval else root / "freemask" / "index.parquet"
-    if free.is_file():
-        out.append(("free mask", "Free Mask", free, False))
+    if inputs.freemask is not None:
+        out.append(("free mask", "Free Mask", inputs.freemask, False))
     else:
-        log.info("report: no Free Mask index %s", free)
-    solo = []
-    for fields, path in _glob(root, evalset.SOLO_EVAL_INDEX if on_eval else evalset.SOLO_INDEX):
-        variant, rnd = fields["variant"], fields["round"]
-        if rnd.isdigit():
-            solo.append((stage_rank(variant), int(rnd), variant, path))
-    if not solo:
-        log.info("report: no SOLO predictions %s", _path(root, evalset.SOLO_EVAL_INDEX if on_eval
-                                                            else evalset.SOLO_INDEX, variant="*", round="*"))
-    for _, rnd, variant, path in sorted(solo):
+        log.info("report: no Free Mask index given")
+    if not inputs.solo:
+        log.info("report: no SOLO predictions given")
+    for _, rnd, variant, path in sorted((stage_rank(v), int(r), v, p) for v, r, p in inputs.solo):
         out.append((f"{variant} r{rnd}", f"{variant} r{rnd}", path, True))
     return out
 
@@ -234,11 +254,10 @@ def _store_masks(store, image_id: int, hw: tuple[int, int], min_score: float | N
 
 # ------------------------------------------------------------------------------------------------ masks
 
-def _mask_figures(root: Path, records: list[dict], gt: dict | None, on_eval: bool, add) -> None:
+def _mask_figures(inputs: ReportInputs, records: list[dict], gt: dict | None, on_eval: bool, add) -> None:
     from maskless.store import MaskStore
 
-    stores = [(title, short, MaskStore(str(path)), is_solo)
-              for title, short, path, is_solo in _mask_stores(root, on_eval)]
+    stores = [(title, short, MaskStore(path), is_solo) for title, short, path, is_solo in _mask_stores(inputs)]
     if not records or (gt is None and not stores):
         log.info("report: no mask figures (%s)", "no sampled images" if not records else
                  "no ground truth and no mask store")
@@ -265,33 +284,26 @@ def _mask_figures(root: Path, records: list[dict], gt: dict | None, on_eval: boo
 
 # --------------------------------------------------------------------------------------------- semantic
 
-def _stego_geometry(model_path: Path, params: dict, backbone) -> tuple[int, str]:
+def _stego_geometry(model_path: str, params: dict, backbone) -> tuple[int, str]:
     """(square input size, feature layer) STEGO was trained at: from the checkpoint's params["features"]
-    (maskless.stego.stage), else the stage's params record beside the model (maskless.stage_utils.begin),
-    else inferred from the checkpoint (feature channels -> layer, feature map size x layer stride -> input
-    size; checkpoints from before params["features"])."""
+    (maskless.stego.stage), else inferred from the checkpoint (feature channels -> layer, feature map size x
+    layer stride -> input size; checkpoints from before params["features"])."""
     source = params.get("features") or {}
     if "input_size" in source and "layer" in source:
         return int(source["input_size"]), str(source["layer"])
-    record = model_path.with_name(model_path.name + ".params.json")
-    if record.is_file():
-        with open(record) as f:
-            stage = (json.load(f).get("params") or {}).get("stage") or {}
-        if "input_size" in stage and "layer" in stage:
-            return int(stage["input_size"]), str(stage["layer"])
     layers = [k for k, c in backbone.out_channels.items() if c == int(params["in_channels"])]
     if not layers or "feature_hw" not in params:
-        raise ValueError(f"STEGO checkpoint {model_path}: no params record {record} and its params do not say "
-                         "its input size and layer")
+        raise ValueError(f"STEGO checkpoint {model_path}: its params do not say its input size and layer")
     layer = "res3" if "res3" in layers else layers[0]
     size = int(params["feature_hw"][0]) * int(backbone.strides[layer])
-    log.info("report: STEGO input size %d and layer %s inferred from %s (no %s)", size, layer, model_path, record)
+    log.info("report: STEGO input size %d and layer %s inferred from %s (its params have no features)", size,
+             layer, model_path)
     return size, layer
 
 
-def _stego_maps(root: Path, images: list[np.ndarray], gt: dict | None, ids: list[int], dev):
+def _stego_maps(inputs: ReportInputs, images: list[np.ndarray], gt: dict | None, ids: list[int], dev):
     """(square images, square gt maps or None, display maps, input size) of the sampled images, or None
-    when STEGO's outputs are absent."""
+    when STEGO's model or backbone is not given."""
     import torch
 
     from maskless.data.semantic import coco_labels, num_classes, square_labels
@@ -300,13 +312,13 @@ def _stego_maps(root: Path, images: list[np.ndarray], gt: dict | None, ids: list
     from maskless.stego.predict import load_stego, predict
     from maskless.stego.stage import load_frozen
 
-    model_path, backbone_path = root / "stego" / "model.pt", root / "pretrain" / "backbone.pt"
-    missing = [str(p) for p in (model_path, backbone_path) if not p.is_file()]
-    if missing:
-        log.info("report: no STEGO panels (missing %s)", ", ".join(missing))
+    model_path, backbone_path = inputs.stego, inputs.backbone
+    if model_path is None or backbone_path is None:
+        log.info("report: no STEGO panels (no %s given)", " and ".join(
+            name for name, p in (("STEGO model", model_path), ("backbone", backbone_path)) if p is None))
         return None
-    stego = load_stego(str(model_path), dev)
-    net = load_frozen(str(backbone_path), dev)
+    stego = load_stego(model_path, dev)
+    net = load_frozen(backbone_path, dev)
     size, layer = _stego_geometry(model_path, stego["params"], net)
     squares = [square_image(img, size) for img in images]
     batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
@@ -323,15 +335,12 @@ def _stego_maps(root: Path, images: list[np.ndarray], gt: dict | None, ids: list
     return squares, [viz.colorize_labels(g, n_classes) for g in gts], shown, size
 
 
-def _budget_key(budget: str) -> tuple | None:
-    """Sort key of a PCT label budget folder ("ratio0.125", "count92"; maskless.pct.stage.parse_budget):
-    ratios before counts, each by value; None for another name (pct/data)."""
+def _budget_key(budget: str) -> tuple:
+    """Sort key of a PCT label budget ("ratio0.125", "count92": the budget wildcard,
+    maskless.pct.stage.parse_budget): ratios before counts, each by value."""
     from maskless.pct.stage import parse_budget
 
-    try:
-        ratio, count = parse_budget(budget)
-    except ValueError:
-        return None
+    ratio, count = parse_budget(budget)
     return (0, ratio, budget) if ratio is not None else (1, float(count), budget)
 
 
@@ -342,32 +351,31 @@ def _mode_key(mode: str) -> tuple:
     return (MODES.index(mode), "") if mode in MODES else (len(MODES), mode)
 
 
+def _budget_kind(budget: str) -> str:
+    """"ratio" or "count": the kind of a label budget wildcard (_budget_key)."""
+    return "ratio" if _budget_key(budget)[0] == 0 else "count"
+
+
 def _budget_words(budget: str) -> str:
     """"label ratio 0.125" of ratio0.125, "label count 92" of count92."""
     from maskless.pct.stage import budget_text
 
-    return f"label {'ratio' if budget.startswith('ratio') else 'count'} {budget_text(budget)}"
+    return f"label {_budget_kind(budget)} {budget_text(budget)}"
 
 
-def _pct_model(root: Path):
-    """(title, budget words, mode, path) of the first PCT retrained model (label budget by _budget_key, then
-    mode), or None."""
+def _pct_model(inputs: ReportInputs):
+    """(title, budget words, mode, path) of the first PCT retrained model given (label budget by _budget_key,
+    then mode), or None."""
     from maskless.pct.stage import budget_text
 
-    found = []
-    for path in (root / "pct").glob("*/*/retrain/model.pt"):
-        budget, mode = path.parent.parent.parent.name, path.parent.parent.name
-        key = _budget_key(budget)
-        if key is not None:
-            found.append((key, _mode_key(mode), budget, mode, path))
-    if not found:
-        log.info("report: no PCT retrained model under %s", root / "pct")
+    if not inputs.pct:
+        log.info("report: no PCT retrained model given")
         return None
-    _, _, budget, mode, path = min(found)
+    _, _, budget, mode, path = min((_budget_key(b), _mode_key(m), b, m, p) for b, m, p in inputs.pct)
     return f"pct retrain {mode}@{budget_text(budget)}", _budget_words(budget), mode, path
 
 
-def _pct_maps(root: Path, images: list[np.ndarray], dev, found=None):
+def _pct_maps(inputs: ReportInputs, images: list[np.ndarray], dev, found=None):
     """(title, budget words, mode, label maps, number of classes) of the first PCT retrained model (or of
     `found`, a _pct_model answer), or None."""
     import torch
@@ -375,17 +383,18 @@ def _pct_maps(root: Path, images: list[np.ndarray], dev, found=None):
     from maskless.pct.model import load_segnet
     from maskless.pct.pseudo import predict
 
-    found = _pct_model(root) if found is None else found
+    found = _pct_model(inputs) if found is None else found
     if found is None:
         return None
     title, budget, mode, path = found
     params = torch.load(path, map_location="cpu", weights_only=True)["params"]
-    model = load_segnet(str(path)).to(dev)
+    model = load_segnet(path).to(dev)
     maps = [predict(model, img, input_size=int(params["input_size"])) for img in images]
     return title, budget, mode, maps, int(params["model"]["num_classes"])
 
 
-def _semantic_figures(root: Path, records: list[dict], gt: dict | None, device: str, pct_data: bool, add) -> None:
+def _semantic_figures(inputs: ReportInputs, records: list[dict], gt: dict | None, device: str, pct_data: bool,
+                      add) -> None:
     """The semantic_<id> strips of the dataset's images; their PCT panel only where PCT learnt from the
     dataset's ground truth (with pct.data its images are others: _pct_data_figures)."""
     if not records:
@@ -402,11 +411,11 @@ def _semantic_figures(root: Path, records: list[dict], gt: dict | None, device: 
         log.warning("report: images %s are not in the ground truth: semantic figures without it",
                     sorted(set(ids) - gt_ids))
         gt = None
-    stego = _stego_maps(root, images, gt, ids, dev)
+    stego = _stego_maps(inputs, images, gt, ids, dev)
     if pct_data:
         log.info("report: PCT learnt from pct.data, not from the dataset's images: its maps are in the "
                  "semantic_pct_<id> strips")
-    pct = None if pct_data else _pct_maps(root, images, dev)
+    pct = None if pct_data else _pct_maps(inputs, images, dev)
     if stego is None and pct is None:
         log.info("report: no semantic figures (no STEGO or PCT outputs)")
         return
@@ -437,24 +446,23 @@ def _semantic_figures(root: Path, records: list[dict], gt: dict | None, device: 
         add(f"semantic_{image_id}.png", "semantic", caption, viz.side_by_side(panels, height=STRIP_HEIGHT))
 
 
-def _pct_data_figures(root: Path, n_images: int, device: str, add) -> None:
+def _pct_data_figures(inputs: ReportInputs, n_images: int, device: str, add) -> None:
     """The semantic_pct_<id> strips of PCT on user files (pct.data): the first n_images held-out ("val")
-    images of results/<exp>/pct/data/, their label PNGs and the first PCT retrained model's map."""
+    images of its manifest, their label PNGs and the first PCT retrained model's map."""
     from maskless.data.manifest import read_manifest
     from maskless.io import pick_device
     from maskless.pct.stage import label_maps, read_label_source
 
-    manifest, labels = root / PCT_DATA_MANIFEST, root / PCT_DATA_LABELS
-    missing = [str(p) for p in (manifest, labels) if not p.is_file()]
-    if missing:
-        log.info("report: no PCT strips of pct.data (missing %s)", ", ".join(missing))
+    manifest, labels = inputs.pct_manifest, inputs.pct_labels
+    if manifest is None:
+        log.info("report: no PCT strips of pct.data (no manifest of its images given)")
         return
-    found = _pct_model(root)
+    found = _pct_model(inputs)
     if found is None or n_images == 0:
         log.info("report: no PCT strips of pct.data (%s)", "no retrained model" if found is None else "n_images 0")
         return
     rows = {int(r["id"]): r for r in read_manifest(manifest)}
-    source = read_label_source(str(labels))
+    source = read_label_source(labels)
     ids = sorted(int(i) for i in source.get("val") or [])[:n_images]
     absent = [i for i in ids if i not in rows]
     if absent:
@@ -463,8 +471,8 @@ def _pct_data_figures(root: Path, n_images: int, device: str, add) -> None:
         log.info("report: no PCT strips of pct.data (%s lists no held-out images)", labels)
         return
     images = [load_record(rows[i]) for i in ids]
-    gts, k = label_maps(str(labels), ids)
-    title, budget, mode, maps, n_model = _pct_maps(root, images, pick_device(device), found)
+    gts, k = label_maps(labels, ids)
+    title, budget, mode, maps, n_model = _pct_maps(inputs, images, pick_device(device), found)
     n_classes = max(k, n_model)
     for i, image_id in enumerate(ids):
         stem = source["images"][str(image_id)]["stem"]
@@ -477,33 +485,27 @@ def _pct_data_figures(root: Path, n_images: int, device: str, add) -> None:
 
 # ----------------------------------------------------------------------------------------------- losses
 
-PCT_RUNS = ("strong_only", "pct", "retrain")  # PCT training runs of a budget and mode, in pipeline order
-
-
-def _loss_logs(root: Path) -> list[Path]:
-    """The training loss logs present: pretrain, SOLO (variants in pipeline order, then rounds), STEGO, PCT
-    (by label budget: ratios, then counts; mode: plain, then ctr; then strong_only / pct / retrain)."""
+def _loss_logs(inputs: ReportInputs) -> list[tuple[str, str]]:
+    """[(name, loss.csv)] of the training logs given, name the log's folder under results/<experiment>/:
+    pretrain, SOLO (variants in pipeline order, then rounds), STEGO, PCT (by label budget: ratios, then
+    counts; mode: plain, then ctr; then strong_only / pct / retrain)."""
     from maskless.eval.metrics import stage_rank
 
-    found = [(0, (), p) for p in [root / "pretrain" / "loss.csv"]]
-    for p in root.glob("solo/*/round*/loss.csv"):
-        rnd = p.parent.name.removeprefix("round")
-        if rnd.isdigit():
-            found.append((1, (stage_rank(p.parent.parent.name), int(rnd)), p))
-    found.append((2, (), root / "stego" / "loss.csv"))
-    for p in root.glob("pct/*/*/*/loss.csv"):
-        budget = _budget_key(p.parent.parent.parent.name)
-        if p.parent.name in PCT_RUNS and budget is not None:
-            found.append((3, (budget, _mode_key(p.parent.parent.name), PCT_RUNS.index(p.parent.name)), p))
-    return [p for *_, p in sorted(found) if p.is_file()]
+    found = [(0, (), "pretrain", inputs.pretrain_loss)]
+    found += [(1, (stage_rank(v), int(r)), f"solo/{v}/round{int(r)}", p) for v, r, p in inputs.solo_losses]
+    found.append((2, (), "stego", inputs.stego_loss))
+    for budget, mode, run, p in inputs.pct_losses:
+        if run not in PCT_RUNS:
+            raise ValueError(f"PCT loss log {p}: run {run!r} is not one of {list(PCT_RUNS)}")
+        found.append((3, (_budget_key(budget), _mode_key(mode), PCT_RUNS.index(run)), f"pct/{budget}/{mode}/{run}", p))
+    return [(name, p) for _, _, name, p in sorted(found) if p is not None]
 
 
-def _loss_figures(root: Path, add) -> None:
-    found = _loss_logs(root)
+def _loss_figures(inputs: ReportInputs, add) -> None:
+    found = _loss_logs(inputs)
     if not found:
-        log.info("report: no loss logs in %s", root)
-    for path in found:
-        rel = path.parent.relative_to(root).as_posix()
+        log.info("report: no loss logs given")
+    for rel, path in found:
         series = viz.read_loss_csv(path)
         xs, ys = series["loss"]
         finite = ys[np.isfinite(ys)]
@@ -532,26 +534,15 @@ def _stack(charts: list[np.ndarray]) -> np.ndarray:
     return viz.grid(charts, columns=1, cell=(w, h))
 
 
-def _budget_kind(root: Path, value: float, text: str) -> str:
-    """"ratio" or "count": what the label budget of a metric row's stage ("pct_retrain@0.125", "@92";
-    maskless.pct.stage.budget_text) is. A whole number above 1 is a count, anything else a ratio, but for
-    "1" (a ratio of 1 or a count of 1), a count when results/<exp>/pct/ has count1 and no ratio1."""
-    if value > 1 and float(value).is_integer() and "." not in text:
-        return "count"
-    if text == "1" and (root / "pct" / "count1").is_dir() and not (root / "pct" / "ratio1").is_dir():
-        return "count"
-    return "ratio"
-
-
-def _metric_figures(root: Path, add) -> None:
+def _metric_figures(inputs: ReportInputs, add) -> None:
     from maskless.eval.metrics import RATIO_MODELS, read_metrics, split_ratio_stage, stage_rank
 
-    paths = sorted((p for p in (root / "eval").rglob("metrics.parquet") if p.is_file()),
-                   key=lambda p: _number_key(p.relative_to(root).as_posix())) if (root / "eval").is_dir() else []
-    if not paths:
-        log.info("report: no metrics under %s", root / "eval")
+    if not inputs.metrics and not inputs.pct_metrics:
+        log.info("report: no metrics given")
         return
-    rows = read_metrics(paths)
+    # each PCT row with the label budget of its file (the budget wildcard: a ratio or a count)
+    pct_rows = [(budget, row) for budget, _, path in inputs.pct_metrics for row in read_metrics([path])]
+    rows = (read_metrics(list(inputs.metrics)) if inputs.metrics else []) + [row for _, row in pct_rows]
 
     def suffixer(group: list[dict]):
         """Labels of a chart name the dataset only where its rows come from several (e.g. the instance
@@ -592,26 +583,29 @@ def _metric_figures(root: Path, add) -> None:
     else:
         log.info("report: no semantic metrics")
 
-    # semi/weak: mIoU per model, one chart per label budget (a ratio or a count: the text after "@"; the
-    # same order as the per-ratio tables, by value, so ratios (<= 1) come before counts)
-    semi = [(split_ratio_stage(r["stage"]), r) for r in rows if r["iou_type"] == "semantic" and r["metric"] == "mIoU"]
-    semi = [(p, r) for p, r in semi if p is not None]
+    # semi/weak: mIoU per model, one chart per label budget (the same order as the per-ratio tables: ratios,
+    # then counts, each by value)
+    semi = [(split_ratio_stage(r["stage"]), r, budget) for budget, r in pct_rows
+            if r["iou_type"] == "semantic" and r["metric"] == "mIoU"]
+    semi = [(p, r, budget) for p, r, budget in semi if p is not None]
     if semi:
+        from maskless.pct.stage import budget_text
+
         def rank(model: str) -> tuple:
             return (RATIO_MODELS.index(model), "") if model in RATIO_MODELS else (len(RATIO_MODELS), model)
 
-        suffix = suffixer([r for _, r in semi])
-        ratios = sorted({(p[2], p[3]) for p, _ in semi})
-        kinds = {text: _budget_kind(root, value, text) for value, text in ratios}
-        ordered = sorted(semi, key=lambda pr: (pr[0][1], rank(pr[0][0]), pr[1]["dataset"]))
-        per_ratio = [{p[0] + ("+ctr" if p[1] else "") + suffix(r): r["value"] for p, r in ordered if p[3] == text}
-                     for _, text in ratios]
-        size = (_chart_width([k for d in per_ratio for k in d]), CHART_SIZE[1])
-        charts = [viz.bar_chart(values, title=f"mIoU (%) at label {kinds[text]} {text}", ylabel="mIoU", size=size)
-                  for (_, text), values in zip(ratios, per_ratio)]
-        groups = [f"label {kind} " + ", ".join(t for _, t in ratios if kinds[t] == kind)
+        suffix = suffixer([r for _, r, _ in semi])
+        budgets = sorted({budget for _, _, budget in semi}, key=_budget_key)
+        kinds = {budget: _budget_kind(budget) for budget in budgets}
+        ordered = sorted(semi, key=lambda prb: (prb[0][1], rank(prb[0][0]), prb[1]["dataset"]))
+        per_budget = [{p[0] + ("+ctr" if p[1] else "") + suffix(r): r["value"] for p, r, b in ordered if b == budget}
+                      for budget in budgets]
+        size = (_chart_width([k for d in per_budget for k in d]), CHART_SIZE[1])
+        charts = [viz.bar_chart(values, title=f"mIoU (%) at {_budget_words(budget)}", ylabel="mIoU", size=size)
+                  for budget, values in zip(budgets, per_budget)]
+        groups = [f"label {kind} " + ", ".join(budget_text(b) for b in budgets if kinds[b] == kind)
                   for kind in ("ratio", "count") if kind in kinds.values()]
-        each = kinds[ratios[0][1]] if len(groups) == 1 else "label budget"
+        each = kinds[budgets[0]] if len(groups) == 1 else "label budget"
         add("metrics_semi.png", "metrics",
             f"Semi/weakly supervised mIoU (%) per model at {' and '.join(groups)}, one chart per {each}.",
             _stack(charts))
@@ -621,18 +615,17 @@ def _metric_figures(root: Path, add) -> None:
 
 # -------------------------------------------------------------------------------------------- exemplars
 
-def _exemplar_figures(root: Path, add) -> None:
+def _exemplar_figures(inputs: ReportInputs, add) -> None:
     from maskless.exemplar.pool import ExemplarPool
 
-    pools = [p for p in (root / "exemplar").glob("n*/pool") if p.is_dir() and p.parent.name[1:].isdigit()]
-    if not pools:
-        log.info("report: no exemplar pools under %s", root / "exemplar")
-    for path in sorted(pools, key=lambda p: int(p.parent.name[1:])):
-        pool = ExemplarPool.load(str(path))
+    if not inputs.pools:
+        log.info("report: no exemplar pools given")
+    for n, path in sorted((int(n), path) for n, path in inputs.pools):
+        pool = ExemplarPool.load(path)
         tiles = [viz.overlay_masks(crop, mask[None]) for crop, mask in zip(pool.crops, pool.masks)]
         captions = [f"image {int(i)}" for i in pool.image_ids]
         methods = sorted(set(pool.methods))
         img = viz.grid(tiles, columns=min(EXEMPLAR_COLUMNS, len(tiles)), cell=EXEMPLAR_CELL, captions=captions)
-        add(f"exemplars_{path.parent.name}.png", "exemplars",
-            f"Exemplar pool {path.parent.name}: {len(pool)} exemplar crop{'s' if len(pool) != 1 else ''} with "
+        add(f"exemplars_n{n}.png", "exemplars",
+            f"Exemplar pool n{n}: {len(pool)} exemplar crop{'s' if len(pool) != 1 else ''} with "
             f"their masks ({'/'.join(methods)}), each captioned with its source image id.", img)

@@ -4,7 +4,8 @@
 
 rule report_figures:
     input:
-        report_inputs,
+        # the files the figures draw, named (maskless.report.ReportInputs), and the rest of the run ("after")
+        unpack(report_inputs),
     output:
         report(
             directory("results/{experiment}/report"),
@@ -17,8 +18,7 @@ rule report_figures:
     params:
         n_images=config["report"]["n_images"],
         device=config["device"],
-        eval_set=eval_set() is not None,  # mask strips of the evaluation set (maskless/evalset.py)
-        pct_data=config["pct"]["data"] is not None,  # PCT strips of pct.data's images and labels
+        input_keys=report_keys,  # what each file of a keyed input is of (variant and round, budget and mode, ...)
     threads: 1
     resources:
         mem_mb=4000,

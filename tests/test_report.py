@@ -1,8 +1,10 @@
-"""Report figures (maskless.report) from a small synthetic results folder built here: which files exist for
-which inputs, what the mask strips show, index.json, skipped stages, determinism, atomic replacement."""
+"""Report figures (maskless.report) of a small synthetic results folder built here, its files named
+explicitly (as the workflow's report_inputs does): which figures exist for which inputs, what the mask strips
+show, index.json, skipped stages, determinism, atomic replacement."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,12 +14,11 @@ import numpy as np
 import pytest
 
 from maskless import viz
-from maskless.report import CATEGORIES, STRIP_HEIGHT, build_report_figures
+from maskless.report import CATEGORIES, STRIP_HEIGHT, ReportInputs, build_report_figures
 
 H, W = 48, 64  # every synthetic image (non-square, so the STEGO square crop differs from the image)
 IDS = [5, 2, 9, 7]  # manifest ids, given unsorted: the sample is the first ids in id order
 PAD = 4  # viz.side_by_side's default pad
-REAL_RUN = Path("/tmp/wf/results/tiny")
 
 
 def _blob(cy: int, cx: int, r: int) -> np.ndarray:
@@ -113,16 +114,41 @@ def build_results(root: Path) -> Path:
     write_metrics(root / "eval" / "stego" / "metrics.parquet",
                   metric_rows({"semantic": {"mIoU": 19.0, "Acc": 60.0}}, experiment="t", stage="stego_cluster",
                               round=0, dataset="d"))
-    semi = [row for ratio in ("0.25", "0.5") for model in ("strong_only", "pct_retrain+ctr")
-            for row in metric_rows({"semantic": {"mIoU": 30.0 + len(model)}}, experiment="t",
-                                   stage=f"{model}@{ratio}", round=0, dataset="d")]
-    write_metrics(root / "eval" / "pct" / "metrics.parquet", semi)
+    for ratio in ("0.25", "0.5"):
+        for mode, model in (("plain", "strong_only"), ("ctr", "pct_retrain+ctr")):
+            write_metrics(root / "eval" / "pct" / f"ratio{ratio}" / mode / "metrics.parquet",
+                          metric_rows({"semantic": {"mIoU": 30.0 + len(model)}}, experiment="t",
+                                      stage=f"{model}@{ratio}", round=0, dataset="d"))
     crops = np.stack([_image(1)[:32, :32], _image(2)[:32, :32]])
     masks = np.stack([_blob(20, 20, 8)[:32, :32]] * 2)
     ExemplarPool(crops, masks, [2, 7], [[0, 0, 32, 32]] * 2, ["grabcut", "solo"], [0.5, 0.6]).save(
         str(root / "exemplar" / "n2" / "pool"))
     _models(root)
     return root
+
+
+def inputs_of(root: Path, **changes) -> ReportInputs:
+    """The report inputs of everything build_results makes under root (the workflow's report_inputs names a
+    run's files the same way), with `changes` (ReportInputs fields) applied."""
+    def at(*parts) -> str:
+        return str(root.joinpath(*parts))
+
+    budgets = (("ratio0.5", "ctr"), ("ratio0.25", "plain"))
+    inputs = ReportInputs(
+        manifest=at("data", "manifest.parquet"), ground_truth=at("data", "instances_gt.json"),
+        freemask=at("freemask", "index.parquet"),
+        solo=[("freesolo", 0, at("solo", "freesolo", "round0", "index.parquet"))],
+        backbone=at("pretrain", "backbone.pt"), stego=at("stego", "model.pt"),
+        pct=[(b, m, at("pct", b, m, "retrain", "model.pt")) for b, m in budgets],
+        pretrain_loss=at("pretrain", "loss.csv"),
+        solo_losses=[("freesolo", 0, at("solo", "freesolo", "round0", "loss.csv"))],
+        stego_loss=at("stego", "loss.csv"),
+        metrics=[at("eval", "freemask", "metrics.parquet"), at("eval", "freesolo", "round0", "metrics.parquet"),
+                 at("eval", "stego", "metrics.parquet")],
+        pct_metrics=[(f"ratio{r}", m, at("eval", "pct", f"ratio{r}", m, "metrics.parquet"))
+                     for r in ("0.25", "0.5") for m in ("plain", "ctr")],
+        pools=[(2, at("exemplar", "n2", "pool"))])
+    return dataclasses.replace(inputs, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +159,7 @@ def results(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def full(results, tmp_path_factory) -> tuple[Path, list[dict]]:
     out = tmp_path_factory.mktemp("report") / "figures"
-    return out, build_report_figures(str(results), str(out), n_images=3)
+    return out, build_report_figures(inputs_of(results), str(out), n_images=3)
 
 
 def _png(path: Path) -> np.ndarray:
@@ -212,46 +238,59 @@ def test_same_inputs_same_bytes_and_old_folder_replaced(results, full, tmp_path)
     again = tmp_path / "figures"
     again.mkdir()
     (again / "stale.png").write_bytes(b"old")
-    assert build_report_figures(str(results), str(again), n_images=3) == figures
+    assert build_report_figures(inputs_of(results), str(again), n_images=3) == figures
     assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())
     for p in out.iterdir():
         assert (again / p.name).read_bytes() == p.read_bytes(), p.name
     assert not [p for p in tmp_path.iterdir() if p.name != "figures"]  # no temp folder left beside it
 
 
-def test_absent_stages_are_skipped(results, full, tmp_path):
-    part = tmp_path / "exp"
-    shutil.copytree(results, part)
-    for sub in ("solo", "stego", "eval/stego", "pct", "exemplar"):
-        shutil.rmtree(part / sub)
-    figures = build_report_figures(str(part), str(tmp_path / "figures"), n_images=1)
+def test_inputs_not_given_are_not_drawn(results, full, tmp_path):
+    """Only the named files are drawn, whatever else lies in the folder (every stage's files lie there)."""
+    part = inputs_of(results, solo=(), solo_losses=(), stego=None, stego_loss=None, pct=(), pools=(),
+                     metrics=inputs_of(results).metrics[:2])
+    figures = build_report_figures(part, str(tmp_path / "figures"), n_images=1)
     assert [f["file"] for f in figures] == ["masks_2.png", "loss_pretrain.png", "metrics_instance.png",
                                             "metrics_semi.png"]
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {f["file"] for f in figures} | {"index.json"}
     # the strip loses its SOLO panel, the rest is drawn as before
     assert np.array_equal(_png(tmp_path / "figures" / "masks_2.png"),
                           _png(full[0] / "masks_2.png")[:, :-(round(W * STRIP_HEIGHT / H) + PAD)])
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    assert build_report_figures(str(empty), str(tmp_path / "none")) == []
+    # the exemplar pool and the SOLO predictions lie in the folder but are not given: not drawn
+    assert (results / "exemplar" / "n2" / "pool").is_dir() and (results / "solo" / "freesolo").is_dir()
+    assert not [f for f in figures if "freesolo" in f["caption"]]
+    assert build_report_figures(ReportInputs(), str(tmp_path / "none")) == []
     assert [p.name for p in (tmp_path / "none").iterdir()] == ["index.json"]
 
 
-def test_bad_arguments(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        build_report_figures(str(tmp_path / "missing"), str(tmp_path / "out"))
+def test_bad_arguments(results, tmp_path):
+    with pytest.raises(TypeError, match="ReportInputs"):
+        build_report_figures(str(results), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="n_images"):
-        build_report_figures(str(tmp_path), str(tmp_path / "out"), n_images=-1)
+        build_report_figures(ReportInputs(), str(tmp_path / "out"), n_images=-1)
+    missing = str(tmp_path / "missing" / "loss.csv")
+    with pytest.raises(FileNotFoundError, match="missing"):  # a named file that is not there is an error
+        build_report_figures(ReportInputs(pretrain_loss=missing), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="PCT loss log .*run 'other'"):
+        build_report_figures(ReportInputs(pct_losses=[("ratio0.5", "plain", "other", missing)]), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()  # nothing written on an error
 
 
-def test_real_tiny_run(tmp_path):
-    if not (REAL_RUN / "data" / "manifest.parquet").is_file():
-        pytest.skip(f"{REAL_RUN} (a finished tiny workflow run) exists only on the machine that ran it")
-    figures = build_report_figures(str(REAL_RUN), str(tmp_path / "figures"), n_images=1)
-    files = {f["file"] for f in figures}
-    assert {"masks_1.png", "semantic_1.png", "loss_pretrain.png", "loss_stego.png", "metrics_instance.png",
-            "metrics_semantic.png", "metrics_semi.png", "exemplars_n2.png"} <= files
-    assert sum(f["category"] == "losses" for f in figures) == len(list(REAL_RUN.glob("**/loss.csv")))
+def test_from_workflow_pairs_named_inputs_with_their_keys():
+    """The rule's named inputs (report_inputs) and their keys (param input_keys) make the ReportInputs."""
+    files = {"manifest": "m.parquet", "metrics": ["a.parquet", "b.parquet"], "solo": ["s0", "s1"],
+             "pools": ["p2"], "pct_metrics": ["e.parquet"], "after": ["tables/metrics.md"]}
+    keys = {"solo": [["freesolo", 0], ["exemplar_n2", 1]], "pools": [2], "pct_metrics": [["count92", "ctr"]]}
+    got = ReportInputs.from_workflow(files, keys)
+    assert got == ReportInputs(manifest="m.parquet", metrics=["a.parquet", "b.parquet"],
+                               solo=[("freesolo", 0, "s0"), ("exemplar_n2", 1, "s1")], pools=[(2, "p2")],
+                               pct_metrics=[("count92", "ctr", "e.parquet")])
+    with pytest.raises(ValueError, match="2 files of solo but 1 keys"):
+        ReportInputs.from_workflow(files, {**keys, "solo": [["freesolo", 0]]})
+    with pytest.raises(ValueError, match=r"unknown names \['masks'\]"):
+        ReportInputs.from_workflow({**files, "masks": "x"}, keys)
+    with pytest.raises(ValueError, match=r"keys of \['pct'\] but no files"):
+        ReportInputs.from_workflow(files, {**keys, "pct": [["ratio0.5", "plain"]]})
 
 
 # ------------------------------------------------ evaluation set (dataset.eval), label counts, pct.data
@@ -274,8 +313,9 @@ def _manifest(path: Path, folder: Path, ids: list[int], *, seed: int = 0, hw: tu
     write_manifest(path, records)
 
 
-def _eval_set(root: Path) -> None:
-    """The files of an evaluation set beside the training set's (paths: maskless.evalset)."""
+def _eval_set(root: Path) -> dict:
+    """The files of an evaluation set under root (paths: maskless.evalset); the ReportInputs fields naming
+    them (the Free Mask and SOLO predictions on the evaluation images replace those on the training images)."""
     from maskless import evalset
 
     def at(template: str, **kw) -> Path:
@@ -292,18 +332,18 @@ def _eval_set(root: Path) -> None:
     _store(at(evalset.FREEMASK_EVAL_INDEX).parent, {101: [(_blob(30, 45, 7), 0.9)], 102: [], 103: []})
     _store(at(evalset.SOLO_EVAL_INDEX, variant="freesolo", round=0).parent,
            {101: [(_blob(15, 45, 6), 0.9)], 102: [(_blob(15, 45, 6), 0.1)], 103: []})
+    return {"eval_manifest": str(at(evalset.EVAL_MANIFEST)), "eval_ground_truth": str(at(evalset.EVAL_GT)),
+            "freemask": str(at(evalset.FREEMASK_EVAL_INDEX)),
+            "solo": [("freesolo", 0, str(at(evalset.SOLO_EVAL_INDEX, variant="freesolo", round=0)))]}
 
 
 @pytest.fixture(scope="module")
 def eval_run(results, tmp_path_factory) -> tuple[Path, list[dict]]:
     """An evaluation set beside training images without ground truth (kind folder): the report of it."""
     root = tmp_path_factory.mktemp("evalset") / "exp"
-    shutil.copytree(results, root)
-    (root / "data" / "instances_gt.json").unlink()
-    shutil.rmtree(root / "exemplar")
-    _eval_set(root)
+    inputs = inputs_of(results, ground_truth=None, pools=(), **_eval_set(root))
     out = root.parent / "figures"
-    return out, build_report_figures(str(root), str(out), n_images=2, eval_set=True)
+    return out, build_report_figures(inputs, str(out), n_images=2)
 
 
 def test_eval_set_mask_strips_show_the_evaluation_images_and_predictions(eval_run):
@@ -338,40 +378,44 @@ def test_eval_set_without_training_ground_truth(eval_run):
     assert {"metrics_instance.png", "loss_pretrain.png"} <= set(files)
 
 
-def test_eval_set_flag_and_detection(results, tmp_path):
-    root = tmp_path / "exp"
-    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "pct", "exemplar", "eval"))
-    _eval_set(root)
+def test_eval_set_strips_only_when_its_files_are_given(results, tmp_path):
+    base = inputs_of(results, stego=None, pct=(), pools=(), metrics=(), pct_metrics=())
+    evalset_inputs = _eval_set(tmp_path / "exp")
 
-    def masks(**kw) -> list[str]:
-        figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1, **kw)
+    def masks(inputs: ReportInputs) -> list[str]:
+        figures = build_report_figures(inputs, str(tmp_path / "figures"), n_images=1)
         return [f["file"] for f in figures if f["category"] == "masks"]
 
-    assert masks() == masks(eval_set=True) == ["masks_101.png"]  # found by its manifest
-    assert masks(eval_set=False) == ["masks_2.png"]  # the config says none: the training images, as before
-    for p in (root / "data").glob("eval_*"):
-        p.unlink()
-    assert masks(eval_set=True) == []  # the evaluation manifest is missing: no strips, no error
+    assert masks(dataclasses.replace(base, **evalset_inputs)) == ["masks_101.png"]
+    # not given (no dataset.eval), though its files lie in the folder: the training images, as before
+    assert masks(base) == ["masks_2.png"]
 
 
 def test_count_budgets_found_ordered_and_labelled(results, tmp_path):
     from maskless.eval.metrics import metric_rows, write_metrics
 
     root = tmp_path / "exp"
-    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "exemplar"))
-    model = root / "pct" / "ratio0.25" / "plain" / "retrain" / "model.pt"
+    model = results / "pct" / "ratio0.25" / "plain" / "retrain" / "model.pt"
+    counts, losses = [], []
     for budget, mode in (("count92", "ctr"), ("count92", "plain"), ("count183", "plain")):
         (root / "pct" / budget / mode / "retrain").mkdir(parents=True)
         shutil.copy(model, root / "pct" / budget / mode / "retrain" / "model.pt")
-        _loss(root / "pct" / budget / mode / "retrain" / "loss.csv", [1.0, 0.5])
-    for budget, mode, run in (("ratio0.5", "ctr", "retrain"), ("ratio0.25", "plain", "retrain"),
-                              ("ratio0.25", "plain", "strong_only")):
+        counts.append((budget, mode, str(root / "pct" / budget / mode / "retrain" / "model.pt")))
+    # given in no particular order: the report orders them
+    for budget, mode, run in (("count92", "ctr", "retrain"), ("ratio0.5", "ctr", "retrain"),
+                              ("count183", "plain", "retrain"), ("ratio0.25", "plain", "retrain"),
+                              ("count92", "plain", "retrain"), ("ratio0.25", "plain", "strong_only")):
         _loss(root / "pct" / budget / mode / run / "loss.csv", [1.0, 0.5])
-    write_metrics(root / "eval" / "pct" / "count92" / "plain" / "metrics.parquet",
+        losses.append((budget, mode, run, str(root / "pct" / budget / mode / run / "loss.csv")))
+    count_metrics = [("count92", "plain", str(root / "eval" / "pct" / "count92" / "plain" / "metrics.parquet"))]
+    write_metrics(count_metrics[0][2],
                   [row for model in ("strong_only", "pct_retrain")
                    for row in metric_rows({"semantic": {"mIoU": 40.0}}, experiment="t", stage=f"{model}@92",
                                           round=0, dataset="d")])
-    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1)
+    base = inputs_of(results, stego=None, stego_loss=None, pools=(), metrics=inputs_of(results).metrics[:2])
+    inputs = dataclasses.replace(base, pct=[*counts, *base.pct], pct_losses=losses,
+                                 pct_metrics=[*count_metrics, *base.pct_metrics])
+    figures = build_report_figures(inputs, str(tmp_path / "figures"), n_images=1)
     files = [f["file"] for f in figures]
     captions = {f["file"]: f["caption"] for f in figures}
     # loss curves: ratios then counts by value; plain before ctr; strong_only before retrain
@@ -385,10 +429,8 @@ def test_count_budgets_found_ordered_and_labelled(results, tmp_path):
     assert captions["metrics_semi.png"] == ("Semi/weakly supervised mIoU (%) per model at label ratio 0.25, 0.5 "
                                             "and label count 92, one chart per label budget.")
     # counts only (the VOC config): the smallest count's plain model, labelled as a count
-    for ratio in root.glob("pct/ratio*"):
-        shutil.rmtree(ratio)
-    (root / "eval" / "pct" / "metrics.parquet").unlink()
-    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=1)
+    inputs = dataclasses.replace(base, pct=counts, pct_metrics=count_metrics)
+    figures = build_report_figures(inputs, str(tmp_path / "figures"), n_images=1)
     captions = {f["file"]: f["caption"] for f in figures}
     assert "(label count 92, plain)" in captions["semantic_2.png"]
     assert captions["metrics_semi.png"].endswith("at label count 92, one chart per count.")
@@ -396,12 +438,11 @@ def test_count_budgets_found_ordered_and_labelled(results, tmp_path):
 
 def test_pct_data_strips_use_its_images_and_labels(results, tmp_path):
     """PCT on user files (pct.data): its own held-out images and label PNGs, not the dataset's."""
-    root = tmp_path / "exp"
-    shutil.copytree(results, root, ignore=shutil.ignore_patterns("stego", "exemplar", "solo", "eval"))
-    for ratio in ("0.25", "0.5"):  # 0.25 plain -> count25 plain; 0.5 ctr -> count5 ctr, the first found
-        (root / "pct" / f"ratio{ratio}").rename(root / "pct" / f"count{ratio[2:]}")
+    # budget 0.25 plain given as count25 plain, 0.5 ctr as count5 ctr: the first (count 5) is drawn
+    pct = [(f"count{r[2:]}", m, str(results / "pct" / f"ratio{r}" / m / "retrain" / "model.pt"))
+           for r, m in (("0.25", "plain"), ("0.5", "ctr"))]
     hw = (40, 40)  # square: other than the dataset's images
-    data = root / "pct" / "data"
+    data = tmp_path / "exp" / "pct" / "data"
     _manifest(data / "manifest.parquet", tmp_path / "voc", [1, 2, 3], seed=70, hw=hw)
     labels = {}
     for i in (1, 2, 3):
@@ -413,7 +454,11 @@ def test_pct_data_strips_use_its_images_and_labels(results, tmp_path):
     (data / "labels.json").write_text(json.dumps({"format": "maskless-pct-labels", "num_classes": 3,
                                                   "classes": None, "ignore_index": 255, "train": [1],
                                                   "val": [2, 3], "images": labels}))
-    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=4, pct_data=True)
+    base = inputs_of(results, solo=(), solo_losses=(), stego=None, stego_loss=None, pools=(), metrics=(),
+                     pct_metrics=(), pct=pct)
+    inputs = dataclasses.replace(base, pct_manifest=str(data / "manifest.parquet"),
+                                 pct_labels=str(data / "labels.json"))
+    figures = build_report_figures(inputs, str(tmp_path / "figures"), n_images=4)
     files = [f["file"] for f in figures]
     # no STEGO: the dataset's images get no semantic strip (PCT did not learn from them)
     assert [f for f in files if f.startswith("semantic")] == ["semantic_pct_2.png", "semantic_pct_3.png"]
@@ -425,8 +470,7 @@ def test_pct_data_strips_use_its_images_and_labels(results, tmp_path):
     lab = cv2.imread(str(tmp_path / "voc" / "2_label.png"), cv2.IMREAD_UNCHANGED)
     assert np.array_equal(truth, _panels(viz.side_by_side([("t", viz.colorize_labels(lab, 3))],
                                                           height=STRIP_HEIGHT), [STRIP_HEIGHT])[0])
-    # detected without the flag; with the flag but without its files: skipped, no error
-    assert build_report_figures(str(root), str(tmp_path / "figures"), n_images=4) == figures
-    (data / "labels.json").unlink()
-    figures = build_report_figures(str(root), str(tmp_path / "figures"), n_images=4, pct_data=True)
-    assert not [f for f in figures if f["category"] == "semantic"]
+    # pct.data's files not given (they lie in the folder): PCT learnt from the dataset, its strips show it
+    figures = build_report_figures(base, str(tmp_path / "figures"), n_images=4)
+    assert [f["file"] for f in figures if f["category"] == "semantic"] == [f"semantic_{i}.png" for i in sorted(IDS)]
+    assert "(label count 5, ctr)" in {f["file"]: f["caption"] for f in figures}["semantic_2.png"]
