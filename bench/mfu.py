@@ -36,16 +36,25 @@ the coarse masks. Backbone: random initialisation unless --backbone (a DenseCL c
 Free Mask's cost depends on it (how many queries pass the maskness filter).
 
 Measured:
-- FLOPs of one step, counted with torch.utils.flop_counter.FlopCounterMode: forward + backward (the
-  optimizer step is run inside the counter too, but it counts only matmuls, bmm, convolutions and their
-  backward - no elementwise op, normalisation, reduction or optimizer update). That is the usual MFU
-  numerator: the model's matmul/conv work.
-- Step time: --warmup steps, one counted step (not timed), then the median of --steps timed steps. A step
-  is its data part (building the batch in the training process, as every loop does at num_workers 0) plus
-  its compute part. "ms" is the median of the sums; "data" is the median data time over it (target < 5%).
+- Step time: --warmup steps, then --steps timed steps. A step is its data part (building the batch in the
+  training process, as every loop does at num_workers 0) plus its compute part. "ms / step" is the median of
+  the sums; "data share" the median data time over it (target < 5%).
+- FLOPs of those same timed steps (their batches again, after the timing: counting slows a step down),
+  counted with torch.utils.flop_counter.FlopCounterMode: forward + backward (the optimizer step runs inside
+  the counter too, but it counts only matmuls, bmm, convolutions and their backward - no elementwise op,
+  normalisation, reduction or optimizer update): the model's matmul/conv work, the usual MFU numerator.
+  "GFLOP / step" is their mean (SOLO's and Free Mask's vary with the batch: the range is in the notes).
+  GFLOP/s = mean FLOPs / median step time.
 - Peaks: a large 3x3 conv (batch 8, 128 -> 128 channels at 56 x 56, forward, no grad) and a 2048^3 matmul,
-  counted with the same FlopCounterMode and timed the same way, at the same thread count, in this process.
-  MFU = (FLOPs / median step time) / peak (target: >= 50% of the conv peak on CPU).
+  counted with the same FlopCounterMode, each the median of 10 calls after 5 warm-up calls, at the same
+  thread count in this process: once before the first row and again after every row. The peak is the best
+  of these medians (what the machine does when nothing else runs); MFU = GFLOP/s / peak (target: >= 50%
+  of the conv peak on CPU). The conv figure measured around each row (mean of the one before and the one
+  after) and the load average after it say how busy the shared machine was meanwhile: on a machine shared
+  with other jobs a row's time, and so its MFU, can be several times worse than on an idle one.
+  On glibc the conv peak also depends on the allocator: large outputs freed and allocated again can be
+  returned to the system and page-faulted back on every call (MALLOC_MMAP_THRESHOLD_ and
+  MALLOC_TRIM_THRESHOLD_ change that; BENCHMARKS.md has the measured effect).
 - --profile NAME: torch.profiler on one step of that workload, top ops by self CPU time.
 
 CUDA (--device cuda): the loops run as they do there (fp16 autocast where their amp is on), every timing is
@@ -146,16 +155,13 @@ def measure_peaks(dev: torch.device, dtype: torch.dtype, repeats: int = 10, warm
 
 
 def measure(wl: Workload, dev: torch.device, steps: int, warmup: int) -> dict:
-    """Warm-up, one counted step, then `steps` timed steps -> FLOPs, median step and data seconds."""
-    i = 0
-    for _ in range(warmup):
+    """Warm-up, then `steps` timed steps, then the FLOPs of those same steps (same batches; counting slows a
+    step down, so it is never timed) -> FLOPs per step (mean, min, max), median step and data seconds."""
+    for i in range(warmup):
         wl.step(wl.data(i), i)
-        i += 1
-    inputs = wl.data(i)
-    flops = count_flops(lambda: wl.step(inputs, i))
-    i += 1
+    timed = range(warmup, warmup + steps)
     totals, datas = [], []
-    for _ in range(steps):
+    for i in timed:
         synchronize(dev)
         t0 = time.perf_counter()
         inputs = wl.data(i)
@@ -165,8 +171,12 @@ def measure(wl: Workload, dev: torch.device, steps: int, warmup: int) -> dict:
         t2 = time.perf_counter()
         totals.append(t2 - t0)
         datas.append(t1 - t0)
-        i += 1
-    return {"flops": flops, "seconds": statistics.median(totals), "data_seconds": statistics.median(datas)}
+    flops = []
+    for i in timed:
+        inputs = wl.data(i)
+        flops.append(count_flops(lambda: wl.step(inputs, i)))
+    return {"flops": statistics.mean(flops), "flops_min": min(flops), "flops_max": max(flops),
+            "seconds": statistics.median(totals), "data_seconds": statistics.median(datas)}
 
 
 def profile_step(wl: Workload, dev: torch.device, warmup: int, rows: int = 15) -> str:
@@ -546,22 +556,24 @@ def _commit() -> str:
     return "unknown"
 
 
-def table(results: list[dict]) -> str:
-    """Markdown table; each row's MFU is against the peaks measured around that row (mean of before and after)."""
-    lines = ["| model | batch | GFLOP / step | ms / step | GFLOP/s | conv peak GFLOP/s | MFU vs conv peak | "
-             "matmul peak GFLOP/s | MFU vs matmul peak | data share (ms) | notes |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+def table(results: list[dict], peaks: dict[str, float]) -> str:
+    """Markdown table; MFU against the run's peaks (the best median of its peak measurements). The conv
+    figure measured next to each row (mean of before and after) shows how busy the machine was then."""
+    lines = ["| model | batch | GFLOP / step | ms / step | GFLOP/s | MFU vs conv peak | MFU vs matmul peak | "
+             "data share (ms) | conv GFLOP/s around the row (load) | notes |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['name']} | | | | | | | | | | failed: {r['error']} |")
+            lines.append(f"| {r['name']} | | | | | | | | | failed: {r['error']} |")
             continue
         rate = r["flops"] / r["seconds"] / 1e9
-        conv, mm = r["peak_conv"], r["peak_matmul"]
         share = (f"{100 * r['data_seconds'] / r['seconds']:.1f}% ({1e3 * r['data_seconds']:.0f})" if r["has_data"]
                  else "-")
+        note = r["note"]
+        if r["flops_max"] > r["flops_min"]:
+            note += f"; FLOPs vary with the batch, {r['flops_min'] / 1e9:.2f}-{r['flops_max'] / 1e9:.2f}"
         lines.append(f"| {r['name']} | {r['batch']} | {r['flops'] / 1e9:.2f} | {1e3 * r['seconds']:.0f} | "
-                     f"{rate:.1f} | {conv:.0f} | {100 * rate / conv:.0f}% | {mm:.0f} | {100 * rate / mm:.0f}% | "
-                     f"{share} | {r['note']} |")
+                     f"{rate:.1f} | {100 * rate / peaks['conv']:.0f}% | {100 * rate / peaks['matmul']:.0f}% | "
+                     f"{share} | {r['conv_around']:.0f} ({r.get('load', float('nan')):.1f}) | {note} |")
     return "\n".join(lines)
 
 
@@ -588,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
     if dev.type == "cuda":
         bf16 = measure_peaks(dev, torch.bfloat16)
         print(f"peak bfloat16: conv {bf16['conv']['gflops']:.0f} GFLOP/s, matmul {bf16['matmul']['gflops']:.0f} GFLOP/s")
-    first = peaks = measure_peaks(dev, dtype)
+    measure_peaks(dev, dtype)  # a throwaway: the first measurement of a process runs low
+    measured = [measure_peaks(dev, dtype)]
     names = args.only or list(WORKLOADS)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -598,25 +611,27 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 wl = BUILDERS[name](setup)
                 r = measure(wl, dev, args.steps, args.warmup)
-                after = measure_peaks(dev, dtype)
+                measured.append(measure_peaks(dev, dtype))
+                around = (measured[-2]["conv"]["gflops"] + measured[-1]["conv"]["gflops"]) / 2
                 results.append({"name": name, "batch": wl.batch, "has_data": wl.has_data, "note": wl.note, **r,
-                                **{f"peak_{k}": (peaks[k]["gflops"] + after[k]["gflops"]) / 2 for k in peaks}})
-                peaks = after
+                                "conv_around": around, "load": os.getloadavg()[0]})
             except Exception as e:  # one broken workload must not hide the others' figures
                 results.append({"name": name, "error": f"{type(e).__name__}: {e}".replace("|", "/")[:200]})
             print(f"# {name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if args.profile:
             print(f"\nProfile of one {args.profile} step (top ops by self CPU time):\n")
             print(profile_step(BUILDERS[args.profile](setup), dev, args.warmup))
+    peaks = {k: max(m[k]["gflops"] for m in measured) for k in ("conv", "matmul")}
+    listed = {k: ", ".join(f"{m[k]['gflops']:.0f}" for m in measured) for k in ("conv", "matmul")}
     print(f"\nhost: {_host()}; torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; "
           f"commit {_commit()}; {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"peaks ({str(dtype)[6:]}): 3x3 conv {CONV_PEAK['batch']}x{CONV_PEAK['channels']}->{CONV_PEAK['channels']} "
-          f"at {CONV_PEAK['size']}x{CONV_PEAK['size']} ({first['conv']['flops'] / 1e9:.2f} GFLOP) and matmul "
-          f"{MATMUL_PEAK}^3 ({first['matmul']['flops'] / 1e9:.2f} GFLOP), median of 10 after 5 warm-up calls, "
-          f"measured before the first row and after every row; a row's MFU is against the mean of the peaks "
-          f"before and after it. First: conv {first['conv']['gflops']:.1f}, matmul {first['matmul']['gflops']:.1f} "
-          f"GFLOP/s; last: conv {peaks['conv']['gflops']:.1f}, matmul {peaks['matmul']['gflops']:.1f} GFLOP/s\n")
-    print(table(results))
+          f"at {CONV_PEAK['size']}x{CONV_PEAK['size']} ({measured[0]['conv']['flops'] / 1e9:.2f} GFLOP) "
+          f"{peaks['conv']:.1f} GFLOP/s, matmul {MATMUL_PEAK}^3 ({measured[0]['matmul']['flops'] / 1e9:.2f} GFLOP) "
+          f"{peaks['matmul']:.1f} GFLOP/s: the best of {len(measured)} measurements (each the median of 10 calls "
+          f"after 5 warm-up calls; one before the first row, one after every row): conv {listed['conv']}, "
+          f"matmul {listed['matmul']}\n")
+    print(table(results, peaks))
     print("\ncommand:", " ".join([".venv/bin/python", *sys.argv]))
     return 1 if any("error" in r for r in results) else 0
 

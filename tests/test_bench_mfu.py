@@ -64,6 +64,6 @@ def test_stego_workload_counts_and_reports(mfu, tmp_path):
     assert r["flops"] > head_forward
     assert r["seconds"] >= r["data_seconds"] >= 0
     row = {"name": wl.name, "batch": wl.batch, "has_data": wl.has_data, "note": wl.note, **r,
-           "peak_conv": 100.0, "peak_matmul": 100.0}
-    text = mfu.table([row, {"name": "broken", "error": "ValueError: x"}])
+           "conv_around": 100.0}
+    text = mfu.table([row, {"name": "broken", "error": "ValueError: x"}], {"conv": 100.0, "matmul": 100.0})
     assert "| stego | 2 |" in text and "| broken |" in text and "failed: ValueError: x" in text
