@@ -337,8 +337,8 @@ def _stego_maps(inputs: ReportInputs, images: list[np.ndarray], gt: dict | None,
 
 def _budget_key(budget: str) -> tuple:
     """Sort key of a PCT label budget ("ratio0.125", "count92": the budget wildcard,
-    maskless.pct.stage.parse_budget): ratios before counts, each by value."""
-    from maskless.pct.stage import parse_budget
+    maskless.pct.budget.parse_budget): ratios before counts, each by value."""
+    from maskless.pct.budget import parse_budget
 
     ratio, count = parse_budget(budget)
     return (0, ratio, budget) if ratio is not None else (1, float(count), budget)
@@ -358,7 +358,7 @@ def _budget_kind(budget: str) -> str:
 
 def _budget_words(budget: str) -> str:
     """"label ratio 0.125" of ratio0.125, "label count 92" of count92."""
-    from maskless.pct.stage import budget_text
+    from maskless.pct.budget import budget_text
 
     return f"label {_budget_kind(budget)} {budget_text(budget)}"
 
@@ -366,7 +366,7 @@ def _budget_words(budget: str) -> str:
 def _pct_model(inputs: ReportInputs):
     """(title, budget words, mode, path) of the first PCT retrained model given (label budget by _budget_key,
     then mode), or None."""
-    from maskless.pct.stage import budget_text
+    from maskless.pct.budget import budget_text
 
     if not inputs.pct:
         log.info("report: no PCT retrained model given")
@@ -589,7 +589,7 @@ def _metric_figures(inputs: ReportInputs, add) -> None:
             if r["iou_type"] == "semantic" and r["metric"] == "mIoU"]
     semi = [(p, r, budget) for p, r, budget in semi if p is not None]
     if semi:
-        from maskless.pct.stage import budget_text
+        from maskless.pct.budget import budget_text
 
         def rank(model: str) -> tuple:
             return (RATIO_MODELS.index(model), "") if model in RATIO_MODELS else (len(RATIO_MODELS), model)

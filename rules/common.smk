@@ -195,7 +195,7 @@ def pct_on():
 def pct_families():
     """(budget wildcard, mode) of every PCT run the config asks for: ratio<r> per pct.ratios, count<n> per
     pct.counts."""
-    from maskless.pct.stage import budget_name
+    from maskless.pct.budget import budget_name
 
     budgets = [budget_name(ratio=r) for r in config["pct"]["ratios"]]
     budgets += [budget_name(count=n) for n in config["pct"]["counts"]]
@@ -304,7 +304,7 @@ def report_keys(wildcards):
 
 def pct_budget_texts():
     """The PCT budgets as the metric rows write them after "@" (0.125, 92)."""
-    from maskless.pct.stage import budget_text
+    from maskless.pct.budget import budget_text
 
     return list(dict.fromkeys(budget_text(b) for b, _ in pct_families())) if pct_on() else []
 

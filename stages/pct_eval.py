@@ -1,6 +1,7 @@
 """Rule pct_eval: mIoU and pixel accuracy of a (label budget, mode) family's models on the held-out images."""
 
-from maskless.pct.stage import budget_text, run_pct_eval
+from maskless.pct.budget import budget_text
+from maskless.pct.stage import run_pct_eval
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence as SequenceABC
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +60,7 @@ import numpy as np
 from maskless.data.images import load_rgb
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
+from maskless.pct.budget import parse_budget
 from maskless.pct.split import held_out_count, split_ids, tags_from_label_map
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,6 @@ KINDS = ("strong_only", "pct", "retrain")
 MODES = ("plain", "ctr")
 SPLIT_FORMAT = "maskless-pct-split"
 LABELS_FORMAT = "maskless-pct-labels"
-_BUDGET = re.compile(r"^(ratio)([0-9]*\.?[0-9]+)$|^(count)([0-9]+)$")
 
 
 @dataclass(frozen=True)
@@ -102,28 +101,6 @@ class SplitParams:
 
     def budget_fields(self) -> dict:
         return {"ratio": self.ratio} if self.ratio is not None else {"count": self.count}
-
-
-def parse_budget(budget: str) -> tuple[float | None, int | None]:
-    """(ratio, None) of "ratio<r>" or (None, count) of "count<n>"; ValueError otherwise."""
-    m = _BUDGET.match(str(budget))
-    if not m:
-        raise ValueError(f"PCT label budget {budget!r} is neither ratio<r> nor count<n>")
-    return (float(m.group(2)), None) if m.group(1) else (None, int(m.group(4)))
-
-
-def budget_name(*, ratio: float | None = None, count: int | None = None) -> str:
-    """The `budget` wildcard of a label ratio ("ratio0.125") or label count ("count92")."""
-    if (ratio is None) == (count is None):
-        raise ValueError("budget_name: give exactly one of ratio and count")
-    return f"ratio{ratio_name(ratio)}" if ratio is not None else f"count{int(count)}"
-
-
-def budget_text(budget: str) -> str:
-    """The part of a budget written after "@" in metric rows: "ratio0.125" -> "0.125", "count92" -> "92" (the
-    per-ratio table then has a column per ratio or count, maskless.eval.metrics.ratio_table)."""
-    ratio, count = parse_budget(budget)
-    return ratio_name(ratio) if ratio is not None else str(count)
 
 
 # ---------------------------------------------------------------- lazy image and label sequences
@@ -674,11 +651,6 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     write_metrics(out_metrics, rows)
     write_text_atomic(out_table, metrics_markdown(rows))
     return rows
-
-
-def ratio_name(ratio: float) -> str:
-    """The wildcard form of a label ratio (0.125 -> "0.125")."""
-    return f"{float(ratio):g}"
 
 
 def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int, seed: int):

@@ -11,8 +11,8 @@ import pytest
 
 from maskless.config import load_config
 from maskless.eval.metrics import metric_rows, metrics_markdown, split_ratio_stage
-from maskless.pct.stage import (SplitParams, make_split, ratio_name, read_pseudo, read_split, stage_name,
-                                train_params)
+from maskless.pct.budget import ratio_name
+from maskless.pct.stage import SplitParams, make_split, read_pseudo, read_split, stage_name, train_params
 from maskless.pct.train import PCTParams, SegTrainParams
 
 TAGS = {i: frozenset({1 + i % 3}) for i in range(1, 41)}  # 40 images, classes 1, 2, 3

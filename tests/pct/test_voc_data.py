@@ -14,9 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskless.config import ConfigError, load_config
-from maskless.pct.stage import (LazyMaps, SplitParams, budget_name, budget_text, is_file_source, label_maps,
-                                make_list_split, parse_budget, read_split, run_pct_data, run_pct_eval,
-                                run_pct_pseudo, run_pct_split, run_pct_train, train_params)
+from maskless.pct.budget import budget_name, budget_text, parse_budget
+from maskless.pct.stage import (LazyMaps, SplitParams, is_file_source, label_maps, make_list_split, read_split,
+                                run_pct_data, run_pct_eval, run_pct_pseudo, run_pct_split, run_pct_train,
+                                train_params)
 
 _spec = importlib.util.spec_from_file_location("fake_voc", Path(__file__).with_name("fake_voc.py"))
 fake_voc = importlib.util.module_from_spec(_spec)

@@ -123,6 +123,21 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     assert "selftrain_relabel" in out and "solo/freesolo/round1/model.pt" in out
     assert re.search(r"^solo_train\s+2$", out, re.M), out  # round 1 of both variants: round 0 is untouched
 
+    # The report draws what the DAG gives it (report_inputs in rules/common.smk), never what lies in the
+    # results folder: a variant the config no longer runs leaves the report, though its files stay on disk.
+    assert {"exemplars_n2.png", "loss_solo_exemplar_n2_round0.png"} <= {f["file"] for f in figures}
+    assert any("exemplar_n2" in f["caption"] for f in figures)
+    (workflow_dir / "fewer.yaml").write_text("exemplar: {counts: []}\n")
+    _ok(snakemake(workflow_dir, "results/tiny/report", "--cores", "2", "--configfile", "tiny.yaml", "fewer.yaml"))
+    for path in ("exemplar/n2/pool", "solo/exemplar_n2/round1/index.parquet", "eval/exemplar_n2/round0/metrics.parquet"):
+        assert (res / path).exists(), path
+    assert "exemplar_n2" not in (res / "tables" / "metrics.md").read_text()
+    figures = json.loads((res / "report" / "index.json").read_text())
+    assert not [f for f in figures if "n2" in f["file"] or "exemplar_n2" in f["caption"]], figures
+    assert "exemplars" not in {f["category"] for f in figures}
+    pngs = sorted(p.name for p in (res / "report").iterdir() if p.suffix == ".png")
+    assert pngs == sorted(f["file"] for f in figures)
+
 
 def test_config_typo_stops_with_key_named(workflow_dir):
     (workflow_dir / "typo.yaml").write_text("pretrain:\n  stpes: 3\n")
@@ -146,7 +161,13 @@ def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
         f"experiment: photos\ndataset: {{kind: folder, name: photos, images: {photos}}}\n"
         # Noise images have no foreground for GrabCut: an exemplar pool would be empty (a clear error).
         "exemplar: {counts: []}\n")
-    _ok(snakemake(workflow_dir, "--cores", "2", "--configfile", "tiny.yaml", "folder.yaml"))
+    cfg = ("--configfile", "tiny.yaml", "folder.yaml")
+    # The whole DAG plans no evaluation and no ground truth; the masks, their export and STEGO are run.
+    plan = _ok(snakemake(workflow_dir, "-n", "--cores", "1", *cfg)).stdout
+    assert "rule solo_train:" in plan and "rule freemask_index:" in plan and "rule stego_train:" in plan, plan
+    assert "rule eval_" not in plan and "rule stego_eval:" not in plan and "instances_gt" not in plan, plan
+    _ok(snakemake(workflow_dir, "results/photos/freemask/annotations.json", "results/photos/stego/model.pt",
+                  "--cores", "2", *cfg))
     res = workflow_dir / "results" / "photos"
     assert [r["id"] for r in pq.read_table(res / "data" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
     assert (res / "freemask" / "annotations.json").exists()
