@@ -32,7 +32,9 @@
 #   results/<experiment>/seed<k>/...              with config `seeds` a list: each seed's run, laid out as above;
 #                                                 results/<experiment>/tables/claims.md compares the methods
 #   results/<experiment>/data/gt_masks/           ground-truth masks as a mask store (config `oracles`: the
-#                                                 oracle SOLO variant, solo/oracle/round0/, trains on them)
+#                                                 oracle SOLO variant, solo/oracle/round0/, trains on them);
+#                                                 PCT's oracle: pct/ratio1/plain/strong_only/ (every training
+#                                                 image labelled), scored in eval/pct/ratio1/oracle/
 #   results/<experiment>/_state/                  resumable training state (never a rule output)
 #   results/<experiment>/logs/, benchmarks/       rule logs and Snakemake benchmark records
 

@@ -309,14 +309,25 @@ def pct_budget_texts():
     return list(dict.fromkeys(budget_text(b) for b, _ in pct_families())) if pct_on() else []
 
 
+def pct_oracle_on():
+    """PCT's oracle (config `oracles`, the dataset's ground truth): the strong-only net with every training
+    image labelled (budget ratio1, plain), scored on the held-out images like every PCT model."""
+    return bool(config["oracles"]) and pct_on() and config["pct"]["data"] is None
+
+
 def pct_oracle_text():
-    return None
+    """The budget text of the oracle's metric rows ("strong_only@1"), None when there is no oracle."""
+    return "1" if pct_oracle_on() else None
+
+
+def pct_oracle_evals(wildcards):
+    return [f"results/{wildcards.experiment}/eval/pct/ratio1/oracle/metrics.parquet"] if pct_oracle_on() else []
 
 
 def run_metrics(exp):
     """Every metric file of one run."""
     wc = SimpleNamespace(experiment=exp)
-    return instance_evals(wc) + stego_evals(wc) + pct_evals(wc)
+    return instance_evals(wc) + stego_evals(wc) + pct_evals(wc) + pct_oracle_evals(wc)
 
 
 def claims_inputs(wildcards):
@@ -339,7 +350,7 @@ def run_outputs(exp, report=True):
     if mask_sets():
         out.append(f"results/{exp}/tables/mask_quality.md")
     if pct_on():
-        out += [f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()]
+        out += [f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()] + pct_oracle_evals(wc)
         if config["pct"]["data"] is not None:
             out.append(f"results/{exp}/tables/pct.md")  # the PCT table (metrics.md needs instance ground truth)
     if report and config["report"]["enabled"]:

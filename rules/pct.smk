@@ -173,6 +173,24 @@ rule pct_eval:
         "../stages/pct_eval.py"
 
 
+# PCT's oracle (config `oracles`): the strong-only net trained with every training image labelled (budget
+# ratio1, plain mode), scored on the same held-out images; its rows are "strong_only@1".
+
+
+use rule pct_eval as pct_eval_oracle with:
+    input:
+        unpack(pct_data_inputs),
+        split="results/{experiment}/pct/ratio1/split.json",
+        strong_only="results/{experiment}/pct/ratio1/plain/strong_only/model.pt",
+    output:
+        metrics="results/{experiment}/eval/pct/ratio1/oracle/metrics.parquet",
+        table="results/{experiment}/eval/pct/ratio1/oracle/metrics.md",
+    log:
+        "results/{experiment}/logs/eval/pct_ratio1_oracle.log",
+    benchmark:
+        "results/{experiment}/benchmarks/eval/pct_ratio1_oracle.tsv"
+
+
 rule pct_tables:
     input:
         pct=pct_evals,

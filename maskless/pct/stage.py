@@ -598,13 +598,14 @@ def stage_name(name: str, mode: str, ratio: str) -> str:
     return f"{name}{'+ctr' if mode == 'ctr' else ''}@{ratio}"
 
 
-def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, str], pseudo: str,
+def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, str], pseudo: str | None,
                  out_metrics: str, out_table: str, experiment: str, dataset: str, ratio: str, mode: str,
                  input_size: int, scales: Sequence[float], flip: bool = True, device: str = "auto",
                  threads: int | None = None) -> list[dict]:
     """Score the family's models (module doc); models maps "strong_only" / "pct" / "retrain" to checkpoints;
     `ratio` is the label budget as written in the rows ("0.125", or "92" for a count: budget_text).
-    Streams the images: one image at a time through every model, confusion matrices summed."""
+    Streams the images: one image at a time through every model, confusion matrices summed. The oracle gives
+    "strong_only" alone and no pseudo labels: only its row is written."""
     from maskless.eval.metrics import metric_rows, metrics_markdown, write_metrics
     from maskless.eval.semantic import confusion_matrix, scores
     from maskless.pct.model import load_segnet
@@ -614,14 +615,19 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     dev = pick_device(device)
     split = read_split(split_path)
     k, held, weak = split["num_classes"], split["eval"], split["weak"]
+    if pseudo is None:
+        weak = []
     labels, _ = label_maps(gt, held + weak)  # one read of the instances JSON (large for full COCO)
     gts, weak_gt = labels[: len(held)], labels[len(held) :]
     which_net = {"strong_only": ("strong_only", None), "pct_hybrid": ("pct", "hybrid"),
                  "pct_retrain": ("retrain", None)}
-    nets = {name: load_segnet(models[kind], which=which).to(dev) for name, (kind, which) in which_net.items()}
-    pseudo_net = load_segnet(models["pct"], which="pseudo").to(dev)
-    names = ("strong_only", "pct_hybrid", "pct_pseudo", "pct_retrain")
-    confusion = {name: np.zeros((k, k), np.int64) for name in (*names, "pct_labels")}
+    nets = {name: load_segnet(models[kind], which=which).to(dev) for name, (kind, which) in which_net.items()
+            if kind in models}
+    pseudo_net = load_segnet(models["pct"], which="pseudo").to(dev) if "pct" in models else None
+    names = [n for n in ("strong_only", "pct_hybrid", "pct_pseudo", "pct_retrain")
+             if n in nets or (n == "pct_pseudo" and pseudo_net is not None)]
+    names += ["pct_labels"] if pseudo is not None else []
+    confusion = {name: np.zeros((k, k), np.int64) for name in names}
 
     def add(name: str, pred: np.ndarray, gt_map: np.ndarray, image_id: int) -> None:
         try:
@@ -633,15 +639,17 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     for n, (i, image, gt_map, tags) in enumerate(zip(held, lazy_images(manifest, held), gts, _tags(split, held))):
         for name, net in nets.items():
             add(name, predict(net, image, input_size=input_size), gt_map, i)
-        add("pct_pseudo", pseudo_label(pseudo_net, image, tags, scales=scales, flip=flip, input_size=input_size),
-            gt_map, i)
+        if pseudo_net is not None:
+            add("pct_pseudo", pseudo_label(pseudo_net, image, tags, scales=scales, flip=flip,
+                                           input_size=input_size), gt_map, i)
         if (n + 1) % 100 == 0:
             log.info("PCT predictions %d/%d (%.1f s)", n + 1, len(held), time.perf_counter() - t0)
     log.info("PCT predictions of %d held-out images in %.1f s", len(held), time.perf_counter() - t0)
-    for i, lab, gt_map in zip(weak, read_pseudo(pseudo, weak, lazy=True), weak_gt):
-        add("pct_labels", lab, gt_map, i)
+    if pseudo is not None:
+        for i, lab, gt_map in zip(weak, read_pseudo(pseudo, weak, lazy=True), weak_gt):
+            add("pct_labels", lab, gt_map, i)
     rows = []
-    for name in (*names, "pct_labels"):
+    for name in names:
         s = scores(confusion[name])
         res = {"semantic": {"mIoU": s["mIoU"], "Acc": s["Acc"]}}
         rows += metric_rows(res, experiment=experiment, stage=stage_name(name, mode, ratio), round=0,

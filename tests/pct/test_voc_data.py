@@ -283,3 +283,12 @@ def test_stages_end_to_end_on_a_fake_voc_tree(tmp_path):
     assert all(0.0 <= r["value"] <= 100.0 for r in rows if r["value"] == r["value"])
     assert "### semi/weak mIoU per label ratio" in (tmp_path / "metrics.md").read_text()
     assert json.loads((tmp_path / "pct" / "labels.json").read_text())["val"] == split["eval"]
+    # The oracle's evaluation (rule pct_eval_oracle): the strong-only net alone, no pseudo labels, one row,
+    # the same value as the family's strong-only row.
+    alone = run_pct_eval(split_path=split_path, manifest=manifest, gt=labels, models={"strong_only": models["strong_only"]},
+                         pseudo=None, out_metrics=str(tmp_path / "oracle.parquet"), out_table=str(tmp_path / "o.md"),
+                         experiment="voc", dataset="fake-voc", ratio="1", mode="plain", input_size=32, scales=[1.0],
+                         flip=False, device="cpu", threads=1)
+    assert {r["stage"] for r in alone} == {"strong_only@1"}
+    family = {r["metric"]: r["value"] for r in rows if r["stage"] == "strong_only@2"}
+    np.testing.assert_equal({r["metric"]: r["value"] for r in alone}, family)  # NaN-aware

@@ -22,6 +22,9 @@ def test_seed_runs_share_the_data_and_differ_by_seed(workflow_dir):
     plan = _ok(snakemake(workflow_dir, "-n", "--cores", "1", *cfg)).stdout
     assert "results/s/tables/claims.md" in plan and "results/s/seed2/data/manifest.parquet" in plan
     assert plan.count("rule synthetic:") == 1  # one dataset for both seeds
+    # PCT's oracle: the strong-only net with every training image labelled, scored for the claims table
+    assert "results/s/seed2/eval/pct/ratio1/oracle/metrics.parquet" in plan
+    assert "results/s/seed2/pct/ratio1/plain/strong_only/model.pt" in plan
     backbones = [f"results/s/seed{k}/pretrain/backbone.pt" for k in (1, 2)]
     oracle = "results/s/seed1/data/gt_masks/index.parquet"
     _ok(snakemake(workflow_dir, *backbones, oracle, "--cores", "2", *cfg))
