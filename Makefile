@@ -37,8 +37,9 @@ test-fast: venv
 lint: venv
 	$(BIN)/snakemake --lint
 
+# Model FLOP utilisation of every training loop and of Free Mask (BENCHMARKS.md "Model FLOP utilisation").
 bench: venv
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/mfu.py
 
 clean:
 	rm -rf results/ data/synthetic/ .snakemake/
