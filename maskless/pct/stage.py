@@ -289,7 +289,7 @@ def _strong_weak(train: Sequence[int], tags: dict, params: SplitParams) -> tuple
                          "leaves no weak image; PCT needs both")
     strong, weak = split_ids(train, ratio=params.ratio, count=params.count, seed=params.seed,
                              tags={i: tags[i] for i in train} if params.stratified else None)
-    if not weak:
+    if not weak and params.ratio != 1.0:  # ratio 1: the oracle's split (every training image strong)
         raise ValueError(f"config key 'pct.ratios': ratio {params.ratio} of {len(train)} training images leaves "
                          "no weak image; PCT needs both (ratio 1 is the fully supervised case)")
     return strong, weak

@@ -37,7 +37,10 @@ def test_split_depends_on_seed_only():
 
 def test_split_errors_name_the_config_key():
     with pytest.raises(ValueError, match="leaves no weak image"):
-        make_split(list(TAGS), TAGS, SplitParams(ratio=1.0))
+        make_split(list(TAGS), TAGS, SplitParams(ratio=0.999))
+    # ratio 1 is the oracle's split (config oracles): every training image strong, none weak
+    full = make_split(list(TAGS), TAGS, SplitParams(ratio=1.0))
+    assert full["weak"] == [] and sorted(full["strong"] + full["eval"]) == sorted(TAGS)
     with pytest.raises(ValueError, match="pct.eval_fraction"):
         SplitParams(ratio=0.1, eval_fraction=1.0)
     with pytest.raises(ValueError, match="at least 3 images"):

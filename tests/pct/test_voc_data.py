@@ -84,8 +84,8 @@ def test_list_split_never_trains_on_val_and_sizes_by_ratio_or_count():
         1, 2, 3, 4}  # stratified: four strong images cover the four classes
     with pytest.raises(ValueError, match=r"'pct.counts': 40 strong images of 40 training images"):
         make_list_split(train, val, tags, SplitParams(count=40))
-    with pytest.raises(ValueError, match=r"'pct.ratios': ratio 1.0"):
-        make_list_split(train, val, tags, SplitParams(ratio=1.0))
+    with pytest.raises(ValueError, match=r"'pct.ratios': ratio 0.999"):
+        make_list_split(train, val, tags, SplitParams(ratio=0.999))
     with pytest.raises(ValueError, match=r"images \[40\] are in both"):
         make_list_split(train, [40, 41], tags, SplitParams(count=3))
 
