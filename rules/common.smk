@@ -309,6 +309,9 @@ def pct_budget_texts():
     return list(dict.fromkeys(budget_text(b) for b, _ in pct_families())) if pct_on() else []
 
 
+PCT_ORACLE_BUDGET = "ratio1"  # every training image labelled (rule pct_eval_oracle's paths)
+
+
 def pct_oracle_on():
     """PCT's oracle (config `oracles`, the dataset's ground truth): the strong-only net with every training
     image labelled (budget ratio1, plain), scored on the held-out images like every PCT model."""
@@ -317,11 +320,14 @@ def pct_oracle_on():
 
 def pct_oracle_text():
     """The budget text of the oracle's metric rows ("strong_only@1"), None when there is no oracle."""
-    return "1" if pct_oracle_on() else None
+    from maskless.pct.budget import budget_text
+
+    return budget_text(PCT_ORACLE_BUDGET) if pct_oracle_on() else None
 
 
 def pct_oracle_evals(wildcards):
-    return [f"results/{wildcards.experiment}/eval/pct/ratio1/oracle/metrics.parquet"] if pct_oracle_on() else []
+    exp = wildcards.experiment
+    return [f"results/{exp}/eval/pct/{PCT_ORACLE_BUDGET}/oracle/metrics.parquet"] if pct_oracle_on() else []
 
 
 def run_metrics(exp):

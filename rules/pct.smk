@@ -159,6 +159,8 @@ rule pct_eval:
     benchmark:
         "results/{experiment}/benchmarks/eval/pct_{budget}_{mode}.tsv"
     params:
+        budget=lambda wc: wc.budget,
+        mode=lambda wc: wc.mode,
         input_size=config["pct"]["train"]["input_size"],
         pseudo=config["pct"]["pseudo"],
         dataset=config["dataset"]["name"],
@@ -189,6 +191,9 @@ use rule pct_eval as pct_eval_oracle with:
         "results/{experiment}/logs/eval/pct_ratio1_oracle.log",
     benchmark:
         "results/{experiment}/benchmarks/eval/pct_ratio1_oracle.tsv"
+    params:
+        budget=PCT_ORACLE_BUDGET,
+        mode="plain",
 
 
 rule pct_tables:
