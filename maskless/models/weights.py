@@ -111,10 +111,18 @@ def _infer_arch(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor of a checkpoint file, keys as stored (no prefix stripped), and meta: path, format
+    (raw / state_dict / model / maskless) and arch and params when the file carries them. Any backbone
+    family's loader starts here; nothing in the file is executed."""
+    path = str(path)
+    return _unwrap(_read_checkpoint(path), path)
+
+
 def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Backbone tensors of a checkpoint with torchvision key names, and meta (arch, params, prefix, dropped)."""
     path = str(path)
-    state, meta = _unwrap(_read_checkpoint(path), path)
+    state, meta = read_state_dict(path)
     prefix = _choose_prefix(list(state))
     backbone: dict[str, torch.Tensor] = {}
     dropped_outside = dropped_fc = dropped_heads = 0
