@@ -339,7 +339,18 @@ def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, image
                                   color_thresh=weights.color_thresh, ignore_bottom=rows,
                                   valid_hw=targets[b].valid_hw)
         num, den = num + n_b, den + d_b
-    return {**proj, "loss_pair": num / den.clamp(min=1.0)}
+    return {**proj, "loss_pair": num / den.clamp(min=1.0), "mask_fg": foreground_fraction(logits)}
+
+
+def foreground_fraction(logits: list[Tensor]) -> Tensor:
+    """Detached share of the positives' mask pixels predicted foreground (logit > 0); 0 without positives.
+
+    A diagnostic, not a term: it sits near 1 when training has collapsed to whole-image masks (the dynamic
+    conv's logits move together at first, since the mask features are non-negative; once every pixel is
+    saturated foreground the sigmoid passes almost no gradient back: BENCHMARKS.md "SOLO round 0 collapses")."""
+    fg = sum(int((lg.detach() > 0).sum()) for lg in logits)
+    total = sum(lg.numel() for lg in logits)
+    return torch.tensor(fg / max(total, 1))
 
 
 def _raise_non_finite(losses: dict[str, Tensor], outputs: dict) -> None:
@@ -360,7 +371,8 @@ def solo_losses(outputs: dict, targets: list[SoloTargets], images_lab: Tensor, *
     "mask_feat" (B, D, Hf, Wf)); targets: one SoloTargets per image; images_lab: (B, 3, Hf, Wf) Lab at mask
     resolution (lab_at_mask_resolution). Returns the unweighted terms loss_max, loss_avg, loss_pair (already
     times the warm-up factor), loss_focal, loss_emb; "loss", their weighted sum; and detached float counts
-    "num_pos" (positive cells) and "num_emb" (positives with a usable embedding target). Raises
+    "num_pos" (positive cells), "num_emb" (positives with a usable embedding target) and "mask_fg"
+    (foreground_fraction: the collapse diagnostic). Raises
     FloatingPointError when the total is NaN/inf (module docstring).
     """
     _check_outputs(outputs, targets, images_lab)

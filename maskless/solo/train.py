@@ -52,7 +52,10 @@ GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
 SCHEDULES = ("cosine", "step")
 VIEWS = ("strong", "weak", "both")
 _RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
-LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "lr")
+LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "mask_fg", "lr")
+# Collapse warning: the positives' masks predicted foreground on at least this share of their pixels for this
+# many steps in a row (maskless.solo.losses.foreground_fraction; BENCHMARKS.md "SOLO round 0 collapses").
+COLLAPSE_FG, COLLAPSE_STEPS = 0.97, 10
 
 
 @dataclass
@@ -340,7 +343,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
 
     state_path = Path(state_dir) / STATE_NAME
     start, loss_rows = 0, []
-    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
+    # The loss log's columns are part of the key: a state saved with other columns starts afresh.
+    key = dist.resume_key(resume_key({**params.to_dict(), "loss_columns": list(columns)}, _RESUME_IGNORED), rank)
     state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
     if state is not None:
         start, loss_rows = restore(state, model=saved, optimizer=opt, scaler=scaler)
@@ -350,7 +354,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
              len(rows), params.steps, params.batch_size, params.views, params.input_size, dev,
              ", AMP" if use_amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
     timer = {"start": time.perf_counter(), "data": 0.0, "total": 0.0, "pasted": 0}
-    step = start
+    step, saturated = start, 0
     for step in range(start + 1, params.steps + 1):
         t0 = time.perf_counter()
         images, targets, pasted = make_batch(source, step - 1, params, geometry, rank)
@@ -364,6 +368,13 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         timer["total"] += time.perf_counter() - t0
         timer["pasted"] += pasted
         loss_rows.append([step, *(values[k] for k in columns[1:-1]), lr])
+        saturated = saturated + 1 if values["mask_fg"] >= COLLAPSE_FG else 0
+        if saturated == COLLAPSE_STEPS:
+            log.warning("SOLO step %d: for %d steps the positives' masks have covered >= %.0f%% of the image "
+                        "(mask_fg %.3f): training has collapsed to whole-image masks, whose saturated sigmoids "
+                        "pass almost no gradient; its predictions will score near 0 AP. Coarse masks with fewer "
+                        "stray components help (freemask.keep_largest_component: true; BENCHMARKS.md 'SOLO "
+                        "round 0 collapses')", step, COLLAPSE_STEPS, 100 * COLLAPSE_FG, values["mask_fg"])
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images) * rank.world_size)
         if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
@@ -405,6 +416,7 @@ def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, 
     if "loss_eec" in values:  # Exemplar-FreeSOLO: positives and negatives of the batch (METHODS.md)
         terms += (f" eec pairs +{values['num_eec_pos']:.0f}/-{values['num_eec_neg']:.0f}, "
                   f"{values['num_eec_valid']:.0f} instances")
-    log.info("step %d/%d loss %.4f (%s) num_pos %d num_emb %d pasted %d so far lr %.5f %.1f img/s data %.0f%% of "
-             "step time ETA %.0f s", step, params.steps, values["loss"], terms, values["num_pos"],
-             values["num_emb"], timer["pasted"], lr, rate, 100 * timer["data"] / max(total, 1e-9), eta)
+    log.info("step %d/%d loss %.4f (%s) num_pos %d num_emb %d mask_fg %.2f pasted %d so far lr %.5f %.1f img/s "
+             "data %.0f%% of step time ETA %.0f s", step, params.steps, values["loss"], terms, values["num_pos"],
+             values["num_emb"], values["mask_fg"], timer["pasted"], lr, rate, 100 * timer["data"] / max(total, 1e-9),
+             eta)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from maskless.solo.losses import (TERMS, SoloLossWeights, box_masks_from_targets, dice_loss, embedding_loss,
-                                  gather_positives, lab_at_mask_resolution, pairwise_affinity_loss,
+                                  foreground_fraction, gather_positives, lab_at_mask_resolution, pairwise_affinity_loss,
                                   projection_losses, rgb_to_lab, sigmoid_focal_loss, solo_losses, warmup_factor)
 from maskless.solo.targets import SoloGeometry, assign_targets
 
@@ -270,10 +270,19 @@ def grad_norms(outputs) -> dict[str, float]:
     return {k: norm(outputs[k] if isinstance(outputs[k], list) else [outputs[k]]) for k in outputs}
 
 
+def test_foreground_fraction_by_hand():
+    """Pixels with logit > 0 over all pixels: image 1 [[1, -1], [0, 2]] has 2 of 4 (0 is not foreground),
+    image 2's two 1x1 masks [3], [-3] 1 of 2: 3 / 6 = 0.5. No positives: 0."""
+    logits = [torch.tensor([[[1.0, -1.0], [0.0, 2.0]]]), torch.tensor([[[3.0]], [[-3.0]]])]
+    assert foreground_fraction(logits).item() == pytest.approx(0.5)
+    assert foreground_fraction([torch.zeros(0, 4, 4)]).item() == 0.0
+
+
 def test_solo_losses_finite_terms_and_counts():
     outputs, targets, lab = fake_batch()
     out = solo_losses(outputs, targets, lab, weights=SoloLossWeights(), step=1000)
-    assert set(out) == {*TERMS, "loss", "num_pos", "num_emb"}
+    assert set(out) == {*TERMS, "loss", "num_pos", "num_emb", "mask_fg"}
+    assert 0.0 <= out["mask_fg"].item() <= 1.0
     assert all(torch.isfinite(out[k]) for k in out)
     assert out["num_pos"].item() == targets[0].num_pos > 0 and out["num_emb"].item() == out["num_pos"].item()
     w = SoloLossWeights()

@@ -67,10 +67,13 @@ def _read_csv(path) -> list[list[str]]:
     return [line.split(",") for line in open(path).read().splitlines()]
 
 
-def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog):
+def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog, monkeypatch):
     """3 steps: finite terms in every loss-log row; lr 0.01 x 1/2 then 0.01 x 2/2 (warm-up over 2 steps),
     then cosine at step 3 = 0.01 x 0.5 (1 + cos(pi x 0/1)) = 0.01. Images 4 (no masks) and 5 (not indexed)
-    are left out and counted."""
+    are left out and counted. The collapse warning, its threshold lowered to 0 and its run to 2 steps,
+    fires once, at step 2."""
+    monkeypatch.setattr(train_mod, "COLLAPSE_FG", 0.0)
+    monkeypatch.setattr(train_mod, "COLLAPSE_STEPS", 2)
     params = SoloTrainParams(**TINY, steps=3, checkpoint_every=2)
     out, csv = tmp_path / "w" / "solo.pt", tmp_path / "w" / "loss.csv"
     with caplog.at_level(logging.INFO, logger="maskless.solo.train"):
@@ -88,6 +91,9 @@ def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog):
     assert ckpt["kind"] == "solov2" and ckpt["params"]["steps"] == 3 and ckpt["params"]["model"]["emb_dim"] == 8
     assert not (tmp_path / "state" / train_mod.STATE_NAME).exists()
     assert any("data" in r.message and "ETA" in r.message and "num_pos" in r.message for r in caplog.records)
+    assert all(0.0 <= float(r[rows[0].index("mask_fg")]) <= 1.0 for r in rows[1:])
+    collapsed = [r.message for r in caplog.records if "collapsed to whole-image masks" in r.message]
+    assert len(collapsed) == 1 and collapsed[0].startswith("SOLO step 2:")
 
 
 def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog):
