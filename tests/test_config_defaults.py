@@ -17,6 +17,7 @@ from maskless.pct.model import SegNetParams
 from maskless.pct.train import PCTParams
 from maskless.pretrain.densecl import DenseCLParams
 from maskless.selftrain import RelabelParams
+from maskless.solo.losses import SoloLossWeights
 from maskless.solo.model import SoloModelParams
 from maskless.solo.train import SoloTrainParams
 from maskless.stego.stage import StegoStageParams
@@ -24,7 +25,7 @@ from maskless.stego.train import StegoTrainParams
 
 SECTIONS = {
     "synthetic": SyntheticParams, "pretrain": DenseCLParams, "freemask": FreeMaskParams, "solo": SoloTrainParams,
-    "solo.model": SoloModelParams, "selftrain": RelabelParams, "exemplar.select": SelectParams,
+    "solo.model": SoloModelParams, "solo.loss": SoloLossWeights, "selftrain": RelabelParams, "exemplar.select": SelectParams,
     "exemplar.refine": RefineParams, "exemplar.eec": EECParams, "stego": StegoStageParams,
     "stego.train": StegoTrainParams, "pct.model": SegNetParams, "pct.train": PCTParams,
 }

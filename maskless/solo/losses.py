@@ -53,16 +53,28 @@ class SoloLossWeights:
     ignore_bottom_px: float = 10.0
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
+    # Reference reductions (FreeSOLO solov2.py loss): the pairwise term's box mask is the outer product of
+    # the target's row and column projections, and the mask and pairwise terms are averaged per FPN level,
+    # then over the levels that hold positives. "filled" / False: the filled box and one mean over all
+    # positives (maskless before issue 15).
+    pair_box: str = "projection"
+    level_mean: bool = True
 
     def __post_init__(self) -> None:
+        if self.pair_box not in PAIR_BOXES:
+            raise ValueError(f"SoloLossWeights.pair_box must be one of {PAIR_BOXES}, got {self.pair_box!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in ("pair_box", "level_mean"):
+                continue
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"SoloLossWeights.{f.name} must be finite and >= 0, got {value!r}")
         if self.pair_kernel % 2 != 1 or self.pair_dilation < 1:
             raise ValueError(f"SoloLossWeights: pair_kernel must be odd and pair_dilation >= 1, got "
                              f"{self.pair_kernel}, {self.pair_dilation}")
 
+
+PAIR_BOXES = ("projection", "filled")
 
 # ---------------------------------------------------------------- mask terms
 
@@ -73,29 +85,44 @@ def dice_loss(a: Tensor, b: Tensor, eps: float = 1e-5) -> Tensor:
     return 1.0 - 2.0 * inter / ((a * a).sum(-1) + (b * b).sum(-1) + eps)
 
 
-def projection_losses(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
-    """logits, targets: (N, h, w) -> {"loss_max", "loss_avg"}, each a scalar mean over the N instances.
+def projection_terms(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """logits, targets: (N, h, w) -> (L_max, L_avg), each (N,): one value per instance.
 
     L_max = dice(max_y p, max_y t) + dice(max_x p, max_x t); L_avg the same with means (p = sigmoid).
-    N = 0 gives zeros that keep the graph (there is nothing to average).
     """
     if logits.shape != targets.shape or logits.ndim != 3:
         raise ValueError(f"projection_losses: logits {tuple(logits.shape)} and targets "
                          f"{tuple(targets.shape)} must both be (N, h, w)")
-    if logits.shape[0] == 0:
-        zero = logits.sum() * 0.0
-        return {"loss_max": zero, "loss_avg": zero}
     p = logits.float().sigmoid()  # (N, h, w)
     t = targets.float()
     l_max = dice_loss(p.amax(1), t.amax(1)) + dice_loss(p.amax(2), t.amax(2))  # (N,)
     l_avg = dice_loss(p.mean(1), t.mean(1)) + dice_loss(p.mean(2), t.mean(2))  # (N,)
+    return l_max, l_avg
+
+
+def projection_losses(logits: Tensor, targets: Tensor) -> dict[str, Tensor]:
+    """logits, targets: (N, h, w) -> {"loss_max", "loss_avg"}, each a scalar mean over the N instances
+    (projection_terms). N = 0 gives zeros that keep the graph (there is nothing to average)."""
+    l_max, l_avg = projection_terms(logits, targets)
+    if logits.shape[0] == 0:
+        zero = logits.sum() * 0.0
+        return {"loss_max": zero, "loss_avg": zero}
     return {"loss_max": l_max.mean(), "loss_avg": l_avg.mean()}
 
 
-def box_masks_from_targets(targets: Tensor) -> Tensor:
-    """(N, h, w) -> (N, h, w) float: 1 inside the box spanned by the target's row and column projections."""
+def box_masks_from_targets(targets: Tensor, mode: str = "projection") -> Tensor:
+    """(N, h, w) -> (N, h, w) float box masks of the pairwise term.
+
+    "projection" (FreeSOLO's box_target): the outer product of the target's row and column projections,
+    1 where the pixel's row and its column both hold target pixels; for a fragmented mask it leaves out the
+    rows and columns between the fragments. "filled": 1 inside the box spanned by the projections.
+    """
+    if mode not in PAIR_BOXES:
+        raise ValueError(f"box mask mode must be one of {PAIR_BOXES}, got {mode!r}")
     rows = targets.amax(2) > 0  # (N, h)
     cols = targets.amax(1) > 0  # (N, w)
+    if mode == "projection":
+        return (rows[:, :, None] & cols[:, None, :]).float()
     n, h, w = targets.shape
     ys, xs = torch.arange(h, device=targets.device), torch.arange(w, device=targets.device)
 
@@ -173,10 +200,11 @@ def _valid_region(m: int, h: int, w: int, valid_hw, ignore_bottom: int, device) 
 def pairwise_terms(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kernel: int = 3, dilation: int = 2,
                    color_thresh: float = 0.3, ignore_bottom: int = 0,
                    valid_hw: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-    """The pairwise term's numerator and denominator: (sum w_ij * -log P(y_i = y_j), sum w_ij).
+    """The pairwise term's numerator and denominator per instance: (sum w_ij * -log P(y_i = y_j), sum w_ij),
+    each (N,), the sums over one instance's edges.
 
-    Split out so a batch can be normalised once over all its images (BoxInst). Arguments as in
-    pairwise_affinity_loss.
+    Split out so a batch can be normalised over all its images, or per level (BoxInst, FreeSOLO). Arguments
+    as in pairwise_affinity_loss.
     """
     n, h, w = logits.shape
     if image_lab.ndim != 4 or image_lab.shape[1] != 3 or image_lab.shape[-2:] != (h, w) \
@@ -198,7 +226,7 @@ def pairwise_terms(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kern
         # image mask: only the neighbour j decides; an edge whose centre i lies in the ignored rows stays.
         edge_ok = similar & _neighbours(valid, kernel, dilation, False)[:, 0]  # (M, K, h, w)
         weight = edge_ok.float() * box_masks.float()[:, None]  # (N, K, h, w)
-    return (weight * -log_same).sum(), weight.sum()
+    return (weight * -log_same).flatten(1).sum(1), weight.flatten(1).sum(1)
 
 
 def pairwise_affinity_loss(logits: Tensor, image_lab: Tensor, box_masks: Tensor, *, kernel: int = 3,
@@ -216,7 +244,7 @@ def pairwise_affinity_loss(logits: Tensor, image_lab: Tensor, box_masks: Tensor,
     """
     num, den = pairwise_terms(logits, image_lab, box_masks, kernel=kernel, dilation=dilation,
                               color_thresh=color_thresh, ignore_bottom=ignore_bottom, valid_hw=valid_hw)
-    return num / den.clamp(min=1.0)
+    return num.sum() / den.sum().clamp(min=1.0)
 
 
 def warmup_factor(step: int, warmup: int = 1000) -> float:
@@ -270,6 +298,7 @@ class Positives:
     emb_pred: Tensor  # (P, E)
     emb_target: Tensor  # (P, E), zero rows where the instance has no embedding
     mask_targets: list[Tensor]  # per image (P_b, Hf, Wf)
+    levels: list[Tensor]  # per image (P_b,) long: the FPN level of each positive cell
 
 
 def _check_outputs(outputs: dict, targets: list[SoloTargets], images_lab: Tensor) -> None:
@@ -298,17 +327,19 @@ def _check_outputs(outputs: dict, targets: list[SoloTargets], images_lab: Tensor
 
 def gather_positives(outputs: dict, targets: list[SoloTargets]) -> Positives:
     """Kernels, embedding predictions and targets of every positive cell (SOLOv2's target gathering)."""
-    kernels, emb_pred, emb_target, mask_targets = [], [], [], []
+    kernels, emb_pred, emb_target, mask_targets, levels = [], [], [], [], []
     emb_dim = outputs["emb"][0].shape[1]
     for b, tgt in enumerate(targets):
-        ids_b, kern_b = [], []
+        ids_b, kern_b, lev_b = [], [], []
         for level, ins in enumerate(tgt.instance):
             cells = (ins >= 0).nonzero().squeeze(1)  # (P_bl,)
             kern_b.append(outputs["kernel"][level][b].flatten(1)[:, cells].T)  # (P_bl, D)
             emb_pred.append(outputs["emb"][level][b].flatten(1)[:, cells].T)  # (P_bl, E)
             ids_b.append(ins[cells])
+            lev_b.append(torch.full_like(cells, level))
         ids = torch.cat(ids_b)  # (P_b,)
         kernels.append(torch.cat(kern_b))
+        levels.append(torch.cat(lev_b))
         mask_targets.append(tgt.mask_targets[ids])  # (P_b, Hf, Wf)
         if tgt.embeddings is None:
             emb_target.append(torch.zeros(len(ids), emb_dim, device=ids.device))
@@ -317,7 +348,7 @@ def gather_positives(outputs: dict, targets: list[SoloTargets]) -> Positives:
                              f"model predicts {emb_dim}")
         else:
             emb_target.append(tgt.embeddings[ids].float())
-    return Positives(kernels, torch.cat(emb_pred), torch.cat(emb_target), mask_targets)
+    return Positives(kernels, torch.cat(emb_pred), torch.cat(emb_target), mask_targets, levels)
 
 
 def mask_logits(kernels: Tensor, mask_feat: Tensor) -> Tensor:
@@ -330,16 +361,31 @@ def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, image
                 weights: SoloLossWeights) -> dict[str, Tensor]:
     feat = outputs["mask_feat"]
     logits = [mask_logits(k, feat[b]) for b, k in enumerate(pos.kernels)]  # per image (P_b, Hf, Wf)
-    proj = projection_losses(torch.cat(logits), torch.cat(pos.mask_targets))
-    num, den = feat.new_zeros(()).float(), feat.new_zeros(()).float()
+    l_max, l_avg = projection_terms(torch.cat(logits), torch.cat(pos.mask_targets))  # (P,) each
+    nums, dens = [], []
     for b, (lg, mt) in enumerate(zip(logits, pos.mask_targets)):
         rows = math.ceil(weights.ignore_bottom_px / targets[b].mask_stride)
-        n_b, d_b = pairwise_terms(lg, images_lab[b : b + 1], box_masks_from_targets(mt),
+        n_b, d_b = pairwise_terms(lg, images_lab[b : b + 1], box_masks_from_targets(mt, weights.pair_box),
                                   kernel=weights.pair_kernel, dilation=weights.pair_dilation,
                                   color_thresh=weights.color_thresh, ignore_bottom=rows,
                                   valid_hw=targets[b].valid_hw)
-        num, den = num + n_b, den + d_b
-    return {**proj, "loss_pair": num / den.clamp(min=1.0), "mask_fg": foreground_fraction(logits)}
+        nums.append(n_b)
+        dens.append(d_b)
+    num, den = torch.cat(nums), torch.cat(dens)  # (P,) each
+    level = torch.cat(pos.levels) if weights.level_mean else torch.zeros(len(num), dtype=torch.long)
+    if not len(level):  # no positive in the batch: zeros that keep the graph
+        zero = feat.sum() * 0.0
+        return {"loss_max": zero, "loss_avg": zero, "loss_pair": zero, "mask_fg": foreground_fraction(logits)}
+    return {**reduce_mask_terms(l_max, l_avg, num, den, level), "mask_fg": foreground_fraction(logits)}
+
+
+def reduce_mask_terms(l_max: Tensor, l_avg: Tensor, num: Tensor, den: Tensor, group: Tensor) -> dict[str, Tensor]:
+    """Per-instance terms (P,) -> scalars: within each group (FPN level, or one group for all), L_max and
+    L_avg are means and the pairwise term is sum(num) / max(sum(den), 1); then the mean over the groups."""
+    groups = [group == g for g in group.unique()]
+    return {"loss_max": torch.stack([l_max[g].mean() for g in groups]).mean(),
+            "loss_avg": torch.stack([l_avg[g].mean() for g in groups]).mean(),
+            "loss_pair": torch.stack([num[g].sum() / den[g].sum().clamp(min=1.0) for g in groups]).mean()}
 
 
 def foreground_fraction(logits: list[Tensor]) -> Tensor:

@@ -12,7 +12,8 @@ import torch
 
 from maskless.solo.losses import (TERMS, SoloLossWeights, box_masks_from_targets, dice_loss, embedding_loss,
                                   foreground_fraction, gather_positives, lab_at_mask_resolution, pairwise_affinity_loss,
-                                  projection_losses, rgb_to_lab, sigmoid_focal_loss, solo_losses, warmup_factor)
+                                  projection_losses, reduce_mask_terms, rgb_to_lab, sigmoid_focal_loss,
+                                  solo_losses, warmup_factor)
 from maskless.solo.targets import SoloGeometry, assign_targets
 
 
@@ -68,10 +69,28 @@ def test_projection_no_instances_is_zero_with_graph():
 def test_box_masks_from_targets():
     t = torch.zeros(2, 4, 5)
     t[0, 1, 1] = t[0, 2, 3] = 1.0  # box rows 1..2, cols 1..3
+    filled = torch.zeros(4, 5)
+    filled[1:3, 1:4] = 1.0
+    box = box_masks_from_targets(t, "filled")
+    assert torch.equal(box[0], filled) and box[1].sum() == 0
+    # FreeSOLO's box_target: rows {1, 2} x cols {1, 3}; column 2 holds no target pixel, so it is left out.
+    outer = filled.clone()
+    outer[:, 2] = 0.0
     box = box_masks_from_targets(t)
-    expected = torch.zeros(4, 5)
-    expected[1:3, 1:4] = 1.0
-    assert torch.equal(box[0], expected) and box[1].sum() == 0
+    assert torch.equal(box[0], outer) and box[1].sum() == 0
+    with pytest.raises(ValueError, match="box mask mode"):
+        box_masks_from_targets(t, "hull")
+
+
+def test_reduce_mask_terms_per_level_by_hand():
+    """Levels [0, 0, 1]: L_max (1 + 3) / 2 = 2 and 5 -> 3.5 (one mean over all: 3); pairwise num [1, 1, 4],
+    den [1, 3, 2]: 2 / 4 = 0.5 and 4 / 2 = 2 -> 1.25 (over all: 6 / 6 = 1)."""
+    l_max, l_avg = torch.tensor([1.0, 3.0, 5.0]), torch.tensor([0.0, 2.0, 2.0])
+    num, den = torch.tensor([1.0, 1.0, 4.0]), torch.tensor([1.0, 3.0, 2.0])
+    per_level = reduce_mask_terms(l_max, l_avg, num, den, torch.tensor([0, 0, 1]))
+    assert [per_level[k].item() for k in ("loss_max", "loss_avg", "loss_pair")] == pytest.approx([3.5, 1.5, 1.25])
+    pooled = reduce_mask_terms(l_max, l_avg, num, den, torch.zeros(3, dtype=torch.long))
+    assert [pooled[k].item() for k in ("loss_max", "loss_avg", "loss_pair")] == pytest.approx([3.0, 4 / 3, 1.0])
 
 
 # ---------------------------------------------------------------- colour and pairwise
@@ -315,6 +334,8 @@ def test_gather_positives_picks_the_assigned_cells():
     expected = [outputs["kernel"][lv][0].flatten(1)[:, targets[0].instance[lv] >= 0].T for lv in range(2)]
     assert torch.equal(pos.kernels[0], torch.cat(expected)) and pos.kernels[1].shape == (0, D)
     assert pos.mask_targets[0].shape == (targets[0].num_pos, 16, 16)
+    counts = [int((targets[0].instance[lv] >= 0).sum()) for lv in range(2)]
+    assert pos.levels[0].tolist() == [0] * counts[0] + [1] * counts[1] and len(pos.levels[1]) == 0
 
 
 def test_batch_without_instances_gives_only_focal():
