@@ -9,8 +9,10 @@ Follows maskless.pretrain.train's design:
 - Views (`views`): "strong" (default) trains on the strong view only: its geometry and masks are the weak
   view's, so the coarse masks stay aligned while the colours vary; "weak" on the weak view only; "both"
   puts both views of each image in the batch (2 x batch_size samples, twice the compute).
-- Schedule: SGD (momentum 0.9, weight decay 1e-4), linear warm-up to lr over warmup_steps, then cosine to
-  zero ("cosine") or x0.1 at lr_decay_at fractions of the steps ("step", detectron-style). Gradients are
+- Schedule: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over warmup_steps from warmup_start x lr
+  (detectron2's WarmupMultiStepLR "linear": factor warmup_start (1 - a) + a, a = step / warmup_steps), then
+  constant ("constant", FreeSOLO's freesolo_30k.yaml: STEPS empty), cosine to zero ("cosine") or x0.1 at
+  lr_decay_at fractions of the steps ("step", detectron-style). Gradients are
   clipped to grad_clip (global L2 norm; 35 as in the SOLOv2 mmdet configs; 0 disables).
 - Backbone BatchNorm frozen (freeze_backbone_bn): statistics and affine kept, as the reference's FrozenBN.
 - Determinism and resume: batch of step s from (seed, s) only; state (model, optimizer, AMP scaler, step,
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 STATE_NAME = "solo_last.pt"
 GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
-SCHEDULES = ("cosine", "step")
+SCHEDULES = ("constant", "cosine", "step")
 VIEWS = ("strong", "weak", "both")
 _RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
 LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "mask_fg", "lr")
@@ -62,11 +64,12 @@ COLLAPSE_FG, COLLAPSE_STEPS = 0.97, 10
 class SoloTrainParams:
     steps: int = 300
     batch_size: int = 8
-    lr: float = 0.01
+    lr: float = 0.001  # FreeSOLO's BASE_LR (at batch 16)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 50
-    schedule: str = "cosine"
+    warmup_start: float = 0.01  # FreeSOLO's WARMUP_FACTOR
+    schedule: str = "constant"  # FreeSOLO's WarmupMultiStepLR without steps
     lr_decay_at: tuple[float, ...] = (2 / 3, 8 / 9)  # "step" schedule: fractions of steps, x0.1 at each
     grad_clip: float = 35.0
     input_size: int = 160
@@ -78,7 +81,7 @@ class SoloTrainParams:
     checkpoint_every: int = 50
     seed: int = 0
     freeze_backbone_bn: bool = True
-    freeze_at: int = 2  # detectron2's BACKBONE.FREEZE_AT (FreeSOLO's configs inherit 2): stem + res2 frozen
+    freeze_at: int = 0  # detectron2's BACKBONE.FREEZE_AT: FreeSOLO's freesolo_30k.yaml sets 0 (nothing frozen)
     background_images: bool = False  # also train on indexed images with zero masks (all-background samples)
     geometry: str | SoloGeometry = "small"  # a preset name (GEOMETRIES) or explicit values (config)
     model: SoloModelParams = field(default_factory=SoloModelParams)
@@ -111,6 +114,8 @@ class SoloTrainParams:
                 raise ValueError(f"{name}.{key} must be a finite number >= 0, got {getattr(self, key)!r}")
         if not self.lr > 0:
             raise ValueError(f"{name}.lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.warmup_start <= 1.0:
+            raise ValueError(f"{name}.warmup_start must lie in [0, 1], got {self.warmup_start}")
         if not 0.0 <= self.copy_paste_prob <= 1.0:
             raise ValueError(f"{name}.copy_paste_prob must lie in [0, 1], got {self.copy_paste_prob}")
         if len(self.scale_jitter) != 2 or not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
@@ -167,7 +172,10 @@ def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps:
 def lr_at(step: int, params: SoloTrainParams) -> float:
     """Learning rate of 0-based `step` (module docstring)."""
     if step < params.warmup_steps:
-        return params.lr * (step + 1) / params.warmup_steps
+        a = step / params.warmup_steps
+        return params.lr * (params.warmup_start * (1 - a) + a)
+    if params.schedule == "constant":
+        return params.lr
     if params.schedule == "step":
         return params.lr * 0.1 ** sum(step >= f * params.steps for f in params.lr_decay_at)
     span = max(1, params.steps - params.warmup_steps)

@@ -25,7 +25,7 @@ from maskless.store import ImageMasks, build_index, write_shard
 
 TINY_MODEL = dict(fpn_channels=16, head_convs=1, head_channels=16, kernel_dim=16, mask_branch_channels=16,
                   emb_dim=8, gn_groups=8)
-TINY = dict(batch_size=2, input_size=64, warmup_steps=2, amp=False, model=SoloModelParams(**TINY_MODEL))
+TINY = dict(batch_size=2, input_size=64, lr=0.01, warmup_steps=2, amp=False, model=SoloModelParams(**TINY_MODEL))
 
 
 def _square(h, w, top, left, size) -> np.ndarray:
@@ -68,8 +68,9 @@ def _read_csv(path) -> list[list[str]]:
 
 
 def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog, monkeypatch):
-    """3 steps: finite terms in every loss-log row; lr 0.01 x 1/2 then 0.01 x 2/2 (warm-up over 2 steps),
-    then cosine at step 3 = 0.01 x 0.5 (1 + cos(pi x 0/1)) = 0.01. Images 4 (no masks) and 5 (not indexed)
+    """3 steps: finite terms in every loss-log row; lr 0.01 x 0.01 at step 1, 0.01 x (0.01 x 0.5 + 0.5) =
+    0.00505 at step 2 (detectron2's linear warm-up over 2 steps from 0.01), then constant 0.01. Images 4 (no
+    masks) and 5 (not indexed)
     are left out and counted. The collapse warning, its threshold lowered to 0 and its run to 2 steps,
     fires once, at step 2."""
     monkeypatch.setattr(train_mod, "COLLAPSE_FG", 0.0)
@@ -85,7 +86,7 @@ def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog, monkey
     rows = _read_csv(csv)
     assert rows[0] == list(LOSS_COLUMNS) and set(TERMS) <= set(rows[0]) and len(rows) == 4
     assert all(math.isfinite(float(v)) for r in rows[1:] for v in r)
-    assert [float(r[-1]) for r in rows[1:]] == pytest.approx([0.005, 0.01, 0.01])
+    assert [float(r[-1]) for r in rows[1:]] == pytest.approx([0.0001, 0.00505, 0.01])
     assert all(float(r[rows[0].index("num_pos")]) > 0 for r in rows[1:])
     ckpt = torch.load(out, weights_only=True)
     assert ckpt["kind"] == "solov2" and ckpt["params"]["steps"] == 3 and ckpt["params"]["model"]["emb_dim"] == 8
@@ -121,7 +122,7 @@ def test_changed_params_start_fresh(tmp_path, data, caplog):
     kw = dict(**data, device="cpu", threads=1, state_dir=str(tmp_path / "s"), out_weights=str(tmp_path / "w.pt"))
     train_solo(params=SoloTrainParams(**TINY, steps=3, checkpoint_every=1), stop_after=1, **kw)
     with caplog.at_level(logging.INFO, logger="maskless"):
-        summary = train_solo(params=SoloTrainParams(**TINY, steps=2, lr=0.02, checkpoint_every=1), **kw)
+        summary = train_solo(params=SoloTrainParams(**{**TINY, "lr": 0.02}, steps=2, checkpoint_every=1), **kw)
     assert summary["start_step"] == 0 and any("'lr'" in r.message for r in caplog.records)
 
 
@@ -169,6 +170,13 @@ def test_params_validation_names_the_field():
     p = SoloTrainParams(model=TINY_MODEL, loss={"loss_emb": 0.5})  # dicts from a config file
     assert p.model.emb_dim == 8 and p.loss.loss_emb == 0.5
     assert SoloTrainParams(**p.to_dict()).to_dict() == p.to_dict()
+
+
+def test_cosine_schedule_by_hand():
+    """lr 1, 5 steps, warm-up 2 from 0.5: 0.5, 0.75, then cosine over the 3 remaining steps:
+    0.5 (1 + cos(0)) = 1, 0.5 (1 + cos(pi/3)) = 0.75, 0.5 (1 + cos(2 pi/3)) = 0.25."""
+    p = SoloTrainParams(steps=5, warmup_steps=2, warmup_start=0.5, schedule="cosine", lr=1.0)
+    assert [lr_at(s, p) for s in range(5)] == pytest.approx([0.5, 0.75, 1.0, 0.75, 0.25])
 
 
 def test_step_schedule_by_hand():
@@ -259,7 +267,7 @@ def test_finetune_starts_from_every_weight_of_the_init_checkpoint(tmp_path, data
     kw = dict(**data, device="cpu", threads=1)
     train_solo(params=SoloTrainParams(**TINY, steps=2), out_weights=str(tmp_path / "r0.pt"),
                state_dir=str(tmp_path / "s0"), **kw)
-    tiny_lr = SoloTrainParams(**{**TINY, "warmup_steps": 0}, steps=1, lr=1e-12, weight_decay=0.0)
+    tiny_lr = SoloTrainParams(**{**TINY, "warmup_steps": 0, "lr": 1e-12}, steps=1, weight_decay=0.0)
     train_solo(params=tiny_lr, out_weights=str(tmp_path / "ft.pt"), state_dir=str(tmp_path / "s1"),
                init_weights=str(tmp_path / "r0.pt"), **kw)
     train_solo(params=tiny_lr, out_weights=str(tmp_path / "fresh.pt"), state_dir=str(tmp_path / "s2"), **kw)
