@@ -10,8 +10,9 @@ pastes instances between images (copy-paste, after Ghiasi et al. 2021, "Simple C
    (resized whole to this sample's size, so they keep their relative place and scale) are pasted with their
    pixels, masks and embeddings. The target's masks keep only their visible part; a mask whose visible part
    falls below min_visible_px pixels is dropped (one 4x4 mask-resolution cell by default).
-3. strong_view: the weak view's pixels (after pasting) with colour jitter, grayscale and Gaussian blur:
-   the same geometry, so the same masks and targets serve both views.
+3. strong_view: the weak view's pixels (after pasting) with colour jitter, grayscale and Gaussian blur, then
+   (random_erasing) FreeSOLO's three RandomErasing passes: the same geometry, so the same masks and targets
+   serve both views (FreeSOLO keeps the masks of erased pixels too).
 
 How training uses the two views is maskless.solo.train.SoloTrainParams.views (document there). Every
 random draw comes from the numpy Generator passed in, so a step's samples are a function of its seed.
@@ -56,6 +57,13 @@ class SoloAugmentParams:
     copy_paste_prob: float = 0.5
     copy_paste_max: int = 3
     min_visible_px: int = 16
+    random_erasing: bool = True
+
+
+# FreeSOLO's strong augmentation (freesolo/data/detection_utils.py build_strong_augmentation): three
+# torchvision RandomErasing passes (probability, area fraction range, aspect-ratio range), value "random".
+ERASING = ((0.7, (0.05, 0.2), (0.3, 3.3)), (0.5, (0.02, 0.2), (0.1, 6.0)), (0.3, (0.02, 0.2), (0.05, 8.0)))
+_ERASE_ATTEMPTS = 10  # torchvision's: a box that does not fit the image is drawn again, up to 10 times
 
 
 def resize_masks(masks: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
@@ -157,6 +165,31 @@ def strong_view(image: np.ndarray, rng: np.random.Generator, params: SoloAugment
     return np.clip(np.rint(view * 255.0), 0, 255).astype(np.uint8)
 
 
+def random_erasing(image: np.ndarray, rng: np.random.Generator, passes=ERASING) -> np.ndarray:
+    """(H, W, 3) uint8 -> a copy with up to len(passes) rectangles replaced by uniform random pixels.
+
+    Each pass (p, scale, ratio) runs with probability p: area = H W U(scale), aspect ratio log-uniform in
+    ratio, h = round(sqrt(area r)), w = round(sqrt(area / r)); the box is placed uniformly if it fits
+    (h < H and w < W), else drawn again (torchvision's RandomErasing). torchvision's value "random" is a
+    standard normal in [0, 1] units that ToPILImage wraps to bytes, i.e. noise; here uniform noise in [0, 255].
+    """
+    out = image.copy()
+    height, width = image.shape[:2]
+    for p, scale, ratio in passes:
+        if rng.random() >= p:
+            continue
+        log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        for _ in range(_ERASE_ATTEMPTS):
+            area = height * width * rng.uniform(*scale)
+            r = math.exp(rng.uniform(*log_ratio))
+            h, w = int(round(math.sqrt(area * r))), int(round(math.sqrt(area / r)))
+            if 0 < h < height and 0 < w < width:
+                top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+                out[top : top + h, left : left + w] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+                break
+    return out
+
+
 def batch_samples(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], rng: np.random.Generator,
                   params: SoloAugmentParams) -> tuple[list[Sample], int]:
     """Weak samples of a batch, copy-paste between them, then strong views -> (samples, instances pasted).
@@ -174,6 +207,8 @@ def batch_samples(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
             pasted += k
     for s in out:
         s.strong = strong_view(s.image, rng, params)
+        if params.random_erasing:
+            s.strong = random_erasing(s.strong, rng)
     return out, pasted
 
 

@@ -6,9 +6,9 @@ Follows maskless.pretrain.train's design:
   background_images, indexed images with zero masks are kept as all-background samples: they feed only the
   focal loss's negatives). Per step: weak geometry, copy-paste, strong view, padding to a common multiple
   of 32, assign_targets per image, Lab at mask resolution.
-- Views (`views`): "strong" (default) trains on the strong view only: its geometry and masks are the weak
+- Views (`views`): "strong" trains on the strong view only: its geometry and masks are the weak
   view's, so the coarse masks stay aligned while the colours vary; "weak" on the weak view only; "both"
-  puts both views of each image in the batch (2 x batch_size samples, twice the compute).
+  (default, FreeSOLO's) puts both views of each image in the batch (2 x batch_size samples, twice the compute).
 - Schedule: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over warmup_steps from warmup_start x lr
   (detectron2's WarmupMultiStepLR "linear": factor warmup_start (1 - a) + a, a = step / warmup_steps), then
   constant ("constant", FreeSOLO's freesolo_30k.yaml: STEPS empty), cosine to zero ("cosine") or x0.1 at
@@ -74,7 +74,8 @@ class SoloTrainParams:
     grad_clip: float = 35.0
     input_size: int = 160
     scale_jitter: tuple[float, float] = (0.8, 1.2)
-    views: str = "strong"
+    views: str = "both"  # FreeSOLO: each batch holds the strong and the weak view of every image
+    random_erasing: bool = True  # FreeSOLO's three RandomErasing passes on the strong view
     copy_paste_prob: float = 0.5
     copy_paste_max: int = 3
     amp: bool = True  # CUDA only
@@ -137,7 +138,8 @@ class SoloTrainParams:
 
     def augment_params(self) -> SoloAugmentParams:
         return SoloAugmentParams(input_size=self.input_size, scale_jitter=self.scale_jitter,
-                                 copy_paste_prob=self.copy_paste_prob, copy_paste_max=self.copy_paste_max)
+                                 copy_paste_prob=self.copy_paste_prob, copy_paste_max=self.copy_paste_max,
+                                 random_erasing=self.random_erasing)
 
     def to_dict(self) -> dict:
         """JSON-like values (nested dicts, lists for tuples), for checkpoints and params files."""

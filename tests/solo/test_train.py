@@ -16,8 +16,8 @@ from maskless.data.manifest import write_manifest
 from maskless.models.resnet import build_resnet
 from maskless.models.weights import save_backbone
 from maskless.solo import train as train_mod
-from maskless.solo.augment import (Sample, SoloAugmentParams, batch_samples, copy_paste, resize_masks,
-                                   resize_sample, strong_view, weak_sample)
+from maskless.solo.augment import (Sample, SoloAugmentParams, batch_samples, copy_paste, random_erasing,
+                                   resize_masks, resize_sample, strong_view, weak_sample)
 from maskless.solo.losses import TERMS
 from maskless.solo.model import SoloModelParams
 from maskless.solo.train import LOSS_COLUMNS, SoloTrainParams, lr_at, train_solo
@@ -231,6 +231,17 @@ def test_copy_paste_without_embeddings_gives_zero_rows_and_fully_hidden_masks_dr
     np.testing.assert_array_equal(out.embeddings, [[1.0, 1.0]])
     empty = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), None)
     assert copy_paste(target, empty, np.random.default_rng(0), max_instances=2)[1] == 0
+
+
+def test_random_erasing_by_hand():
+    """One pass at p 1, area fraction 1/4 of 8 x 8 and ratio 1: a 4 x 4 box (sqrt(16 x 1) = 4) of noise, so
+    every changed pixel lies in a 4 x 4 window; p 0 changes nothing; the input is left as it was."""
+    image = np.full((8, 8, 3), 7, dtype=np.uint8)
+    out = random_erasing(image, np.random.default_rng(0), ((1.0, (0.25, 0.25), (1.0, 1.0)),))
+    ys, xs = np.nonzero((out != image).any(-1))
+    assert 10 <= len(ys) <= 16 and ys.max() - ys.min() <= 3 and xs.max() - xs.min() <= 3
+    assert (image == 7).all()
+    assert np.array_equal(random_erasing(image, np.random.default_rng(0), ((0.0, (0.25, 0.25), (1.0, 1.0)),)), image)
 
 
 def test_strong_view_keeps_geometry_and_batch_is_seeded():
