@@ -116,7 +116,7 @@ def solo_masks(model: torch.nn.Module, crop: np.ndarray, *, input_size: int, par
     (its mode is restored)."""
     from maskless.data.images import resized_hw
     from maskless.models.resnet import normalize
-    from maskless.solo.inference import predict
+    from maskless.solo.inference import instance_strides, predict
     from maskless.solo.model import pad_to_multiple
 
     h, w = crop.shape[:2]
@@ -131,7 +131,9 @@ def solo_masks(model: torch.nn.Module, crop: np.ndarray, *, input_size: int, par
         outputs = model(x)
     finally:
         model.train(was_training)
-    return predict(outputs, hw, params, out_hw=(h, w))[0]["masks"]
+    # The reference's area filter (masks not above their level's instance stride dropped), as solo_predict.
+    strides = instance_strides(model.params.levels)
+    return predict(outputs, hw, params, out_hw=(h, w), strides=strides)[0]["masks"]
 
 
 def resize_exemplar(crop: np.ndarray, mask: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray]:

@@ -100,6 +100,23 @@ def test_solo_masks_at_crop_size_and_mode_restored(make_solo):
     assert masks.shape[1:] == (37, 51) and len(masks) >= 1 and masks.all() and model.training
 
 
+def test_solo_masks_pass_the_instance_strides(make_solo, monkeypatch):
+    """The exemplar refinement filters masks by area as solo_predict does: predict gets the model's levels'
+    instance strides (the reference's `sum_masks > strides`)."""
+    import maskless.solo.inference as inference
+
+    seen = {}
+
+    def spy(outputs, hw, params, *, out_hw=None, strides=None):
+        seen["strides"] = strides
+        return [{"masks": np.zeros((0, *out_hw), dtype=bool)}]
+
+    monkeypatch.setattr(inference, "predict", spy)
+    model = make_solo()
+    solo_masks(model, np.zeros((20, 20, 3), dtype=np.uint8), input_size=32, params=WHOLE_CROP)
+    assert seen["strides"] == inference.instance_strides(model.params.levels) and all(seen["strides"])
+
+
 def test_empty_foreground_is_an_error_naming_the_image(make_disc, make_solo):
     img, _ = make_disc()
     fg = Foreground(np.zeros((96, 96), bool), (10, 10, 76, 76), "center", "uniform image (pixel std 0.00)")
