@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskless.exemplar.eec import (EECHead, EECParams, eec_loss, eec_term, mask_pooled_embeddings,
+from maskless.exemplar.eec import (EECHead, EECParams, center_embeddings, eec_loss, eec_term, mask_pooled_embeddings,
                                    pool_embeddings)
 from maskless.models.resnet import normalize
 
@@ -61,6 +61,17 @@ def _crafted():
     inst = torch.tensor([[1.0, 0.0], [0.0, 1.0]], requires_grad=True)
     pool = torch.tensor([[1.0, 0.0], [0.6, 0.8], [-1.0, 0.0]])
     return inst, pool
+
+
+def test_centring_by_hand():
+    """Pool (1, 0), (0, 1): mu (0.5, 0.5), centred pool (1, -1)/sqrt 2 and (-1, 1)/sqrt 2. Instance (1, 0):
+    raw cosines 1 and 0, centred 1 and -1. An invalid (zero) row stays zero."""
+    pool = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    emb = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    e, p = center_embeddings(emb, torch.tensor([True, False]), pool)
+    r = 2 ** -0.5
+    assert torch.allclose(p, torch.tensor([[r, -r], [-r, r]]))
+    assert torch.allclose(e @ p.T, torch.tensor([[1.0, -1.0], [0.0, 0.0]]), atol=1e-6)
 
 
 def test_eec_loss_by_hand():

@@ -72,7 +72,7 @@ def test_eec_and_pool_go_together(tmp_path, data, pool):  # noqa: F811
 
 
 def test_eec_head_gets_a_gradient_and_backbone_bn_stays_frozen(tmp_path, data, pool):  # noqa: F811
-    """One EEC step by hand: the head's weights receive a non-zero gradient, and the refresh (which runs the
+    """One EEC step by hand: the head's and the kernel branch's weights receive a non-zero gradient, and the refresh (which runs the
     model in eval mode and restores train mode) leaves the backbone BatchNorm in eval mode."""
     from maskless.solo import train as train_mod
     from maskless.solo.eec_train import eec_losses
@@ -100,6 +100,10 @@ def test_eec_head_gets_a_gradient_and_backbone_bn_stays_frozen(tmp_path, data, p
     terms["loss_eec"].backward()
     grads = [p.grad for p in eec.head.parameters()]
     assert all(g is not None for g in grads) and any(g.abs().sum() > 0 for g in grads)
+    # The paper aims the term at the masks: with detach_masks false (the default) the gradient reaches the
+    # kernel branch that makes them; the category branch is not a target.
+    assert model.head.kernel_out.weight.grad.abs().sum() > 0
+    assert model.head.cate_out.weight.grad is None or model.head.cate_out.weight.grad.abs().sum() == 0
 
 
 @pytest.mark.parametrize("with_eec", [False, True])
