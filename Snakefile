@@ -49,6 +49,7 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+include: "rules/weights.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
 include: "rules/freemask.smk"

@@ -18,6 +18,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from maskless.models.registry import entries as weight_entries
+
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 
 
@@ -147,9 +149,16 @@ def _cross_checks(cfg: dict) -> list[str]:
     if pct["train"]["batch_size"] % 2:
         errors.append(f"config key 'pct.train.batch_size' ({pct['train']['batch_size']}) must be even: PCT batches "
                       "are half strong, half weak")
-    weights = pre.get("weights")
-    if weights and not os.path.isfile(weights):
-        errors.append(f"config key 'pretrain.weights': {weights!r} is not a file")
+    weights, extra = pre.get("weights"), (cfg.get("weights") or {}).get("extra")
+    named = weight_entries(extra)
+    if weights and not os.path.isfile(weights) and weights not in named:
+        errors.append(f"config key 'pretrain.weights': {weights!r} is neither a file nor a named weight "
+                      f"(maskless/models/registry.py, config weights.extra): {sorted(named)}")
+    elif weights in named and named[weights].get("arch") not in (None, pre["arch"]):
+        arch = named[weights]["arch"]
+        fix = f"set pretrain.arch: {arch}" if arch.startswith("resnet") else "the pretrain stage takes a ResNet"
+        errors.append(f"config key 'pretrain.arch' is {pre['arch']} but pretrain.weights {weights!r} hold a "
+                      f"{arch}: {fix}")
     return errors
 
 

@@ -1,5 +1,6 @@
 # Config validation, path helpers, wildcard constraints and small input functions. Nothing else.
 
+import os
 import re
 import sys
 from types import SimpleNamespace
@@ -8,6 +9,8 @@ from maskless import evalset
 from maskless.config import check_image_count, section_params, validate_config
 from maskless.data.ingest import dag_image_count, input_fingerprint
 from maskless.data.manifest import num_shards
+from maskless.models.registry import entries as registry_entries
+from maskless.models.registry import require as require_weights
 
 config.update(validate_config(config))
 
@@ -52,6 +55,21 @@ def dataset_source(wildcards):
     if config["dataset"]["kind"] == "synthetic":  # one dataset (made with `seed`) for every seed's run
         return {"instances": f"data/synthetic/{EXP}/instances.json", "images": f"data/synthetic/{EXP}/images"}
     return {}
+
+
+def weights_file(value: str) -> str:
+    """The local file a config value naming weights stands for (maskless/models/registry.py): an existing
+    path stays itself; a registry name (or one of config weights.extra) becomes <weights.cache>/<file>, which
+    rule fetch_weights downloads. A name whose file is missing and whose host is unreachable stops the
+    workflow here, before any job, with the URL to fetch by hand and the path to put it at."""
+    section = config.get("weights") or {}
+    return require_weights(value, section.get("cache", "weights"), section.get("extra"))
+
+
+def pretrain_given():
+    """The pretrain rule's input `given`, the cache file of a named pretrain.weights (a path is a param)."""
+    value = config["pretrain"]["weights"]
+    return {"given": weights_file(value)} if value and not os.path.isfile(value) else {}
 
 
 def shard_paths(wildcards, folder):

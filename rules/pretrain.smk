@@ -1,9 +1,11 @@
-# DenseCL self-supervised pretraining of the backbone, or the user's given weights (pretrain.weights).
+# DenseCL self-supervised pretraining of the backbone, or the user's given weights (pretrain.weights: a path
+# or a name of maskless/models/registry.py).
 
 
 rule pretrain:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
+        **pretrain_given(),  # named weights: their cache file, fetched by rule fetch_weights (rules/weights.smk)
     output:
         weights="results/{experiment}/pretrain/backbone.pt",
         loss_log="results/{experiment}/pretrain/loss.csv",

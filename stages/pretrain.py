@@ -9,7 +9,9 @@ from maskless.stage_utils import begin
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)
 if params["weights"]:
-    use_given_weights(src=params["weights"], out_weights=smk.output.weights, arch=params["densecl"]["arch"])
+    # a named weight arrives as input `given` (its cache file); a path is the param itself
+    src = smk.input.given if "given" in smk.input.keys() else params["weights"]
+    use_given_weights(src=src, out_weights=smk.output.weights, arch=params["densecl"]["arch"])
     write_text_atomic(smk.output.loss_log, "step,loss,loss_global,loss_dense,lr\n")
 else:
     launch(

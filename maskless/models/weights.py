@@ -1,10 +1,13 @@
 """Reading and writing backbone checkpoints.
 
-Accepted inputs: a raw torchvision state dict; {"state_dict": ...} (MoCo, OpenSelfSup/DenseCL, Lightning);
-{"model": ...}; and our own format {"arch", "state_dict", "params"} (DESIGN.md, "Checkpoints": state dicts
-plus the resolved parameters that made them, loaded with weights_only). Keys wrapped by a training
-framework ("module.", "encoder_q.", "backbone.", ...) are unwrapped when that makes them match a ResNet;
-the classifier (fc.*) and the self-supervised heads, key encoder and queues are dropped and counted.
+Files: torch (.pth/.pt/.tar), detectron2 .pkl and .safetensors, all read without running code from the file
+(maskless/models/formats.py). Accepted inputs: a raw torchvision or timm state dict; {"state_dict": ...}
+(MoCo, OpenSelfSup/mmcv DenseCL, Lightning); {"model": ...} (detectron2, whose ResNet key names are mapped
+to torchvision's); DINO's training checkpoint {"teacher", "student", ...} (the teacher is read); and our own
+format {"arch", "state_dict", "params"} (DESIGN.md, "Checkpoints": state dicts plus the resolved parameters
+that made them, loaded with weights_only). Keys wrapped by a training framework ("module.", "encoder_q.",
+"backbone.", ...) are unwrapped when that makes them match a ResNet; the classifier (fc.*) and the
+self-supervised heads, key encoder and queues are dropped and counted.
 """
 
 from __future__ import annotations
@@ -12,12 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-import zipfile
-from pathlib import Path
 
 import torch
 
 from maskless.io import torch_save_atomic
+from maskless.models.formats import detectron2_to_torchvision, is_detectron2_resnet, read_checkpoint
 from maskless.models.resnet import ARCHS, ResNet, build_resnet
 
 log = logging.getLogger(__name__)
@@ -45,33 +47,14 @@ _WRAPPERS = ("state_dict", "model")
 _MAX_LISTED = 10
 
 
-def _read_checkpoint(path: str) -> object:
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 (torch.load raises IndexError, UnpicklingError, RuntimeError ... on junk)
-        raise ValueError(f"{path} is not a readable torch checkpoint: {_unreadable_reason(path, e)}. maskless "
-                         "loads weights only as tensors and plain containers and never runs code from a "
-                         "file; give a state dict (torchvision, MoCo/DenseCL or maskless format)") from e
-
-
-def _unreadable_reason(path: str, error: Exception) -> str:
-    """Why torch.load(weights_only=True) refused `path`, in our words: torch's own message ends with advice to
-    load with weights_only=False, the one thing never to do with a file one does not trust."""
-    blocked = re.search(r"GLOBAL ([\w.]+)", str(error))
-    if blocked:
-        return f"it holds a Python object ({blocked.group(1)}) beyond tensors and plain containers"
-    with open(path, "rb") as f:
-        head = f.read(8)
-    if zipfile.is_zipfile(path):
-        return f"a zip archive that torch cannot read as a checkpoint ({type(error).__name__})"
-    return f"neither a torch zip archive nor a legacy torch pickle (it starts with {head!r})"
-
-
-def _unwrap(obj: object, path: str) -> tuple[dict[str, torch.Tensor], dict]:
+def _unwrap(obj: object, path: str, file_format: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Find the tensor dict inside a checkpoint; meta gets arch/params when the file carries them."""
-    meta: dict = {"path": str(path), "format": "raw"}
+    meta: dict = {"path": str(path), "format": "raw", "file_format": file_format}
+    if isinstance(obj, dict) and isinstance(obj.get("teacher"), dict) and "student" in obj:
+        # DINO's training checkpoint: DINO evaluates and releases the teacher, the momentum average of the
+        # student, which performs better (Caron et al. 2021, Sec. 3.1; its README evaluates one's own
+        # checkpoint with --checkpoint_key teacher).
+        return _unwrap(obj["teacher"], path, file_format)[0], {**meta, "format": "dino-teacher"}
     if isinstance(obj, dict):
         if isinstance(obj.get("arch"), str):
             meta["arch"] = obj["arch"]
@@ -113,16 +96,21 @@ def _infer_arch(state: dict[str, torch.Tensor]) -> str | None:
 
 def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Every tensor of a checkpoint file, keys as stored (no prefix stripped), and meta: path, format
-    (raw / state_dict / model / maskless) and arch and params when the file carries them. Any backbone
-    family's loader starts here; nothing in the file is executed."""
+    (raw / state_dict / model / dino-teacher / maskless), file_format (torch / detectron2-pkl /
+    safetensors) and arch and params when the file carries them. Any backbone family's loader starts here;
+    nothing in the file is executed."""
     path = str(path)
-    return _unwrap(_read_checkpoint(path), path)
+    obj, file_format = read_checkpoint(path)
+    return _unwrap(obj, path, file_format)
 
 
 def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict]:
     """Backbone tensors of a checkpoint with torchvision key names, and meta (arch, params, prefix, dropped)."""
     path = str(path)
     state, meta = read_state_dict(path)
+    if is_detectron2_resnet(list(state)):
+        state = {detectron2_to_torchvision(k): v for k, v in state.items()}
+        meta["key_names"] = "detectron2"
     prefix = _choose_prefix(list(state))
     backbone: dict[str, torch.Tensor] = {}
     dropped_outside = dropped_fc = dropped_heads = 0
