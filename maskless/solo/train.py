@@ -382,9 +382,10 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         if saturated == COLLAPSE_STEPS:
             log.warning("SOLO step %d: for %d steps the positives' masks have covered >= %.0f%% of the image "
                         "(mask_fg %.3f): training has collapsed to whole-image masks, whose saturated sigmoids "
-                        "pass almost no gradient; its predictions will score near 0 AP. Coarse masks with fewer "
-                        "stray components help (freemask.keep_largest_component: true; BENCHMARKS.md 'SOLO "
-                        "round 0 collapses')", step, COLLAPSE_STEPS, 100 * COLLAPSE_FG, values["mask_fg"])
+                        "pass almost no gradient; its predictions will score near 0 AP. On short schedules this "
+                        "happens on some seeds whatever the targets, ground truth included (BENCHMARKS.md 'SOLO "
+                        "round 0 collapses'; bench/solo_collapse.py follows the first steps)", step,
+                        COLLAPSE_STEPS, 100 * COLLAPSE_FG, values["mask_fg"])
         if step % log_every == 0 or step == params.steps:
             _log_progress(step, start, params, values, lr, timer, len(images) * rank.world_size)
         if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
