@@ -1,11 +1,12 @@
 """SOLO round 0's first steps on a finished run's inputs (issue 15, the collapse of seed 1): how the mask
 logits of the positives move, step by step, under a change of settings.
 
-    .venv/bin/python bench/solo_collapse.py RUN [--steps 30] [--largest-component] [--set KEY=JSON ...]
+    .venv/bin/python bench/solo_collapse.py RUN [--steps 30] [--masks gt] [--largest-component] [--set KEY=JSON ...]
 
 RUN is a results folder of a finished run (e.g. results/synthetic-claims/seed1): its manifest, Free Mask
 index, pretrained backbone and round-0 SOLO settings (solo/freesolo/round0/model.pt.params.json) are used;
 `--set loss.loss_pair=0` (a dotted key of the solo section, a JSON value) changes one setting and
+`--masks gt` trains on the ground-truth masks (data/gt_masks, the oracle's) instead of Free Mask's;
 `--largest-component` keeps each coarse mask's largest 8-connected component as it is loaded (what
 freemask.keep_largest_component does at extraction). Trains `--steps` steps (the schedule's steps are set to
 that number: with a warm-up of at least as many steps the learning rates are the full run's) into a
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--masks", choices=("freemask", "gt"), default="freemask")
     ap.add_argument("--largest-component", action="store_true")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     ap.add_argument("--threads", type=int, default=2)
@@ -72,13 +74,14 @@ def main(argv: list[str] | None = None) -> int:
 
         solo_data.SampleSource._load = load_largest
     with tempfile.TemporaryDirectory() as tmp:
-        train_solo(manifest=str(run / "data/manifest.parquet"), masks_index=str(run / "freemask/index.parquet"),
+        index = run / ("freemask" if args.masks == "freemask" else "data/gt_masks") / "index.parquet"
+        train_solo(manifest=str(run / "data/manifest.parquet"), masks_index=str(index),
                    backbone=str(run / "pretrain/backbone.pt"), out_weights=f"{tmp}/w.pt", state_dir=f"{tmp}/s",
                    params=params, device="cpu", threads=args.threads, loss_log=f"{tmp}/loss.csv",
                    log_every=10**9)
         rows = list(csv.DictReader(open(f"{tmp}/loss.csv")))
     per_step = np.array(stats).reshape(args.steps, -1, 3).mean(1)  # (steps, 3): one call per image
-    print(f"| step | mask_fg | mean logit | mean abs logit | pair | max |  ({run}, {' '.join(args.set) or 'as run'}"
+    print(f"| step | mask_fg | mean logit | mean abs logit | pair | max |  ({run}, {' '.join(args.set) or 'as run'}, {args.masks} masks"
           f"{', largest component' if args.largest_component else ''})")
     print("|--:|--:|--:|--:|--:|--:|")
     for s in sorted({*range(0, args.steps, 5), args.steps - 1}):
