@@ -47,7 +47,7 @@ def cluster_pivots(embeddings: np.ndarray, k: int, *, seed: int = 0, iterations:
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(centres float32 (k, D) unit rows, labels int64 (N,)) of spherical k-means on embeddings (N, D).
     k > N is a ValueError naming both."""
-    from maskless.stego.baseline import KMeansParams, fit_kmeans
+    from maskless.ops.kmeans import KMeansParams, fit_kmeans
 
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or not 1 <= k <= len(emb):

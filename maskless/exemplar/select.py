@@ -98,7 +98,7 @@ def select_diverse(features: np.ndarray, count: int, *, seed: int, iterations: i
 
     features: (N, C), any scale (rows are L2-normalised here). NaN/inf is a ValueError.
     """
-    from maskless.stego.baseline import KMeansParams, fit_kmeans
+    from maskless.ops.kmeans import KMeansParams, fit_kmeans
 
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2:

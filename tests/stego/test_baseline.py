@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from maskless.eval.semantic import semantic_results
-from maskless.stego import baseline
-from maskless.stego.baseline import KMeansParams, assign_maps, fit_kmeans, kmeans_baseline, pixel_vectors
+from maskless.ops import kmeans
+from maskless.ops.kmeans import KMeansParams, assign_maps, fit_kmeans, pixel_vectors
+from maskless.stego.baseline import kmeans_baseline
 
 
 def _three_groups():
@@ -62,8 +63,8 @@ def test_assign_maps_in_chunks_equals_all_at_once(monkeypatch, chunk_bytes, per_
     """7 images of (16, 5, 6) features upsampled to 12 x 12, one, three (7 = 3 + 3 + 1) or all per chunk."""
     g = torch.Generator().manual_seed(3)
     feats, centres = torch.randn(7, 16, 5, 6, generator=g), torch.randn(4, 16, generator=g)
-    monkeypatch.setattr(baseline, "ASSIGN_CHUNK_BYTES", chunk_bytes)
-    assert min(baseline._chunk(16 * 12 * 12 * 4), 7) == per_chunk
+    monkeypatch.setattr(kmeans, "ASSIGN_CHUNK_BYTES", chunk_bytes)
+    assert min(kmeans._chunk(16 * 12 * 12 * 4), 7) == per_chunk
     got = assign_maps(feats, centres, (12, 12))
     assert got.dtype == torch.int64 and torch.equal(got, _all_at_once(feats, centres, (12, 12)))
 
@@ -74,7 +75,7 @@ def test_fit_on_sampled_pixels_equals_fit_on_all_vectors():
     g = torch.Generator().manual_seed(4)
     feats = torch.randn(6, 8, 5, 7, generator=g) * torch.rand(6, 1, 5, 7, generator=g).add(0.1)
     rows = torch.randperm(6 * 5 * 7, generator=g)[:50]
-    assert torch.equal(baseline._sampled_vectors(feats, rows), pixel_vectors(feats)[rows])
+    assert torch.equal(kmeans._sampled_vectors(feats, rows), pixel_vectors(feats)[rows])
     params = KMeansParams(n_clusters=3, seed=5, max_points=50)
     gen = torch.Generator().manual_seed(params.seed)
     x = pixel_vectors(feats)[torch.randperm(6 * 5 * 7, generator=gen)[:50]]
@@ -84,7 +85,7 @@ def test_fit_on_sampled_pixels_equals_fit_on_all_vectors():
 
 def _lloyd_reference(x, params, gen):
     """The fit before issue 17, from the sampled vectors on (seeding and Lloyd steps are unchanged code)."""
-    centres = baseline._kmeans_pp(x, params.n_clusters, gen)
+    centres = kmeans._kmeans_pp(x, params.n_clusters, gen)
     for _ in range(params.iterations):
         assign = (x @ F.normalize(centres, dim=1).T).argmax(1)
         sums = torch.zeros_like(centres).index_add_(0, assign, x)
@@ -97,7 +98,7 @@ def _lloyd_reference(x, params, gen):
 
 
 def test_nan_found_in_any_chunk(monkeypatch):
-    monkeypatch.setattr(baseline, "ASSIGN_CHUNK_BYTES", 1)  # one image per chunk
+    monkeypatch.setattr(kmeans, "ASSIGN_CHUNK_BYTES", 1)  # one image per chunk
     feats = torch.randn(4, 3, 2, 2)
     feats[3, 1, 1, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or inf"):
