@@ -23,7 +23,7 @@ image an iterable of foreground class ids (PCT; a strong image's tags must equal
   input_size square crop. A weak image keeps its full-image tags after cropping (an object may be cropped
   out: accepted tag noise); padding is excluded from its max pooling and cross-supervision targets.
 - PCT batch: batch_size / 2 strong and batch_size / 2 weak images, each drawn epoch-wise
-  (maskless.pretrain.train.batch_indices). Hybrid-Net H and Pseudo-Net P see the same batch. Terms
+  (maskless.data.batches.batch_indices). Hybrid-Net H and Pseudo-Net P see the same batch. Terms
   (maskless.pct.losses): h_cce = CCE(H_strong, GT); h_mlsm = MLSM(gmp(H_weak), tags); p_cce = CCE(P_strong,
   GT); h2p = CCE(P_weak, argmax H_weak); p2h = mean(w CCE(H_weak, argmax P_weak)), w from the dynamic
   evaluation, which is updated with this step's P predictions on the strong half before the weights are
@@ -67,7 +67,7 @@ from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, h2p_loss, mlsm_
                                  restricted_argmax)
 from maskless.pct.model import SegNet, SegNetParams, build_segnet
 from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
-from maskless.pretrain.train import batch_indices
+from maskless.data.batches import batch_indices
 from maskless.resume import restore, resume_key, save_state, try_resume
 
 log = logging.getLogger(__name__)

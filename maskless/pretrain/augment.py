@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-# ITU-R 601 luma weights, as used by PIL's "L" conversion and torchvision's rgb_to_grayscale.
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
+from maskless.data.photometric import color_jitter, gray
 
 @dataclass(frozen=True)
 class AugmentParams:
@@ -72,37 +70,6 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int,
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
-def _gray(img: np.ndarray) -> np.ndarray:
-    return img @ _LUMA  # (H, W)
-
-
-def color_jitter(img: np.ndarray, rng: np.random.Generator,
-                 strength: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.1)) -> np.ndarray:
-    """img: (H, W, 3) float32 RGB in [0, 1]. Brightness, contrast and saturation factors are drawn from
-    [1 - s, 1 + s], the hue shift from [-h, h] turns of the colour wheel; the four are applied in a random
-    order, clipping to [0, 1] after each."""
-    b, c, s, h = strength
-    out = img
-    for op in rng.permutation(4):
-        if op == 0 and b > 0:
-            out = out * rng.uniform(max(0.0, 1 - b), 1 + b)
-        elif op == 1 and c > 0:
-            f = rng.uniform(max(0.0, 1 - c), 1 + c)
-            mean = float(_gray(out).mean())
-            out = (out - mean) * f + mean
-        elif op == 2 and s > 0:
-            f = rng.uniform(max(0.0, 1 - s), 1 + s)
-            gray = _gray(out)[..., None]  # (H, W, 1)
-            out = gray + (out - gray) * f
-        elif op == 3 and h > 0:
-            shift = rng.uniform(-h, h) * 360.0
-            hsv = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_RGB2HSV)  # H in degrees
-            hsv[..., 0] = np.mod(hsv[..., 0] + shift, 360.0)
-            out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-        out = np.clip(out, 0.0, 1.0).astype(np.float32)
-    return out
-
-
 def augment_view(image: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
     """image: (H, W, 3) uint8 RGB -> one augmented view, (3, crop, crop) float32 in [0, 1]."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -112,7 +79,7 @@ def augment_view(image: np.ndarray, rng: np.random.Generator, params: AugmentPar
     if rng.random() < params.p_jitter:
         view = color_jitter(view, rng, params.jitter)
     if rng.random() < params.p_gray:
-        view = np.repeat(_gray(view)[..., None], 3, axis=2)
+        view = np.repeat(gray(view)[..., None], 3, axis=2)
     if rng.random() < params.p_blur:
         sigma = rng.uniform(*params.blur_sigma) * params.crop_size / 224.0
         view = cv2.GaussianBlur(view, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)

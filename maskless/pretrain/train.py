@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from maskless import dist
+from maskless.data.batches import batch_indices
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, write_text_atomic
 from maskless.models.resnet import normalize
@@ -83,18 +84,6 @@ class ImageSource:
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.cache[i] if self.cache is not None else self._load(i)
-
-
-def batch_indices(step: int, *, n_images: int, batch_size: int, seed: int) -> np.ndarray:
-    """Image indices of `step`: positions step*B .. step*B+B-1 of a sequence of per-epoch permutations,
-    each permutation drawn from (seed, epoch), so every image is seen once per epoch."""
-    pos = np.arange(step * batch_size, (step + 1) * batch_size)
-    out = np.empty(batch_size, dtype=np.int64)
-    for epoch in np.unique(pos // n_images):
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n_images)
-        sel = pos // n_images == epoch
-        out[sel] = perm[pos[sel] % n_images]
-    return out
 
 
 class StepBatches(torch.utils.data.Dataset):

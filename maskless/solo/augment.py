@@ -27,9 +27,8 @@ import cv2
 import numpy as np
 
 from maskless.data.images import resized_hw
-from maskless.pretrain.augment import color_jitter
+from maskless.data.photometric import LUMA, color_jitter
 
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R 601, as maskless.pretrain.augment
 _CV_CHANNELS = 256  # masks resized this many at a time (cv2 takes at most 512 channels)
 
 
@@ -158,7 +157,7 @@ def strong_view(image: np.ndarray, rng: np.random.Generator, params: SoloAugment
     if rng.random() < params.p_jitter:
         view = color_jitter(view, rng, params.jitter)
     if rng.random() < params.p_gray:
-        view = np.repeat((view @ _LUMA)[..., None], 3, axis=2)
+        view = np.repeat((view @ LUMA)[..., None], 3, axis=2)
     if rng.random() < params.p_blur:
         sigma = rng.uniform(*params.blur_sigma) * min(image.shape[:2]) / 224.0
         view = cv2.GaussianBlur(view, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT_101)

@@ -20,7 +20,7 @@ import torch
 
 from maskless import dist
 from maskless.data.images import resized_hw
-from maskless.pretrain.train import batch_indices
+from maskless.data.batches import batch_indices
 from maskless.solo.augment import batch_samples, padded_size, resize_sample
 from maskless.solo.model import SIZE_DIVISOR
 from maskless.solo.targets import SoloGeometry, assign_targets

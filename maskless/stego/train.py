@@ -2,7 +2,7 @@
 
 - Data: features (N, C, h, w) of the frozen backbone (maskless.stego.features), their kNN (N, k)
   (maskless.stego.knn) and, optionally, label maps (N, H, W) int64 (255 = ignore) for the linear probe.
-- Step s: batch_size images (epoch permutations from (seed, epoch), maskless.pretrain.train.batch_indices);
+- Step s: batch_size images (epoch permutations from (seed, epoch), maskless.data.batches.batch_indices);
   for each, a kNN partner drawn uniformly from its first knn_top neighbours and neg_samples random partners,
   each from its own in-batch derangement; two independent sets of points x points coordinates: the anchor's
   (also both sides of the self pair) and the partners' (shared by the kNN and every random partner). All of
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from maskless.io import pick_device, torch_save_atomic, write_text_atomic
-from maskless.pretrain.train import batch_indices
+from maskless.data.batches import batch_indices
 from maskless.resume import restore, resume_key, save_state, try_resume
 from maskless.stego.knn import check_knn
 from maskless.stego.losses import (TERMS, StegoLossParams, random_coords, random_derangement, sample_points,

@@ -16,9 +16,11 @@ from maskless.data.manifest import write_manifest
 from maskless.models.resnet import build_resnet
 from maskless.models.weights import load_backbone
 from maskless.pretrain import train as train_mod
-from maskless.pretrain.augment import AugmentParams, augment_view, color_jitter, crop_box, two_views
+from maskless.data.batches import batch_indices
+from maskless.data.photometric import color_jitter
+from maskless.pretrain.augment import AugmentParams, augment_view, crop_box, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
-from maskless.pretrain.train import batch_indices, lr_at, train_densecl, use_given_weights
+from maskless.pretrain.train import lr_at, train_densecl, use_given_weights
 
 TINY = dict(arch="resnet18", batch_size=4, crop_size=32, queue_size=8, feat_dim=8, hidden_dim=16, amp=False)
 
