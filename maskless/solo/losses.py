@@ -372,7 +372,8 @@ def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, image
         nums.append(n_b)
         dens.append(d_b)
     num, den = torch.cat(nums), torch.cat(dens)  # (P,) each
-    level = torch.cat(pos.levels) if weights.level_mean else torch.zeros(len(num), dtype=torch.long)
+    level = torch.cat(pos.levels) if weights.level_mean else torch.zeros(len(num), dtype=torch.long,
+                                                                           device=num.device)
     if not len(level):  # no positive in the batch: zeros that keep the graph
         zero = feat.sum() * 0.0
         return {"loss_max": zero, "loss_avg": zero, "loss_pair": zero, "mask_fg": foreground_fraction(logits)}
