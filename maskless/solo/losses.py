@@ -395,9 +395,11 @@ def foreground_fraction(logits: list[Tensor]) -> Tensor:
     A diagnostic, not a term: it sits near 1 when training has collapsed to whole-image masks (the dynamic
     conv's logits move together at first, since the mask features are non-negative; once every pixel is
     saturated foreground the sigmoid passes almost no gradient back: BENCHMARKS.md "SOLO round 0 collapses")."""
-    fg = sum(int((lg.detach() > 0).sum()) for lg in logits)
     total = sum(lg.numel() for lg in logits)
-    return torch.tensor(fg / max(total, 1))
+    if not total:
+        return torch.tensor(0.0)
+    # Counted on the logits' device: one host sync per step, when the loop reads the values (check_finite).
+    return torch.stack([(lg.detach() > 0).sum() for lg in logits]).sum().float() / total
 
 
 def _raise_non_finite(losses: dict[str, Tensor], outputs: dict) -> None:
