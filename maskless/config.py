@@ -159,6 +159,27 @@ def _cross_checks(cfg: dict) -> list[str]:
         fix = f"set pretrain.arch: {arch}" if arch.startswith("resnet") else "the pretrain stage takes a ResNet"
         errors.append(f"config key 'pretrain.arch' is {pre['arch']} but pretrain.weights {weights!r} hold a "
                       f"{arch}: {fix}")
+    errors += _backbone_checks(cfg, named)
+    return errors
+
+
+def _backbone_checks(cfg: dict, named: dict) -> list[str]:
+    """stego.backbone and freemask.backbone: 'pretrain' (a ResNet: a ResNet level), a file or a named weight
+    (whose registry arch, when given, says the family: ViT files have the one level 'tokens'). A file's own
+    levels are checked when the stage loads it."""
+    errors = []
+    for section, level_key in (("stego", "layer"), ("freemask", "feature_level")):
+        value, level = cfg[section]["backbone"], cfg[section][level_key]
+        arch = "resnet" if value == "pretrain" else (named.get(value) or {}).get("arch") or ""
+        if value != "pretrain" and value not in named and not os.path.isfile(value):
+            errors.append(f"config key '{section}.backbone': {value!r} is neither 'pretrain', a file nor a named "
+                          f"weight (maskless/models/registry.py, config weights.extra): {sorted(named)}")
+        elif arch.startswith("resnet") and level == "tokens":
+            errors.append(f"config key '{section}.{level_key}' is 'tokens', a ViT level, but {section}.backbone "
+                          f"{value!r} is a ResNet (levels res2..res5)")
+        elif arch.startswith("vit") and level != "tokens":
+            errors.append(f"config key '{section}.{level_key}' is {level!r}, but {section}.backbone {value!r} is a "
+                          "ViT, whose one feature level is 'tokens'")
     return errors
 
 

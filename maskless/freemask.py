@@ -27,12 +27,15 @@ from torch import Tensor
 
 from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
+from maskless.models.backbones import LEVELS as BACKBONE_LEVELS
 from maskless.ops.masks import boxes_xywh, largest_component
 from maskless.ops.matrix_nms import KERNELS, matrix_nms
 
 log = logging.getLogger(__name__)
 
-FEATURE_LEVELS = ("res2", "res3", "res4", "res5")
+# Every level of maskless.models.backbones.BACKBONES (the ResNets' res2..res5, the ViTs' "tokens"); the
+# loaded backbone's own levels are checked in run_freemask_shard.
+FEATURE_LEVELS = BACKBONE_LEVELS
 EMBEDDING_METHODS = ("interpolate", "random_projection")
 # Filter reasons, in the order they are checked (a mask is counted under its first reason).
 REASONS = ("small", "top_k", "empty", "low_maskness", "top", "wide")
@@ -268,20 +271,23 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
                        batch_size: int = 4, arch: str | None = None) -> dict:
     """Free Mask over one manifest shard -> one zarr store (maskless.store).
 
-    The backbone (arch from the checkpoint unless given) runs in eval mode under inference_mode on images
+    The backbone (any of maskless.models.backbones.BACKBONES, a ResNet or a DINO ViT, recognised from the
+    checkpoint; arch from the checkpoint unless given) runs in eval mode under inference_mode on images
     resized as in maskless.data.images.resized_hw; masks come back at each image's original size. Returns
     a summary dict: shard, images, masks, filtered (counts per REASONS), seconds.
     """
     from maskless.data.manifest import read_manifest, shard_records
     from maskless.models.resnet import normalize
-    from maskless.models.weights import load_backbone
+    from maskless.models.backbones import load_any_backbone, require_level
     from maskless.store import ImageMasks, ShardWriter
 
     t0 = time.perf_counter()
     set_threads(threads)
     dev = pick_device(device)
     records = shard_records(read_manifest(manifest), shard, shard_size)
-    model = load_backbone(weights, arch=arch).to(dev).eval()
+    model = load_any_backbone(weights, arch=arch)
+    require_level(model, params.feature_level, "freemask.feature_level", weights)
+    model = model.to(dev).eval()
     log.info("free mask: shard %d, %d images, backbone %s on %s", shard, len(records), weights, dev)
 
     attrs = {"method": "freemask", "params": params.to_dict(), "weights": str(weights), "shard": shard}

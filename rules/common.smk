@@ -192,9 +192,16 @@ def mask_set_index(wildcards):
     return training_masks(wildcards.experiment, variant, int(r))
 
 
+def backbone_file(section, exp):
+    """The backbone checkpoint of stego / freemask (config <section>.backbone): the pretrain stage's, or the
+    file a path or named weight stands for (weights_file)."""
+    value = config[section]["backbone"]
+    return f"results/{exp}/pretrain/backbone.pt" if value == "pretrain" else weights_file(value)
+
+
 def stego_train_inputs(wildcards):
     exp = wildcards.experiment
-    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "backbone": f"results/{exp}/pretrain/backbone.pt"}
+    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "backbone": backbone_file("stego", exp)}
     if has_ground_truth():
         inputs["gt"] = f"results/{exp}/data/instances_gt.json"  # the linear probe (evaluation only)
     return inputs
@@ -281,7 +288,8 @@ def report_files(exp):
     if ev:
         files["eval_manifest"] = evalset.EVAL_MANIFEST.format(experiment=exp)
         files["eval_ground_truth"] = evalset.EVAL_GT.format(experiment=exp)
-    if instances_on() or config["stego"]["enabled"] or (pct_on() and config["pct"]["backbone"] == "pretrain"):
+    stego_pretrain = config["stego"]["enabled"] and config["stego"]["backbone"] == "pretrain"
+    if instances_on() or stego_pretrain or (pct_on() and config["pct"]["backbone"] == "pretrain"):
         files["pretrain_loss"] = f"results/{exp}/pretrain/loss.csv"
     if instances_on():
         files["freemask"] = (evalset.FREEMASK_EVAL_INDEX.format(experiment=exp) if ev
@@ -293,7 +301,7 @@ def report_files(exp):
                                 for v in solo_variants() for r in range(variant_rounds(v) + 1)}
         files["pools"] = {n: f"results/{exp}/exemplar/n{n}/pool" for n in config["exemplar"]["counts"]}
     if config["stego"]["enabled"]:
-        files |= {"backbone": f"results/{exp}/pretrain/backbone.pt", "stego": f"results/{exp}/stego/model.pt",
+        files |= {"backbone": backbone_file("stego", exp), "stego": f"results/{exp}/stego/model.pt",
                   "stego_loss": f"results/{exp}/stego/loss.csv"}
     if pct_on():
         files["pct"] = {(b, m): f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()}

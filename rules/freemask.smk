@@ -5,7 +5,7 @@
 rule freemask_shard:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
-        weights="results/{experiment}/pretrain/backbone.pt",
+        weights=lambda wc: backbone_file("freemask", wc.experiment),
     output:
         store=directory("results/{experiment}/freemask/shards/{shard}.zarr"),
     log:
@@ -13,7 +13,9 @@ rule freemask_shard:
     benchmark:
         "results/{experiment}/benchmarks/freemask/{shard}.tsv"
     params:
-        freemask=section_params(config, "freemask", exclude=("enabled", "threads", "shard_size", "batch_size")),
+        freemask=section_params(
+            config, "freemask", exclude=("enabled", "threads", "shard_size", "batch_size", "backbone")
+        ),
         shard_size=config["freemask"]["shard_size"],
         batch_size=config["freemask"]["batch_size"],
         device=config["device"],
@@ -57,7 +59,7 @@ if eval_set() is not None:
     use rule freemask_shard as freemask_eval_shard with:
         input:
             manifest=evalset.EVAL_MANIFEST,
-            weights="results/{experiment}/pretrain/backbone.pt",
+            weights=lambda wc: backbone_file("freemask", wc.experiment),
         output:
             store=directory(evalset.FREEMASK_EVAL_SHARD),
         log:

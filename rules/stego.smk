@@ -1,4 +1,5 @@
-# STEGO unsupervised semantic segmentation on the frozen pretrain backbone: features + kNN + head and probes
+# STEGO unsupervised semantic segmentation on a frozen backbone (stego.backbone: the pretrain stage's, or a
+# checkpoint path or named weights of any backbone of maskless/models/backbones.py): features + kNN + head and probes
 # (one job), then the evaluation of the cluster probe, the linear probe (each with and without CRF) and the
 # k-means baseline against the instances' thing classes.
 
@@ -15,7 +16,9 @@ rule stego_train:
     benchmark:
         "results/{experiment}/benchmarks/stego/train.tsv"
     params:
-        stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
+        stage=section_params(
+            config, "stego", exclude=("threads", "enabled", "train", "flip", "crf", "backbone")
+        ),
         train=config["stego"]["train"],
         seed=seed_param,
         device=config["device"],
@@ -34,7 +37,7 @@ rule stego_train:
 rule stego_eval:
     input:
         manifest="results/{experiment}/data/manifest.parquet",
-        backbone="results/{experiment}/pretrain/backbone.pt",
+        backbone=lambda wc: backbone_file("stego", wc.experiment),
         model="results/{experiment}/stego/model.pt",
         gt="results/{experiment}/data/instances_gt.json",
     output:
@@ -45,7 +48,9 @@ rule stego_eval:
     benchmark:
         "results/{experiment}/benchmarks/eval/stego.tsv"
     params:
-        stage=section_params(config, "stego", exclude=("threads", "enabled", "train", "flip", "crf")),
+        stage=section_params(
+            config, "stego", exclude=("threads", "enabled", "train", "flip", "crf", "backbone")
+        ),
         flip=config["stego"]["flip"],
         crf=config["stego"]["crf"],
         dataset=config["dataset"]["name"],

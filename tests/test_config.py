@@ -157,3 +157,19 @@ def test_exponent_without_a_dot_is_a_number():
         validate_config({"pretrain": {"lr": "fast"}})
     # A string key stays a string.
     assert validate_config({"experiment": "1e3"})["experiment"] == "1e3"
+
+
+def test_stego_and_freemask_backbones_and_their_levels(tmp_path):
+    """stego.backbone / freemask.backbone: 'pretrain' (a ResNet), a file or a named weight; the level must
+    be the family's (a ViT named weight has 'tokens' only); each error names its key."""
+    ckpt = tmp_path / "vit.pth"
+    ckpt.write_bytes(b"")
+    ok = validate_config({"stego": {"backbone": str(ckpt), "layer": "tokens"},
+                          "freemask": {"backbone": "dino_vits8", "feature_level": "tokens"}})
+    assert ok["stego"]["backbone"] == str(ckpt) and validate_config({})["freemask"]["backbone"] == "pretrain"
+    with pytest.raises(ConfigError, match=r"'stego.layer' is 'tokens', a ViT level, but stego.backbone 'pretrain'"):
+        validate_config({"stego": {"layer": "tokens"}})
+    with pytest.raises(ConfigError, match=r"'freemask.feature_level' is 'res5', but freemask.backbone 'dino_vitb8'"):
+        validate_config({"freemask": {"backbone": "dino_vitb8"}})
+    with pytest.raises(ConfigError, match=r"'stego.backbone': 'nowhere.pth' is neither 'pretrain', a file nor"):
+        validate_config({"stego": {"backbone": "nowhere.pth"}})

@@ -327,3 +327,31 @@ def test_keep_largest_component_cuts_a_split_mask():
     right[:, 5:] = True
     assert (cut.masks[0] == right).all()
     assert cut.scores[0] == whole.scores[0]
+
+
+def test_run_freemask_shard_on_a_vit(tmp_path):
+    """freemask.backbone may be a DINO-layout ViT file: masks from its "tokens" level (stride 8 here); a
+    ResNet level on it is an error naming freemask.feature_level."""
+    import cv2
+
+    from maskless.data.manifest import write_manifest
+    from maskless.freemask import run_freemask_shard
+    from maskless.models.vit import build_vit
+    from maskless.store import read_image
+
+    torch.manual_seed(0)
+    vit = build_vit(patch_size=8, dim=32, depth=1, pos_grid=4)
+    torch.save({"module." + k: v for k, v in vit.state_dict().items()}, tmp_path / "vit.pth")
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[16:, 16:48] = 200
+    cv2.imwrite(str(tmp_path / "im1.png"), img)
+    write_manifest(tmp_path / "manifest.parquet", [{"id": 1, "file_name": "im1.png", "path": str(tmp_path / "im1.png"),
+                                                    "width": 64, "height": 48, "split": "train", "hash": ""}])
+    kwargs = dict(manifest=str(tmp_path / "manifest.parquet"), weights=str(tmp_path / "vit.pth"), shard=0,
+                  shard_size=1, device="cpu", threads=1)
+    params = FreeMaskParams(feature_level="tokens", input_size=48, min_maskness=0.0)
+    summary = run_freemask_shard(**kwargs, out_store=str(tmp_path / "s.zarr"), params=params)
+    assert summary["images"] == 1
+    assert read_image(str(tmp_path / "s.zarr"), 1).masks.shape[1:] == (48, 64)
+    with pytest.raises(ValueError, match=r"config key 'freemask.feature_level' is 'res4'.*vit.pth"):
+        run_freemask_shard(**kwargs, out_store=str(tmp_path / "t.zarr"), params=FreeMaskParams(feature_level="res4"))

@@ -56,13 +56,13 @@ REGISTRY: dict[str, dict] = {
     },
     # DINO's "backbone only" files, URLs as its README lists them (ViT-S is DeiT-S there).
     "dino_vits16": _dino("https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                         "vit_small_patch16", "ViT-S/16"),
+                         "vit_s16", "ViT-S/16"),
     "dino_vits8": _dino("https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-                        "vit_small_patch8", "ViT-S/8"),
+                        "vit_s8", "ViT-S/8"),
     "dino_vitb16": _dino("https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                         "vit_base_patch16", "ViT-B/16"),
+                         "vit_b16", "ViT-B/16"),
     "dino_vitb8": _dino("https://dl.fbaipublicfiles.com/dino/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                        "vit_base_patch8", "ViT-B/8"),
+                        "vit_b8", "ViT-B/8"),
     "torchvision_resnet18": {
         "url": "https://download.pytorch.org/models/resnet18-5c106cde.pth",
         "file": "resnet18-5c106cde.pth", "sha256": None, "sha256_prefix": "5c106cde",

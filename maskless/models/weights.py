@@ -149,7 +149,7 @@ def _listing(keys: list[str]) -> str:
     return f"{len(keys)}: {shown}{more}"
 
 
-def check_state(model: ResNet, state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
+def check_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> dict[str, torch.Tensor]:
     """Raise ValueError naming `path` on missing/unexpected keys or shape mismatches.
 
     BatchNorm's num_batches_tracked counters are optional (older torchvision checkpoints lack them) and

@@ -1,8 +1,10 @@
 """Dense features of a frozen backbone (METHODS.md "STEGO": the head learns on frozen features f).
 
-The backbone is one of ours (maskless.models.resnet.ResNet, returning {"res2": stride 4, ..., "res5":
-stride 32}); `layer` picks the level. On the small default images (160 px) res3 (stride 8, a 20 x 20 map)
-keeps enough spatial detail for 11 x 11 sampled points; res4/res5 give 10 x 10 / 5 x 5 maps.
+The backbone is any of maskless.models.backbones.BACKBONES: a ResNet (returning {"res2": stride 4, ...,
+"res5": stride 32}) or a DINO ViT (returning {"tokens": stride 8 or 16}, the last block's normed patch
+tokens, as STEGO takes them); `layer` picks the level. On the small default images (160 px) res3 (stride 8, a
+20 x 20 map) keeps enough spatial detail for 11 x 11 sampled points; res4/res5 give 10 x 10 / 5 x 5 maps.
+Both families take ImageNet-normalised images (DINO trains on them too).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import numpy as np
 import torch
 
 from maskless.data.semantic import square_crop_geometry
-from maskless.models.resnet import LEVELS, normalize
+from maskless.models.resnet import normalize
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,9 @@ def extract_features(backbone: torch.nn.Module, images, layer: str = "res3") -> 
     """(B, C, H/s, W/s) float32 features of `layer` for images (B, 3, H, W) uint8 in [0, 255] or float in
     [0, 1] (ImageNet-normalised here). The backbone runs in eval mode (BatchNorm running statistics: the
     features of an image never depend on its batch) and is put back in its previous mode."""
-    if layer not in LEVELS:
-        raise ValueError(f"layer {layer!r} unknown; choices: {list(LEVELS)}")
+    levels = list(getattr(backbone, "strides", {}))
+    if layer not in levels:
+        raise ValueError(f"layer {layer!r} is not a feature level of the backbone; its levels: {levels}")
     images = _as_images(images)
     device = next(backbone.parameters()).device
     was_training = backbone.training

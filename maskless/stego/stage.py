@@ -9,7 +9,8 @@ Evaluation rows (iou_type "semantic", metrics mIoU and Acc, and obj_mIoU and obj
 alone: maskless.eval.semantic), one stage name each:
   constant           background everywhere: the trivial baseline (on mostly-background data it beats a weak
                      clustering on mIoU and Acc, never on the object-pixel scores)
-  kmeans             k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat)
+  kmeans             k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat): the
+                     same backbone and layer as STEGO's (stego.backbone, stego.layer)
   stego_cluster      the cluster probe (Hungarian-matched to the classes over the whole dataset)
   stego_cluster_crf  the same after the dense CRF
   stego_linear       the linear probe (trained on the labels: an evaluation probe, not unsupervised)
@@ -57,10 +58,15 @@ def square_ground_truth(gt: str, ids: list[int], size: int) -> tuple[torch.Tenso
     return torch.from_numpy(np.stack(labels).astype(np.int64)), num_classes(gt)
 
 
-def load_frozen(backbone_path: str, device) -> torch.nn.Module:
-    from maskless.models.weights import load_backbone
+def load_frozen(backbone_path: str, device, layer: str | None = None) -> torch.nn.Module:
+    """The frozen backbone (any of maskless.models.backbones.BACKBONES, recognised from the file) in eval
+    mode on device; with `layer`, checked to have that level (an error names config key stego.layer)."""
+    from maskless.models.backbones import load_any_backbone, require_level
 
-    return load_backbone(backbone_path).to(device).eval()
+    net = load_any_backbone(backbone_path)
+    if layer is not None:
+        require_level(net, layer, "stego.layer", backbone_path)
+    return net.to(device).eval()
 
 
 def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: str, state_dir: str,
@@ -74,7 +80,7 @@ def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: st
     dev = pick_device(device)
     t0 = time.perf_counter()
     ids, images = _images(manifest, params.input_size)
-    feats = extract_all(load_frozen(backbone, dev), list(images), layer=params.layer,
+    feats = extract_all(load_frozen(backbone, dev, params.layer), list(images), layer=params.layer,
                         batch_size=params.batch_size)  # (N, C, h, w)
     log.info("STEGO: %s features %s of %d images in %.1f s", params.layer, tuple(feats.shape[1:]), len(ids),
              time.perf_counter() - t0)
@@ -102,7 +108,7 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
     gts, n_classes = square_ground_truth(gt, ids, params.input_size)
     stego = load_stego(model, dev)
     k = stego["params"]["n_clusters"]
-    net = load_frozen(backbone, dev)
+    net = load_frozen(backbone, dev, params.layer)
     feats = extract_all(net, list(images), layer=params.layer, batch_size=params.batch_size)  # (N, C, h, w)
     size = (params.input_size, params.input_size)
     preds = {"constant": torch.full_like(gts, BACKGROUND),
