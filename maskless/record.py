@@ -4,13 +4,15 @@
   params, the resolved config and seed, the git commit of the code (`git_state`), package versions, host
   and device (`environment`).
 - Per run: `write_run_record(results/<experiment>)` (the Snakefile's `onsuccess`) gathers every rule's wall
-  time and peak memory from Snakemake's `benchmark:` files (`benchmark_rows`) with the same environment
-  into `results/<experiment>/record.json`.
+  time and peak memory from Snakemake's `benchmark:` files (`benchmark_rows`) and the devices the jobs
+  computed on (`job_devices`, from their sidecars) with the main process's environment into
+  `results/<experiment>/record.json`.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import platform
 import re
@@ -54,18 +56,44 @@ def git_state(path: str | os.PathLike = REPO) -> dict:
 
 
 def device_info() -> dict:
-    import torch
-
+    """CPU count, and torch's devices and threads when this process has imported torch (a stage that computes
+    with it always has, before maskless.stage_utils.begin runs). A process that does not use torch - the
+    Snakemake main process, the table, index and evaluation stages - records no torch devices: importing
+    torch only to describe them cost 1.3 s per job and per `snakemake` call."""
+    info: dict = {"cpu_count": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return info | {"torch": "not imported by this process"}
     cuda = torch.cuda.is_available()
-    return {"cuda": cuda, "cuda_devices": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            if cuda else [], "torch_cuda": torch.version.cuda, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+    return info | {"cuda": cuda, "cuda_devices": [torch.cuda.get_device_name(i) for i in
+                                                  range(torch.cuda.device_count())] if cuda else [],
+                   "torch_cuda": torch.version.cuda, "torch_threads": torch.get_num_threads()}
 
 
 def environment() -> dict:
     """Python, platform, host, package versions, git state and devices of this process."""
     return {"python": sys.version.split()[0], "platform": platform.platform(), "host": platform.node(),
             "packages": package_versions(), "git": git_state(), "device": device_info()}
+
+
+def job_devices(results: str | os.PathLike) -> list[dict]:
+    """The distinct (host, device) pairs the jobs recorded in their `<output>.params.json` sidecars (the
+    devices the stages computed on: on a cluster not the submitting host's), each with its rules."""
+    seen: dict[str, dict] = {}
+    for sidecar in sorted(Path(results).rglob("*.params.json")):
+        try:
+            rec = json.loads(sidecar.read_text())
+            env, rule = rec["environment"], rec["rule"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a stage's sidecar, or one being rewritten: the record is a summary
+        device = env.get("device") or {}
+        if "torch" in device:  # a stage that did not compute with torch
+            continue
+        key = json.dumps([env.get("host"), device], sort_keys=True)
+        entry = seen.setdefault(key, {"host": env.get("host"), "device": device, "rules": []})
+        if rule not in entry["rules"]:
+            entry["rules"].append(rule)
+    return list(seen.values())
 
 
 def benchmark_rows(results: str | os.PathLike) -> list[dict]:
@@ -102,7 +130,8 @@ def write_run_record(results: str | os.PathLike, config: dict) -> Path:
     rows = benchmark_rows(results)
     out = Path(results) / "record.json"
     write_json_atomic(out, {"written": time.strftime("%Y-%m-%dT%H:%M:%S"), "seed": config.get("seed"),
-                            "config": config, "environment": environment(), "jobs": rows,
+                            "config": config, "environment": environment(),
+                            "job_devices": job_devices(results), "jobs": rows,
                             "families": family_totals(rows),
                             "total_seconds": round(sum(r["seconds"] for r in rows), 3)}, indent=1)
     return out

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from maskless.record import benchmark_rows, environment, family_totals, git_state, write_run_record
+from maskless.record import benchmark_rows, environment, family_totals, git_state, job_devices, write_run_record
 from maskless.stage_utils import begin
 
 BENCH_HEADER = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
@@ -27,12 +30,38 @@ def test_git_state_in_and_outside_a_checkout(tmp_path):
 
 
 def test_environment_names_versions_and_devices():
-    env = environment()
-    import torch
+    import torch  # a process that computes with torch records its devices
 
+    env = environment()
     assert torch.__version__.startswith(env["packages"]["torch"].split("+")[0])
     assert env["device"]["cuda"] == torch.cuda.is_available() and env["device"]["cpu_count"] >= 1
+    assert env["device"]["torch_threads"] == torch.get_num_threads()
     assert env["python"].count(".") == 2 and env["git"]["commit"]
+
+
+def test_a_process_without_torch_records_no_torch_devices_and_does_not_import_it():
+    code = ("import json, sys; from maskless.record import environment; env = environment(); "
+            "print(json.dumps([env['device'], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    device, imported = json.loads(out)
+    assert imported is False and device["torch"] == "not imported by this process" and "cuda" not in device
+
+
+def _sidecar(path: Path, rule: str, host: str, device: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"rule": rule, "environment": {"host": host, "device": device}}))
+
+
+def test_job_devices_are_the_distinct_devices_of_the_jobs(tmp_path):
+    gpu = {"cpu_count": 16, "cuda": True, "cuda_devices": ["H200"], "torch_cuda": "12.8", "torch_threads": 8}
+    _sidecar(tmp_path / "pretrain" / "backbone.pt.params.json", "pretrain", "node1", gpu)
+    _sidecar(tmp_path / "solo" / "a" / "model.pt.params.json", "solo_train", "node1", gpu)
+    _sidecar(tmp_path / "solo" / "b" / "model.pt.params.json", "solo_train", "node2", gpu)
+    _sidecar(tmp_path / "tables" / "metrics.md.params.json", "tables", "login", {"cpu_count": 4, "torch": "not imported by this process"})
+    (tmp_path / "broken.params.json").write_text("{")  # half-written: skipped
+    got = job_devices(tmp_path)
+    assert got == [{"host": "node1", "device": gpu, "rules": ["pretrain", "solo_train"]},
+                   {"host": "node2", "device": gpu, "rules": ["solo_train"]}]
 
 
 def test_benchmark_rows_group_shard_jobs(tmp_path):
@@ -52,7 +81,7 @@ def test_run_record_holds_every_field(tmp_path):
     _bench(tmp_path, "pretrain.tsv", 10.0, "800")
     path = write_run_record(tmp_path, {"seed": 7, "experiment": "x"})
     rec = json.loads(path.read_text())
-    assert {"written", "seed", "config", "environment", "jobs", "families", "total_seconds"} <= set(rec)
+    assert {"written", "seed", "config", "environment", "job_devices", "jobs", "families", "total_seconds"} <= set(rec)
     assert rec["seed"] == 7 and rec["config"]["experiment"] == "x" and rec["total_seconds"] == 10.0
     assert {"python", "platform", "host", "packages", "git", "device"} <= set(rec["environment"])
 

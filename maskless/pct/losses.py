@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskless.data.semantic import IGNORE  # the one ignore label of every semantic map
 from maskless.dist import all_sum_
 
 __all__ = ["IGNORE", "with_background", "restricted_logits", "restricted_argmax", "cce", "mlsm_loss",
            "h2p_loss", "p2h_loss", "confusion_counts", "DynamicEvaluation"]
-
-IGNORE = 255
 
 
 def _check_logits(name: str, logits: Tensor, ndim: int = 4) -> None:

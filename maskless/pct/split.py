@@ -24,7 +24,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from maskless.pct.losses import IGNORE
+from maskless.data.semantic import IGNORE
 
 __all__ = ["split_ids", "tags_from_label_map", "read_tag_table", "validate_tags", "tag_matrix"]
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IGNORE = 255
+from maskless.data.semantic import IGNORE  # noqa: F401  (the one ignore label, re-exported)
 
 
 class StegoHead(nn.Module):

@@ -94,6 +94,8 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     # The run record (Snakefile onsuccess): config, environment and every job's wall time and peak memory.
     record = json.loads((res / "record.json").read_text())
     assert record["seed"] == 0 and record["config"]["experiment"] == "tiny" and record["environment"]["git"]
+    assert {"pretrain", "solo_train"} <= {r for d in record["job_devices"] for r in d["rules"]}
+    assert {d["device"]["cuda"] for d in record["job_devices"]} == {False}  # the jobs' own devices
     assert {"pretrain", "pct/ratio0.5/ctr/pct"} <= set(record["families"])
     params = json.loads((res / "pretrain" / "backbone.pt.params.json").read_text())
     assert params["config"]["pretrain"]["steps"] == 4 and params["environment"]["packages"]["torch"]
