@@ -6,6 +6,7 @@ Stage scripts (stages/*.py) stay thin: they call `begin(snakemake)` and then one
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ def begin(smk: Any, params_beside: str | None = None) -> dict:
     package versions and devices (maskless.record.environment).
     """
     setup_logging(smk.log[0] if len(smk.log) else None)
-    set_threads(smk.threads)
+    if "torch" in sys.modules:  # a stage computing with torch (imported at its top); the others skip its 1.3 s
+        set_threads(smk.threads)  # import (Snakemake's OMP/MKL variables reach a torch imported later anyway)
     params = _plain(dict(smk.params.items()))
     log.info("rule %s: threads=%s params=%s", smk.rule, smk.threads, params)
     target = params_beside or str(smk.output[0])
