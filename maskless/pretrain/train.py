@@ -23,7 +23,6 @@ import hashlib
 import logging
 import math
 import os
-import time
 from pathlib import Path
 
 import cv2
@@ -33,12 +32,13 @@ import torch
 from maskless import dist
 from maskless.data.batches import batch_indices
 from maskless.data.manifest import read_manifest
-from maskless.io import pick_device, set_threads, write_text_atomic
+from maskless.io import pick_device, set_threads
 from maskless.models.resnet import normalize
 from maskless.models.weights import load_backbone, save_backbone
 from maskless.pretrain.augment import AugmentParams, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
-from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.resume import resume_key
+from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,7 @@ class StepBatches(torch.utils.data.Dataset):
 
 def lr_at(step: int, params: DenseCLParams) -> float:
     """Learning rate of 0-based `step`: base lr x batch/256, linear warm-up, then cosine to zero."""
-    peak = params.lr * params.batch_size / 256
-    if step < params.warmup_steps:
-        return peak * (step + 1) / params.warmup_steps
-    span = max(1, params.steps - params.warmup_steps)
-    return peak * 0.5 * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
+    return Schedule(params.lr * params.batch_size / 256, params.steps, "cosine", params.warmup_steps)(step)
 
 
 def data_fingerprint(rows: list[dict]) -> str:
@@ -124,32 +120,6 @@ def data_fingerprint(rows: list[dict]) -> str:
     for r in rows:
         h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
     return h.hexdigest()
-
-
-def _check_finite(out: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
-    values = dist.mean_values({k: float(v.detach()) for k, v in out.items()})
-    for name in ("loss_global", "loss_dense", "loss"):
-        if not math.isfinite(values[name]):
-            raise FloatingPointError(f"DenseCL step {step}: {name} is {values[name]} (losses: {values}); "
-                                     "try a lower lr or amp: false")
-    return values
-
-
-def _write_loss_log(path: str, rows: list[list[float]]) -> None:
-    lines = [",".join(LOSS_COLUMNS)]
-    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
-    write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def _batches(data: StepBatches, start: int, num_workers: int):
-    if num_workers == 0:
-        return (data[s] for s in range(start, len(data)))
-    # The loader's own generator: drawing its workers' base seed from torch's global one would shift the
-    # training's random stream with num_workers.
-    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
-                                         num_workers=num_workers, generator=torch.Generator().manual_seed(0))
-    return iter(loader)
 
 
 def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: DenseCLParams,
@@ -180,68 +150,33 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
     opt = torch.optim.SGD(trainable, lr=lr_at(0, params), momentum=params.momentum,
                           weight_decay=params.weight_decay)
     forward = dist.wrap(model)  # DDP in a process group; state dicts come from `model`
-    use_amp = params.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp = use_amp(params.amp, dev)
 
-    state_path = Path(state_dir) / STATE_NAME
-    start, loss_rows = 0, []
-    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
-    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="DenseCL")
-    if state is not None:
-        start, loss_rows = restore(state, model=model, optimizer=opt, scaler=scaler)
-        log.info("resuming DenseCL from %s at step %d/%d", state_path, start, params.steps)
+    def step(batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
+        view_q = normalize(batch[0].to(dev, non_blocking=True))  # (B, 3, S, S)
+        view_k = normalize(batch[1].to(dev, non_blocking=True))  # (B, 3, S, S)
+        with autocast(dev, amp):
+            return forward(view_q, view_k)
+
+    def save() -> None:
+        save_backbone(out_weights, model.encoder_q, params.arch,
+                      {**params.to_dict(), "method": "densecl", "images": len(rows), "data": fingerprint})
 
     log.info("DenseCL %s on %d images, %d steps of %d, crop %d, device %s%s%s", params.arch, len(rows),
-             params.steps, params.batch_size, params.crop_size, dev, ", AMP" if use_amp else "",
+             params.steps, params.batch_size, params.crop_size, dev, ", AMP" if amp else "",
              f", {rank.world_size} processes" if rank.world_size > 1 else "")
-    t0, step = time.perf_counter(), start
-    for step, (view_q, view_k) in enumerate(_batches(data, start, params.num_workers), start=start + 1):
-        lr = lr_at(step - 1, params)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        view_q = normalize(view_q.to(dev, non_blocking=True))  # (B, 3, S, S)
-        view_k = normalize(view_k.to(dev, non_blocking=True))  # (B, 3, S, S)
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-            out = forward(view_q, view_k)
-        values = _check_finite(out, step)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(out["loss"]).backward()
-        scaler.step(opt)
-        scaler.update()
-        loss_rows.append([step, values["loss"], values["loss_global"], values["loss_dense"], lr])
-        if step % log_every == 0 or step == params.steps:
-            _log_progress(step, start, params, values, lr, time.perf_counter() - t0)
-        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
-            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=model, optimizer=opt,
-                       scaler=scaler, loss_rows=loss_rows)
-        if stop_after is not None and step >= stop_after:
-            log.info("stopping after step %d (stop_after)", step)
-            return {"steps_done": step, "start_step": start, "stopped": True}
-
-    seconds = time.perf_counter() - t0
-    digest = dist.param_digest(model.encoder_q)
-    if not rank.is_main:
-        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank, "param_digest": digest,
-                "queue_ptr": int(model.queue_ptr)}
-    save_backbone(out_weights, model.encoder_q, params.arch,
-                  {**params.to_dict(), "method": "densecl", "images": len(rows), "data": fingerprint})
-    if loss_log:
-        _write_loss_log(loss_log, loss_rows)
-    if state_path.exists():
-        state_path.unlink()
-        log.info("training finished: removed resume state %s", state_path)
-    last = dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}
-    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
-            "images": len(rows), "device": str(dev), "seconds": seconds, "final": last,
-            "out_weights": str(out_weights), "rank": rank.rank, "param_digest": digest, "queue_ptr": int(model.queue_ptr)}
-
-
-def _log_progress(step: int, start: int, params: DenseCLParams, values: dict, lr: float, elapsed: float) -> None:
-    done = step - start
-    rate = done * params.batch_size / max(elapsed, 1e-9)
-    eta = (params.steps - step) * elapsed / max(done, 1)
-    log.info("step %d/%d loss %.4f (global %.4f, dense %.4f) lr %.5f %.1f img/s ETA %.0f s", step,
-             params.steps, values["loss"], values["loss_global"], values["loss_dense"], lr, rate, eta)
+    run = Run("DenseCL", log, step, lambda start: step_batches(data, start, params.num_workers), model, opt,
+              LOSS_COLUMNS, save, schedule=lambda s: lr_at(s, params), images_per_step=params.batch_size,
+              digest=model.encoder_q)
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp)
+    state = State(Path(state_dir) / STATE_NAME, resume_key(params.to_dict(), _RESUME_IGNORED), fingerprint)
+    summary = fit(run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+    if summary["stopped"]:
+        return summary
+    summary["queue_ptr"] = int(model.queue_ptr)
+    if rank.is_main:
+        summary.update(images=len(rows), out_weights=str(out_weights))
+    return summary
 
 
 def use_given_weights(*, src: str, out_weights: str, arch: str) -> None:

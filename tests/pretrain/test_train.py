@@ -121,7 +121,7 @@ def test_nan_loss_names_step_and_term(tmp_path, manifest, monkeypatch):
         return out
 
     monkeypatch.setattr(DenseCL, "forward", forward)
-    with pytest.raises(FloatingPointError, match="step 2: loss_dense is nan"):
+    with pytest.raises(FloatingPointError, match=r"DenseCL step 2: non-finite loss terms \['loss_dense'\]"):
         train_densecl(manifest=manifest, out_weights=str(tmp_path / "w.pt"), state_dir=str(tmp_path / "s"),
                       params=DenseCLParams(**TINY, steps=3), device="cpu", threads=1)
     assert not (tmp_path / "w.pt").exists()
