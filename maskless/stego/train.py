@@ -19,8 +19,8 @@
   of one Adam: Adam's update is per parameter and the groups share no parameter, so this equals separate
   optimizers, and one state file holds it all.
 - Resume: state (modules, optimizer, step, loss rows) to state_dir/stego_last.pt every checkpoint_every
-  steps (maskless.resume), used only when params and data match; removed once `out` is written. A resumed
-  run is bit-identical to an uninterrupted one on CPU.
+  steps (the shared loop, maskless.train), used only when params and data match; removed once `out` is
+  written. A resumed run is bit-identical to an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -29,20 +29,20 @@ import dataclasses
 import hashlib
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from maskless.io import pick_device, torch_save_atomic, write_text_atomic
+from maskless.io import pick_device, torch_save_atomic
 from maskless.data.batches import batch_indices
-from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.resume import resume_key
 from maskless.stego.knn import check_knn
 from maskless.stego.losses import (TERMS, StegoLossParams, random_coords, random_derangement, sample_points,
                                    stego_losses)
 from maskless.stego.model import IGNORE, ClusterProbe, LinearProbe, StegoHead
+from maskless.train import LoopParams, Run, State, fit
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +163,6 @@ def train_losses(modules: torch.nn.ModuleDict, feats: torch.Tensor, feats_knn: t
     return out
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    bad = [k for k in (*LOSS_TERMS, "loss") if not math.isfinite(values[k])]
-    if bad:
-        raise FloatingPointError(f"STEGO step {step}: non-finite loss terms {bad} (losses: {values})")
-    return values
-
-
 def _build(in_channels: int, num_classes: int | None, params: StegoTrainParams, dev: torch.device):
     torch.manual_seed(params.seed)  # head and probe initialisation
     modules = torch.nn.ModuleDict({"head": StegoHead(in_channels, params.code_dim, params.dropout),
@@ -183,19 +175,6 @@ def _build(in_channels: int, num_classes: int | None, params: StegoTrainParams, 
     if "linear" in modules:
         groups.append({"params": modules["linear"].parameters(), "lr": params.probe_lr})
     return modules, torch.optim.Adam(groups)
-
-
-def _write_loss_log(path: str, rows: list[list[float]]) -> None:
-    lines = [",".join(LOSS_COLUMNS)]
-    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
-    write_text_atomic(path, "\n".join(lines) + "\n")
-
-
-def _log_progress(step: int, start: int, total_steps: int, values: dict, seconds: float) -> None:
-    eta = (total_steps - step) * seconds / max(step - start, 1)
-    terms = " ".join(f"{k} {values[k]:.4f}" for k in LOSS_TERMS)
-    log.info("step %d/%d loss %.4f (%s) %.2f s/step ETA %.0f s", step, total_steps, values["loss"], terms,
-             seconds / max(step - start, 1), eta)
 
 
 def _checked_inputs(features, knn, labels, num_classes):
@@ -235,53 +214,33 @@ def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrain
     n, in_channels = features.shape[:2]
     fingerprint = data_fingerprint(features, knn, labels)
     modules, opt = _build(in_channels, num_classes, params, dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)  # float32 training; kept for the resume format
 
-    state_path = Path(state_dir) / STATE_NAME
-    key = resume_key({**params.to_dict(), "num_classes": num_classes}, _RESUME_IGNORED)
-    start, loss_rows = 0, []
-    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="STEGO")
-    if state is not None:
-        start, loss_rows = restore(state, model=modules, optimizer=opt, scaler=scaler)
-        log.info("resuming STEGO from %s at step %d/%d", state_path, start, params.steps)
     log.info("STEGO on %d images, features %s, %d steps of %d, code dim %d, %d clusters, linear probe %s, "
              "device %s", n, tuple(features.shape[1:]), params.steps, params.batch_size, params.code_dim,
              params.n_clusters, f"{num_classes} classes" if labels is not None else "skipped", dev)
-    t_start, step = time.perf_counter(), start
-    for step in range(start + 1, params.steps + 1):
-        batch = step_batch(step - 1, n, knn, params)
+
+    def step(batch: dict, step: int) -> dict[str, torch.Tensor]:
         torch.manual_seed(params.seed * 1_000_003 + step)  # dropout masks depend on (seed, step) only
         feats = features[batch["idx"]].to(dev)  # (B, C, h, w)
         feats_knn = features[batch["knn"]].to(dev)
         lab = labels[batch["idx"]].to(dev) if labels is not None else None
-        losses = train_losses(modules, feats, feats_knn, batch, params, lab)
-        values = check_finite(losses, step)
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
-        loss_rows.append([step, values["loss"], *(values[k] for k in LOSS_TERMS)])
-        if step % log_every == 0 or step == params.steps:
-            _log_progress(step, start, params.steps, values, time.perf_counter() - t_start)
-        if step % params.checkpoint_every == 0 and step < params.steps:
-            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=modules, optimizer=opt,
-                       scaler=scaler, loss_rows=loss_rows)
-        if stop_after is not None and step >= stop_after:
-            log.info("stopping after step %d (stop_after)", step)
-            return {"steps_done": step, "start_step": start, "stopped": True}
+        return train_losses(modules, feats, feats_knn, batch, params, lab)
 
-    resolved = {**params.to_dict(), "in_channels": int(in_channels), "feature_hw": list(features.shape[2:]),
-                "num_classes": num_classes, "images": int(n), "knn_k": int(knn.shape[1]), "data": fingerprint,
-                "linear_probe": "trained" if labels is not None else "skipped: no labels",
-                "features": dict(feature_source or {})}
-    cpu = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
-    torch_save_atomic({"head": cpu["head"], "cluster": cpu["cluster"], "linear": cpu.get("linear"),
-                       "params": resolved, "kind": "stego"}, out)
-    if loss_log:
-        _write_loss_log(loss_log, loss_rows)
-    if state_path.exists():
-        state_path.unlink()
-        log.info("training finished: removed resume state %s", state_path)
-    seconds = time.perf_counter() - t_start
-    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0, "images": int(n),
-            "device": str(dev), "seconds": seconds, "out": str(out),
-            "final": dict(zip(LOSS_COLUMNS, loss_rows[-1])) if loss_rows else {}}
+    def save() -> None:
+        resolved = {**params.to_dict(), "in_channels": int(in_channels), "feature_hw": list(features.shape[2:]),
+                    "num_classes": num_classes, "images": int(n), "knn_k": int(knn.shape[1]), "data": fingerprint,
+                    "linear_probe": "trained" if labels is not None else "skipped: no labels",
+                    "features": dict(feature_source or {})}
+        cpu = {name: {k: v.detach().cpu().clone() for k, v in m.state_dict().items()} for name, m in modules.items()}
+        torch_save_atomic({"head": cpu["head"], "cluster": cpu["cluster"], "linear": cpu.get("linear"),
+                           "params": resolved, "kind": "stego"}, out)
+
+    run = Run("STEGO", log, step, lambda start: (step_batch(s, n, knn, params) for s in range(start, params.steps)),
+              modules, opt, LOSS_COLUMNS, save, images_per_step=params.batch_size)
+    state = State(Path(state_dir) / STATE_NAME, resume_key({**params.to_dict(), "num_classes": num_classes},
+                                                           _RESUME_IGNORED), fingerprint)
+    summary = fit(run, LoopParams(params.steps, params.checkpoint_every, log_every), state, dev=dev,
+                  loss_log=loss_log, stop_after=stop_after)
+    if not summary["stopped"]:
+        summary.update(images=int(n), out=str(out))
+    return summary
