@@ -1,5 +1,5 @@
-"""Training loops for PCT (METHODS.md "PCT") and for a single supervised network (strong-only baseline and
-retrain on pseudo labels), sharing one loop (`_fit`).
+"""PCT training (METHODS.md "PCT") and a single supervised network (strong-only baseline and retrain on pseudo
+labels), both on the shared training loop (maskless.train, through `_fit`).
 
 Data (sequences indexed 0..N-1, lists or lazy): images, uint8 (H, W, 3) RGB; labels, uint8/int (H, W) label
 maps with 0 = background, 1..K-1 the classes, 255 = ignore, or None for a weak image (PCT only); tags, per
@@ -33,7 +33,7 @@ image an iterable of foreground class ids (PCT; a strong image's tags must equal
 - Supervised: plain cross entropy (CCE with every class present) on every labelled image (+ Contextrast).
 - Optimiser SGD (momentum, weight decay) or AdamW; poly learning rate lr (1 - s / steps) ^ poly_power, the
   backbone at lr x backbone_lr_mult (reference 0.1 with a pretrained backbone). AMP on CUDA only.
-- Resume (maskless.resume): state in state_dir every checkpoint_every steps, used when params, data and
+- Resume (maskless.train): state in state_dir every checkpoint_every steps, used when params, data and
   backbone match; bit-identical on CPU. Non-finite network outputs or terms raise FloatingPointError naming
   them and the step. Output {"model": state_dict, "params": resolved dict, "kind": "pct" | "segnet"}.
 - Data parallel (maskless.dist, config key train_processes): each rank takes its share of both halves of the
@@ -47,7 +47,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ import torch
 from torch import Tensor, nn
 
 from maskless import dist
-from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import IMAGENET_MEAN, normalize
 from maskless.pct.contextrast import ContextrastParams, contextrast_losses
 from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, h2p_loss, mlsm_loss, p2h_loss,
@@ -68,7 +67,9 @@ from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, h2p_loss, mlsm_
 from maskless.pct.model import SegNet, SegNetParams, build_segnet
 from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
 from maskless.data.batches import batch_indices
-from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.resume import resume_key
+from maskless.train import _same  # noqa: F401 (tests build their loaders as the loop does)
+from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ class PCTParams(SegTrainParams):
 
 def lr_at(step: int, params: SegTrainParams) -> float:
     """Poly learning rate of 0-based `step` (DeepLab): lr (1 - step / steps) ^ poly_power."""
-    return params.lr * (1.0 - step / params.steps) ** params.poly_power
+    return Schedule(params.lr, params.steps, "poly", power=params.poly_power)(step)
 
 
 # ---------------------------------------------------------------- data
@@ -265,23 +266,6 @@ class StepBatches(torch.utils.data.Dataset):
         rng = np.random.default_rng(dist.rng_key(p.seed, step, 2, rank=r))
         return make_batch(self.images, self.labels, self.present, [self.strong[i] for i in s_idx],
                           [self.weak[i] for i in w_idx], rng, p)
-
-
-def _same(x):
-    return x
-
-
-def _batches(data: StepBatches, start: int, num_workers: int, pin_memory: bool = False) -> Iterator[Batch]:
-    """The batches of steps start, start + 1, ...: made here (num_workers 0) or by DataLoader workers, in
-    step order either way. The loader draws its workers' base seed from a generator of its own: from torch's
-    global one it would shift the training's random stream (dropout) and the result would depend on
-    num_workers."""
-    if num_workers == 0:
-        return (data[s] for s in range(start, len(data)))
-    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
-                                         num_workers=num_workers, collate_fn=_same, pin_memory=pin_memory,
-                                         generator=torch.Generator().manual_seed(0))
-    return iter(loader)
 
 
 # ---------------------------------------------------------------- data checks and fingerprint
@@ -482,15 +466,6 @@ def _check_outputs(outputs: dict[str, Tensor], what: str, step: int) -> None:
                                  "grad_clip > 0 or amp: false")
 
 
-def _check_terms(terms: dict[str, Tensor], what: str, step: int) -> dict[str, float]:
-    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
-    values = dist.mean_values({k: float(v.detach()) for k, v in terms.items()})
-    bad = [k for k, v in values.items() if not math.isfinite(v)]
-    if bad:
-        raise FloatingPointError(f"{what} step {step}: non-finite loss terms {bad} (losses: {values})")
-    return values
-
-
 @dataclass
 class _Run:
     """What differs between PCT and supervised training; `_fit` does the rest."""
@@ -505,70 +480,35 @@ class _Run:
 
 def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state_dir: str, dev,
          loss_log: str | None, log_every: int, stop_after: int | None, resolved: dict) -> dict:
+    """The shared loop (maskless.train.fit) on `run`: poly lr, the backbone at backbone_lr_mult, clipping over
+    every network's parameters; the statistics are logged beside the terms, never summed into the loss."""
     terms_n, stats_n = term_names(run.kind, params)
-    columns = ("step", "loss", *terms_n, *stats_n, "lr")
     opt = _optimizer(run.nets, params)
-    use_amp = params.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    state_path = Path(state_dir) / f"{run.kind}_last.pt"
-    rank = dist.current()
-    key = dist.resume_key(resume_key(params.to_dict(), _RESUME_IGNORED), rank)
-    start, rows = 0, []
-    state = try_resume(state_path, key=key, fingerprint=fingerprint, what=run.what)
-    if state is not None:
-        start, rows = restore(state, model=run.module, optimizer=opt, scaler=scaler)
-        log.info("resuming %s from %s at step %d/%d", run.what, state_path, start, params.steps)
+    amp = use_amp(params.amp, dev)
     run.module.train()
-    t_start, step = time.perf_counter(), start
-    batches = _batches(run.batches, start, params.num_workers, pin_memory=dev.type == "cuda")
-    for step, batch in enumerate(batches, start=start + 1):
-        lr = lr_at(step - 1, params)
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+
+    def step(batch: Batch, step: int) -> dict[str, Tensor]:
+        with autocast(dev, amp):
             terms, stats = run.losses(batch, step)
-        values = _check_terms(terms, run.what, step)
-        loss = sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if params.grad_clip > 0:
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_([p for n in run.nets for p in n.parameters()], params.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        rows.append([step, sum(values.values()), *(values[k] for k in terms_n), *(stats[k] for k in stats_n), lr])
-        if step % log_every == 0 or step == params.steps:
-            _log_progress(run.what, step, start, params.steps, dict(zip(columns, rows[-1])), t_start)
-        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
-            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=run.module,
-                       optimizer=opt, scaler=scaler, loss_rows=rows)
-        if stop_after is not None and step >= stop_after:
-            log.info("stopping after step %d (stop_after)", step)
-            return {"steps_done": step, "start_step": start, "stopped": True}
-    digest = dist.param_digest(run.module)
-    if not rank.is_main:
-        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank,
-                "param_digest": digest}
-    state_dict = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
-    torch_save_atomic({"model": state_dict, "params": {**params.to_dict(), **resolved, "data": fingerprint},
-                       "kind": run.kind}, out)
-    if loss_log:
-        lines = [",".join(columns)] + [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
-        write_text_atomic(loss_log, "\n".join(lines) + "\n")
-    if state_path.exists():
-        state_path.unlink()
-    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
-            "seconds": time.perf_counter() - t_start, "device": str(dev), "out": str(out), "rank": 0,
-            "param_digest": digest,
-            "final": dict(zip(columns, rows[-1])) if rows else {}}
+        return {**terms, **{k: torch.tensor(float(stats[k]), dtype=torch.float64) for k in stats_n}}
 
+    def save() -> None:
+        state_dict = {k: v.detach().cpu().clone() for k, v in run.module.state_dict().items()}
+        torch_save_atomic({"model": state_dict, "params": {**params.to_dict(), **resolved, "data": fingerprint},
+                           "kind": run.kind}, out)
 
-def _log_progress(what: str, step: int, start: int, steps: int, row: dict, t_start: float) -> None:
-    elapsed = time.perf_counter() - t_start
-    eta = (steps - step) * elapsed / max(step - start, 1)
-    terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("step", "loss", "lr"))
-    log.info("%s step %d/%d loss %.4f (%s) lr %.5f %.2f s/step ETA %.0f s", what, step, steps, row["loss"],
-             terms, row["lr"], elapsed / max(step - start, 1), eta)
+    loop_run = Run(run.what, log, step, lambda start: step_batches(run.batches, start, params.num_workers,
+                                                                   pin_memory=dev.type == "cuda"),
+                   run.module, opt, ("step", "loss", *terms_n, *stats_n, "lr"), save,
+                   schedule=lambda s: lr_at(s, params), clip=[p for n in run.nets for p in n.parameters()],
+                   stats=stats_n, images_per_step=params.batch_size)
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp, params.grad_clip)
+    state = State(Path(state_dir) / f"{run.kind}_last.pt", resume_key(params.to_dict(), _RESUME_IGNORED),
+                  fingerprint)
+    summary = fit(loop_run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+    if not summary["stopped"] and summary["rank"] == 0:
+        summary["out"] = str(out)
+    return summary
 
 
 # ---------------------------------------------------------------- entry points
