@@ -10,7 +10,7 @@ maskless/config.schema.yaml's defaults):
 
 - densecl        DenseCL step (maskless.pretrain): both views through the query encoder and the momentum key
                  encoder, global + dense InfoNCE, backward, SGD. Data: StepBatches (crops and colour jitter).
-- solo           FreeSOLO SOLOv2 step (maskless.solo.train): the loop's own _build and _train_step. Data:
+- solo           FreeSOLO SOLOv2 step (maskless.solo.train): the loop's own _build and solo_step. Data:
                  make_batch (augmentation, copy-paste, target assignment).
 - solo_eec       The same with Exemplar-FreeSOLO's EEC term (exemplar.eec, a pool of exemplar.counts[0] random
                  crops of exemplar.refine.side px). Pool refresh steps are left out of the timed steps;
@@ -26,9 +26,9 @@ maskless/config.schema.yaml's defaults):
 - freemask_fwd   The backbone forward of that batch alone (issue target: freemask <= 1.15 x this).
 
 Each row comes from the library's own classes, loss functions and step functions, called as the loops call
-them; where a loop has no step function to call (DenseCL, STEGO, PCT) the step is rebuilt here from the
+them; where a method's step is a closure (DenseCL, STEGO, PCT) the step is rebuilt here from the
 loop's modules and loss functions with the loop's maths, host syncs included (the finite checks read every
-term). Some of these are private helpers (solo.train._build/_train_step, stego.train._build,
+term). Some of these are private helpers (solo.train._build, stego.train._build,
 pct.train._optimizer/_check_outputs/_to): when the library changes them a row may fail; it then
 shows its error in the table and the other rows still run. Images: a synthetic dataset generated into a
 temp folder (--images images at the config's synthetic size), ground-truth instance masks standing in for
@@ -317,7 +317,7 @@ def _solo(s: Setup, with_eec: bool) -> tuple[Any, ...]:
 
 
 def solo(s: Setup, with_eec: bool = False) -> Workload:
-    from maskless.solo.train import _train_step, lr_at
+    from maskless.solo.train import lr_at, solo_step
 
     params, model, eec, trainable, opt, data = _solo(s, with_eec)
     use_amp = s.amp({"amp": params.amp})
@@ -331,7 +331,15 @@ def solo(s: Setup, with_eec: bool = False) -> Workload:
             n += 1
         for group in opt.param_groups:
             group["lr"] = lr_at((n - 1) % params.steps, params)
-        _train_step(model, opt, scaler, trainable, batch, n, params, s.dev, use_amp, eec)
+        losses = solo_step(model, batch, n, params, s.dev, use_amp, eec)
+        _values(losses)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(losses["loss"]).backward()
+        if params.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
+        scaler.step(opt)
+        scaler.update()
 
     note = f"input {params.input_size}, grids {list(params.model.grids)}"
     if eec is not None:

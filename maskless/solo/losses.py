@@ -398,7 +398,7 @@ def foreground_fraction(logits: list[Tensor]) -> Tensor:
     total = sum(lg.numel() for lg in logits)
     if not total:
         return torch.tensor(0.0)
-    # Counted on the logits' device: one host sync per step, when the loop reads the values (check_finite).
+    # Counted on the logits' device: one host sync per step, when the loop reads the values (maskless.train).
     return torch.stack([(lg.detach() > 0).sum() for lg in logits]).sum().float() / total
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +35,9 @@ import torch
 
 from maskless import dist
 from maskless.data.manifest import read_manifest
-from maskless.io import pick_device, set_threads, torch_save_atomic, write_text_atomic
+from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import normalize
-from maskless.resume import restore, resume_key, save_state, try_resume
+from maskless.resume import resume_key
 from maskless.exemplar.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams
 from maskless.solo.data import SampleSource, data_fingerprint, make_batch, mask_counts, select_images  # noqa: F401
@@ -46,6 +45,7 @@ from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution,
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry
+from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -173,15 +173,8 @@ def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps:
 
 def lr_at(step: int, params: SoloTrainParams) -> float:
     """Learning rate of 0-based `step` (module docstring)."""
-    if step < params.warmup_steps:
-        a = step / params.warmup_steps
-        return params.lr * (params.warmup_start * (1 - a) + a)
-    if params.schedule == "constant":
-        return params.lr
-    if params.schedule == "step":
-        return params.lr * 0.1 ** sum(step >= f * params.steps for f in params.lr_decay_at)
-    span = max(1, params.steps - params.warmup_steps)
-    return params.lr * 0.5 * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
+    return Schedule(params.lr, params.steps, params.schedule, params.warmup_steps, params.warmup_start,
+                    params.lr_decay_at)(step)
 
 
 def freeze_bn(module: torch.nn.Module) -> int:
@@ -210,26 +203,9 @@ def freeze_stages(backbone: torch.nn.Module, freeze_at: int) -> int:
     return n
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]:
-    """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
-    # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
-    values = dist.mean_values({k: float(v.detach()) for k, v in losses.items()})
-    bad = [k for k in (*TERMS, "loss_eec", "loss") if k in values and not math.isfinite(values[k])]
-    if bad:
-        raise FloatingPointError(f"SOLO step {step}: non-finite loss terms {bad} (losses: {values}); "
-                                 "try a lower lr, a smaller grad_clip or amp: false")
-    return values
-
-
 def loss_columns(params: SoloTrainParams) -> tuple[str, ...]:
     """Columns of the loss log: the EEC term and its counts sit before lr when EEC is on."""
     return LOSS_COLUMNS if params.eec is None else (*LOSS_COLUMNS[:-1], *EEC_COLUMNS, "lr")
-
-
-def _write_loss_log(path: str, rows: list[list[float]], columns: tuple[str, ...]) -> None:
-    lines = [",".join(columns)]
-    lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
-    write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None) -> SOLOv2:
@@ -267,17 +243,18 @@ def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weigh
     return model, eec, saved, trainable, opt
 
 
-def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTrainParams, dev, use_amp,
-                eec: EECState | None = None, forward: dict | None = None):
-    """One optimizer step. forward: {"model": ..., "eec_head": ...} to call instead of the modules themselves
-    (their DDP wrappers in data-parallel training)."""
+def solo_step(model: SOLOv2, batch, step: int, params: SoloTrainParams, dev: torch.device, amp: bool,
+              eec: EECState | None = None, forward: dict | None = None) -> dict[str, torch.Tensor]:
+    """The named values of 1-based `step` on batch (images, targets): the FreeSOLO terms, "loss", the counts,
+    and with EEC its term (added to "loss" at its weight) and counts. forward: {"model": ..., "eec_head": ...}
+    to call instead of the modules themselves (their DDP wrappers in data-parallel training)."""
     forward = forward or {}
     images, targets = batch
     if eec is not None and eec.refresh_due(step):
         eec.refresh(model, freeze_backbone_bn=params.freeze_backbone_bn)
     images = images.to(dev, non_blocking=True)  # (B, 3, H, W) uint8
     lab = lab_at_mask_resolution(images, targets[0].mask_stride)  # (B, 3, Hf, Wf)
-    with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+    with autocast(dev, amp):
         outputs = forward.get("model", model)(normalize(images))
     # The losses run in float32 (sigmoids, logs and dice sums are fragile in half precision).
     outputs = {k: [t.float() for t in v] if isinstance(v, list) else v.float() for k, v in outputs.items()}
@@ -288,17 +265,7 @@ def _train_step(model, opt, scaler, trainable, batch, step: int, params: SoloTra
     if eec is not None:
         losses.update(eec_losses(outputs, targets, eec, head=forward.get("eec_head")))
         losses["loss"] = losses["loss"] + params.eec.weight * losses["loss_eec"]
-    values = check_finite(losses, step)
-    opt.zero_grad(set_to_none=True)
-    scaler.scale(losses["loss"]).backward()
-    if params.grad_clip > 0:
-        scaler.unscale_(opt)
-        norm = torch.nn.utils.clip_grad_norm_(trainable, params.grad_clip)
-        if not use_amp and not torch.isfinite(norm):
-            raise FloatingPointError(f"SOLO step {step}: gradient norm is {float(norm)} (losses: {values})")
-    scaler.step(opt)
-    scaler.update()
-    return values
+    return losses
 
 
 def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: str, state_dir: str,
@@ -348,86 +315,47 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     if eec is not None:
         forward["eec_head"] = dist.wrap(eec.head, find_unused=True)
     columns = loss_columns(params)
-    use_amp = params.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-
-    state_path = Path(state_dir) / STATE_NAME
-    start, loss_rows = 0, []
-    # The loss log's columns are part of the key: a state saved with other columns starts afresh.
-    key = dist.resume_key(resume_key({**params.to_dict(), "loss_columns": list(columns)}, _RESUME_IGNORED), rank)
-    state = try_resume(state_path, key=key, fingerprint=fingerprint, what="SOLO")
-    if state is not None:
-        start, loss_rows = restore(state, model=saved, optimizer=opt, scaler=scaler)
-        log.info("resuming SOLO from %s at step %d/%d", state_path, start, params.steps)
-
+    amp = use_amp(params.amp, dev)
     log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s%s", params.model.arch,
              len(rows), params.steps, params.batch_size, params.views, params.input_size, dev,
-             ", AMP" if use_amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
-    timer = {"start": time.perf_counter(), "data": 0.0, "total": 0.0, "pasted": 0}
-    step, saturated = start, 0
-    for step in range(start + 1, params.steps + 1):
-        t0 = time.perf_counter()
-        images, targets, pasted = make_batch(source, step - 1, params, geometry, rank)
-        t1 = time.perf_counter()
-        lr = lr_at(step - 1, params)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        values = _train_step(model, opt, scaler, trainable, (images, targets), step, params, dev, use_amp, eec,
-                             forward)
-        timer["data"] += t1 - t0
-        timer["total"] += time.perf_counter() - t0
-        timer["pasted"] += pasted
-        loss_rows.append([step, *(values[k] for k in columns[1:-1]), lr])
-        saturated = saturated + 1 if values["mask_fg"] >= COLLAPSE_FG else 0
-        if saturated == COLLAPSE_STEPS:
+             ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
+    seen = {"pasted": 0, "saturated": 0}
+
+    def batches(start: int):
+        return (make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
+
+    def step(batch, step: int) -> dict[str, torch.Tensor]:
+        images, targets, pasted = batch
+        seen["pasted"] += pasted
+        return solo_step(model, (images, targets), step, params, dev, amp, eec, forward)
+
+    def after_step(step: int, values: dict[str, float]) -> None:
+        seen["saturated"] = seen["saturated"] + 1 if values["mask_fg"] >= COLLAPSE_FG else 0
+        if seen["saturated"] == COLLAPSE_STEPS:
             log.warning("SOLO step %d: for %d steps the positives' masks have covered >= %.0f%% of the image "
                         "(mask_fg %.3f): training has collapsed to whole-image masks, whose saturated sigmoids "
                         "pass almost no gradient; its predictions will score near 0 AP. On short schedules this "
                         "happens on some seeds whatever the targets, ground truth included (BENCHMARKS.md 'SOLO "
                         "round 0 collapses'; bench/solo_collapse.py follows the first steps)", step,
                         COLLAPSE_STEPS, 100 * COLLAPSE_FG, values["mask_fg"])
-        if step % log_every == 0 or step == params.steps:
-            _log_progress(step, start, params, values, lr, timer, len(images) * rank.world_size)
-        if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
-            save_state(state_path, key=key, fingerprint=fingerprint, step=step, model=saved, optimizer=opt,
-                       scaler=scaler, loss_rows=loss_rows)
-        if stop_after is not None and step >= stop_after:
-            log.info("stopping after step %d (stop_after)", step)
-            return {"steps_done": step, "start_step": start, "stopped": True}
 
-    seconds = time.perf_counter() - timer["start"]
-    digest = dist.param_digest(saved)
-    if not rank.is_main:
-        return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank, "param_digest": digest}
-    resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint,
-                "init_weights": str(init_weights) if init_weights else None}
-    model_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    out = {"model": model_state, "params": resolved, "kind": "solov2"}
-    if eec is not None:
-        out["eec_head"] = {k: v.detach().cpu().clone() for k, v in eec.head.state_dict().items()}
-    torch_save_atomic(out, out_weights)
-    if loss_log:
-        _write_loss_log(loss_log, loss_rows, columns)
-    if state_path.exists():
-        state_path.unlink()
-        log.info("training finished: removed resume state %s", state_path)
-    last = dict(zip(columns, loss_rows[-1])) if loss_rows else {}
-    return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0,
-            "images": len(rows), "skipped": skipped, "device": str(dev), "seconds": seconds,
-            "data_fraction": timer["data"] / max(timer["total"], 1e-9), "final": last,
-            "out_weights": str(out_weights), "rank": rank.rank, "param_digest": digest}
+    def save() -> None:
+        resolved = {**params.to_dict(), "images": len(rows), "skipped": skipped, "data": fingerprint,
+                    "init_weights": str(init_weights) if init_weights else None}
+        out = {"model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, "params": resolved,
+               "kind": "solov2"}
+        if eec is not None:
+            out["eec_head"] = {k: v.detach().cpu().clone() for k, v in eec.head.state_dict().items()}
+        torch_save_atomic(out, out_weights)
 
-
-def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, lr: float, timer: dict,
-                  batch: int) -> None:
-    done, total = step - start, timer["total"]
-    rate = done * batch / max(total, 1e-9)
-    eta = (params.steps - step) * total / max(done, 1)
-    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in (*TERMS, "loss_eec") if k in values)
-    if "loss_eec" in values:  # Exemplar-FreeSOLO: positives and negatives of the batch (METHODS.md)
-        terms += (f" eec pairs +{values['num_eec_pos']:.0f}/-{values['num_eec_neg']:.0f}, "
-                  f"{values['num_eec_valid']:.0f} instances")
-    log.info("step %d/%d loss %.4f (%s) num_pos %d num_emb %d mask_fg %.2f pasted %d so far lr %.5f %.1f img/s "
-             "data %.0f%% of step time ETA %.0f s", step, params.steps, values["loss"], terms, values["num_pos"],
-             values["num_emb"], values["mask_fg"], timer["pasted"], lr, rate, 100 * timer["data"] / max(total, 1e-9),
-             eta)
+    run = Run("SOLO", log, step, batches, saved, opt, columns, save, schedule=lambda s: lr_at(s, params),
+              clip=trainable, images_per_step=params.batch_size * (2 if params.views == "both" else 1),
+              after_step=after_step, note=lambda: f", {seen['pasted']} instances pasted so far")
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp, params.grad_clip)
+    # The loss log's columns are part of the key: a state saved with other columns starts afresh.
+    state = State(Path(state_dir) / STATE_NAME,
+                  resume_key({**params.to_dict(), "loss_columns": list(columns)}, _RESUME_IGNORED), fingerprint)
+    summary = fit(run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+    if not summary["stopped"] and rank.is_main:
+        summary.update(images=len(rows), skipped=skipped, out_weights=str(out_weights))
+    return summary
