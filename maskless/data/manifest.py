@@ -15,6 +15,7 @@ is known from the manifest alone (the workflow reads it at DAG time).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 
@@ -59,6 +60,15 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
 def read_num_rows(path: str | os.PathLike) -> int:
     """Rows of the manifest, from its footer alone."""
     return pq.read_metadata(path).num_rows
+
+
+def rows_digest(rows: list[dict]):
+    """A sha256 fed with the identity of each row's image (id, content hash or path, size): the start of a
+    training's data fingerprint, so a resume never mixes datasets."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
+    return h
 
 
 def num_shards(path: str | os.PathLike, shard_size: int) -> int:

@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -31,7 +30,7 @@ import torch
 
 from maskless import dist
 from maskless.data.batches import batch_indices
-from maskless.data.manifest import read_manifest
+from maskless.data.manifest import read_manifest, rows_digest
 from maskless.io import pick_device, set_threads
 from maskless.models.resnet import normalize
 from maskless.models.weights import load_backbone, save_backbone
@@ -116,10 +115,7 @@ def lr_at(step: int, params: DenseCLParams) -> float:
 
 def data_fingerprint(rows: list[dict]) -> str:
     """Identity of the training images (ids and content hashes), so a resume never mixes datasets."""
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
-    return h.hexdigest()
+    return rows_digest(rows).hexdigest()
 
 
 def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: DenseCLParams,

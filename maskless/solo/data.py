@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +20,7 @@ import torch
 from maskless import dist
 from maskless.data.images import resized_hw
 from maskless.data.batches import batch_indices
+from maskless.data.manifest import rows_digest
 from maskless.solo.augment import batch_samples, padded_size, resize_sample
 from maskless.solo.model import SIZE_DIVISOR
 from maskless.solo.targets import SoloGeometry, assign_targets
@@ -88,9 +88,7 @@ def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_wei
     the exemplar pool's files."""
     from maskless.data.images import sha256_file
 
-    h = hashlib.sha256()
-    for r in rows:
-        h.update(f"{r['id']}|{r.get('hash') or r['path']}|{r['width']}|{r['height']}\n".encode())
+    h = rows_digest(rows)
     h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())
     if init_weights:
         h.update(f" init {sha256_file(init_weights)}".encode())
