@@ -4,8 +4,8 @@ A method builds its modules and optimizer and hands `fit` a `Run`: above all `st
 Tensor]`, the named values of one step. Everything else is written here once:
 - the learning rate of each step (`Schedule`, or none: the optimizer's own), per param group times its
   "lr_mult" when it has one;
-- the finite check: every value (averaged over the ranks first, so a NaN on one rank stops all of them) must
-  be finite, and the error names the method, the step and the terms;
+- the finite check: every value (the terms averaged over the ranks first, so a NaN on one rank stops all
+  of them) must be finite, and the error names the method, the step and the terms;
 - the objective: the step's "loss", or (a step that returns only terms) the sum of its entries that are not
   statistics (`Run.stats`); AMP's GradScaler (CUDA only), gradient clipping to a global L2 norm (a norm that
   is not finite stops the run without AMP; with it the scaler skips the step);
@@ -78,11 +78,14 @@ class Schedule:
 
 @dataclass(frozen=True)
 class LoopParams:
+    """How the loop runs; a method fills it from its own params (the config keys stay the method's)."""
+
     steps: int
     checkpoint_every: int
     log_every: int = 10
-    amp: bool = False  # CUDA only (use_amp)
+    schedule: Callable[[int], float] | None = None  # lr of a 0-based step (Schedule); None: the optimizer's
     grad_clip: float = 0.0  # global L2 norm of Run.clip; 0 disables
+    amp: bool = False  # CUDA only (use_amp)
 
 
 def use_amp(amp: bool, dev: torch.device) -> bool:
@@ -123,11 +126,10 @@ class Run:
     batches: Callable[[int], Iterable]  # first 0-based step -> the batches of that step and the following ones
     module: nn.Module  # what a resume state holds; its parameters are digested
     optimizer: torch.optim.Optimizer
-    columns: tuple[str, ...]  # the loss log's: "step", "loss", values of the step, then "lr" with a schedule
+    columns: tuple[str, ...]  # the loss log's: "step", "loss", values of the step, "lr" last with a schedule
     save: Callable[[], None]  # writes the method's output (rank 0, after the last step)
-    schedule: Callable[[int], float] | None = None  # lr of a 0-based step; None leaves the optimizer's
     clip: Sequence[Tensor] = ()  # the parameters whose gradient norm LoopParams.grad_clip bounds
-    stats: tuple[str, ...] = ()  # values logged but never summed into a loss
+    stats: tuple[str, ...] = ()  # values logged as this rank's own, never averaged nor summed into a loss
     images_per_step: int = 0  # the global batch, for images per second
     digest: nn.Module | None = None  # whose parameters the summary digests (default: module)
     after_step: Callable[[int, dict[str, float]], None] = lambda step, values: None
@@ -135,7 +137,7 @@ class Run:
 
 
 @dataclass
-class State:
+class Resume:
     """Where the resume state lives and what it must match."""
 
     path: Path
@@ -146,7 +148,9 @@ class State:
 def _values(run: Run, out: dict[str, Tensor], step: int, hint: str) -> tuple[dict[str, float], Tensor, float]:
     """(values averaged over the ranks, objective, its logged value); FloatingPointError naming every
     non-finite value ("loss" last)."""
-    values = dist.mean_values({k: float(v.detach()) for k, v in out.items()})
+    local = {k: float(v.detach()) for k, v in out.items()}
+    values = {**dist.mean_values({k: v for k, v in local.items() if k not in run.stats}),
+              **{k: local[k] for k in run.stats}}
     bad = [k for k, v in values.items() if k != "loss" and not math.isfinite(v)]
     bad += [k for k in ("loss",) if k in values and not math.isfinite(values[k])]
     if bad:
@@ -182,7 +186,51 @@ def _progress(run: Run, params: LoopParams, row: dict, start: int, elapsed: floa
                  (params.steps - step) * elapsed / max(done, 1), run.note())
 
 
-def fit(run: Run, params: LoopParams, state: State, *, dev: torch.device, loss_log: str | None = None,
+def _set_lr(run: Run, params: LoopParams, step: int) -> float | None:
+    """Set the lr of 1-based `step` on every param group (times its "lr_mult"); None without a schedule."""
+    if params.schedule is None:
+        return None
+    lr = params.schedule(step - 1)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"] if "lr_mult" in group else lr
+    return lr
+
+
+def _optimize(run: Run, params: LoopParams, scaler: torch.amp.GradScaler, objective: Tensor, step: int,
+              values: dict[str, float]) -> None:
+    opt = run.optimizer
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(objective).backward()
+    if params.grad_clip > 0:
+        scaler.unscale_(opt)
+        norm = torch.nn.utils.clip_grad_norm_(run.clip, params.grad_clip)
+        if not scaler.is_enabled() and not torch.isfinite(norm):  # with AMP the scaler skips the step
+            raise FloatingPointError(f"{run.what} step {step}: gradient norm is {float(norm)} (losses: {values})")
+    scaler.step(opt)
+    scaler.update()
+
+
+def _start(run: Run, params: LoopParams, resume: Resume, key: dict, scaler) -> tuple[int, list]:
+    """(start step, loss rows so far): from a matching resume state, else (0, [])."""
+    saved = try_resume(resume.path, key=key, fingerprint=resume.fingerprint, what=run.what)
+    if saved is None:
+        return 0, []
+    start, rows = restore(saved, model=run.module, optimizer=run.optimizer, scaler=scaler)
+    run.log.info("resuming %s from %s at step %d/%d", run.what, resume.path, start, params.steps)
+    return start, rows
+
+
+def _finish(run: Run, resume: Resume, rows: list, loss_log: str | None) -> None:
+    """Rank 0 after the last step: the method's output, the loss log, then the resume state goes."""
+    run.save()
+    if loss_log:
+        write_loss_log(loss_log, run.columns, rows)
+    if resume.path.exists():
+        resume.path.unlink()
+        run.log.info("training finished: removed resume state %s", resume.path)
+
+
+def fit(run: Run, params: LoopParams, resume: Resume, *, dev: torch.device, loss_log: str | None = None,
         stop_after: int | None = None) -> dict:
     """Train run.module for params.steps steps (module doc); returns a summary.
 
@@ -190,43 +238,26 @@ def fit(run: Run, params: LoopParams, state: State, *, dev: torch.device, loss_l
     output or loss_log, as a kill would.
     """
     rank = dist.current()
-    amp = use_amp(params.amp, dev)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    key = dist.resume_key(state.key, rank)
-    start, rows = 0, []
-    saved = try_resume(state.path, key=key, fingerprint=state.fingerprint, what=run.what)
-    if saved is not None:
-        start, rows = restore(saved, model=run.module, optimizer=run.optimizer, scaler=scaler)
-        run.log.info("resuming %s from %s at step %d/%d", run.what, state.path, start, params.steps)
-    hint, opt = _hint(run, params, amp), run.optimizer
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp(params.amp, dev))
+    key = dist.resume_key(resume.key, rank)
+    start, rows = _start(run, params, resume, key, scaler)
+    hint = _hint(run, params, scaler.is_enabled())
     t_start, data_s, step = time.perf_counter(), 0.0, start
     batches = iter(run.batches(start))
     for step in range(start + 1, params.steps + 1):
         t0 = time.perf_counter()
         batch = next(batches)
         data_s += time.perf_counter() - t0
-        lr = run.schedule(step - 1) if run.schedule is not None else None
-        if lr is not None:
-            for group in opt.param_groups:
-                group["lr"] = lr * group["lr_mult"] if "lr_mult" in group else lr
+        lr = _set_lr(run, params, step)
         values, objective, loss = _values(run, run.step(batch, step), step, hint)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(objective).backward()
-        if params.grad_clip > 0:
-            scaler.unscale_(opt)
-            norm = torch.nn.utils.clip_grad_norm_(run.clip, params.grad_clip)
-            if not amp and not torch.isfinite(norm):
-                raise FloatingPointError(f"{run.what} step {step}: gradient norm is {float(norm)} (losses: {values})")
-        scaler.step(opt)
-        scaler.update()
-        logged = {**values, "step": step, "loss": loss, "lr": lr}
-        rows.append([logged[c] for c in run.columns])
+        _optimize(run, params, scaler, objective, step, values)
+        rows.append([{**values, "step": step, "loss": loss, "lr": lr}[c] for c in run.columns])
         run.after_step(step, values)
         if step % params.log_every == 0 or step == params.steps:
             _progress(run, params, dict(zip(run.columns, rows[-1])), start, time.perf_counter() - t_start, data_s)
         if step % params.checkpoint_every == 0 and step < params.steps and rank.is_main:
-            save_state(state.path, key=key, fingerprint=state.fingerprint, step=step, model=run.module,
-                       optimizer=opt, scaler=scaler, loss_rows=rows)
+            save_state(resume.path, key=key, fingerprint=resume.fingerprint, step=step, model=run.module,
+                       optimizer=run.optimizer, scaler=scaler, loss_rows=rows)
         if stop_after is not None and step >= stop_after:
             run.log.info("stopping after step %d (stop_after)", step)
             return {"steps_done": step, "start_step": start, "stopped": True}
@@ -235,12 +266,7 @@ def fit(run: Run, params: LoopParams, state: State, *, dev: torch.device, loss_l
     digest = dist.param_digest(run.digest if run.digest is not None else run.module)
     if not rank.is_main:
         return {"steps_done": step, "start_step": start, "stopped": False, "rank": rank.rank, "param_digest": digest}
-    run.save()
-    if loss_log:
-        write_loss_log(loss_log, run.columns, rows)
-    if state.path.exists():
-        state.path.unlink()
-        run.log.info("training finished: removed resume state %s", state.path)
+    _finish(run, resume, rows, loss_log)
     return {"steps_done": step, "start_step": start, "stopped": False, "resumed": start > 0, "device": str(dev),
             "seconds": seconds, "data_fraction": data_s / max(seconds, 1e-9), "rank": rank.rank,
             "param_digest": digest, "final": dict(zip(run.columns, rows[-1])) if rows else {}}

@@ -69,7 +69,7 @@ from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
 from maskless.data.batches import batch_indices
 from maskless.resume import resume_key
 from maskless.train import _same  # noqa: F401 (tests build their loaders as the loop does)
-from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, step_batches, use_amp
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -500,12 +500,13 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
     loop_run = Run(run.what, log, step, lambda start: step_batches(run.batches, start, params.num_workers,
                                                                    pin_memory=dev.type == "cuda"),
                    run.module, opt, ("step", "loss", *terms_n, *stats_n, "lr"), save,
-                   schedule=lambda s: lr_at(s, params), clip=[p for n in run.nets for p in n.parameters()],
-                   stats=stats_n, images_per_step=params.batch_size)
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp, params.grad_clip)
-    state = State(Path(state_dir) / f"{run.kind}_last.pt", resume_key(params.to_dict(), _RESUME_IGNORED),
-                  fingerprint)
-    summary = fit(loop_run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+                   clip=[p for n in run.nets for p in n.parameters()], stats=stats_n,
+                   images_per_step=params.batch_size)
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params),
+                      params.grad_clip, params.amp)
+    resume = Resume(Path(state_dir) / f"{run.kind}_last.pt", resume_key(params.to_dict(), _RESUME_IGNORED),
+                    fingerprint)
+    summary = fit(loop_run, loop, resume, dev=dev, loss_log=loss_log, stop_after=stop_after)
     if not summary["stopped"] and summary["rank"] == 0:
         summary["out"] = str(out)
     return summary

@@ -37,7 +37,7 @@ from maskless.models.weights import load_backbone, save_backbone
 from maskless.pretrain.augment import AugmentParams, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
 from maskless.resume import resume_key
-from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, step_batches, use_amp
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -162,11 +162,10 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
              params.steps, params.batch_size, params.crop_size, dev, ", AMP" if amp else "",
              f", {rank.world_size} processes" if rank.world_size > 1 else "")
     run = Run("DenseCL", log, step, lambda start: step_batches(data, start, params.num_workers), model, opt,
-              LOSS_COLUMNS, save, schedule=lambda s: lr_at(s, params), images_per_step=params.batch_size,
-              digest=model.encoder_q)
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp)
-    state = State(Path(state_dir) / STATE_NAME, resume_key(params.to_dict(), _RESUME_IGNORED), fingerprint)
-    summary = fit(run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+              LOSS_COLUMNS, save, images_per_step=params.batch_size, digest=model.encoder_q)
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params), amp=params.amp)
+    resume = Resume(Path(state_dir) / STATE_NAME, resume_key(params.to_dict(), _RESUME_IGNORED), fingerprint)
+    summary = fit(run, loop, resume, dev=dev, loss_log=loss_log, stop_after=stop_after)
     if summary["stopped"]:
         return summary
     summary["queue_ptr"] = int(model.queue_ptr)

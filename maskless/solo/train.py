@@ -45,7 +45,7 @@ from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution,
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry
-from maskless.train import LoopParams, Run, Schedule, State, autocast, fit, use_amp
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, use_amp
 
 log = logging.getLogger(__name__)
 
@@ -348,14 +348,15 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
             out["eec_head"] = {k: v.detach().cpu().clone() for k, v in eec.head.state_dict().items()}
         torch_save_atomic(out, out_weights)
 
-    run = Run("SOLO", log, step, batches, saved, opt, columns, save, schedule=lambda s: lr_at(s, params),
-              clip=trainable, images_per_step=params.batch_size * (2 if params.views == "both" else 1),
-              after_step=after_step, note=lambda: f", {seen['pasted']} instances pasted so far")
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, params.amp, params.grad_clip)
+    run = Run("SOLO", log, step, batches, saved, opt, columns, save, clip=trainable,
+              images_per_step=params.batch_size * (2 if params.views == "both" else 1), after_step=after_step,
+              note=lambda: f", {seen['pasted']} instances pasted so far")
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params),
+                      params.grad_clip, params.amp)
     # The loss log's columns are part of the key: a state saved with other columns starts afresh.
-    state = State(Path(state_dir) / STATE_NAME,
-                  resume_key({**params.to_dict(), "loss_columns": list(columns)}, _RESUME_IGNORED), fingerprint)
-    summary = fit(run, loop, state, dev=dev, loss_log=loss_log, stop_after=stop_after)
+    resume = Resume(Path(state_dir) / STATE_NAME,
+                    resume_key({**params.to_dict(), "loss_columns": list(columns)}, _RESUME_IGNORED), fingerprint)
+    summary = fit(run, loop, resume, dev=dev, loss_log=loss_log, stop_after=stop_after)
     if not summary["stopped"] and rank.is_main:
         summary.update(images=len(rows), skipped=skipped, out_weights=str(out_weights))
     return summary

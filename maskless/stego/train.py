@@ -42,7 +42,7 @@ from maskless.stego.knn import check_knn
 from maskless.stego.losses import (TERMS, StegoLossParams, random_coords, random_derangement, sample_points,
                                    stego_losses)
 from maskless.stego.model import IGNORE, ClusterProbe, LinearProbe, StegoHead
-from maskless.train import LoopParams, Run, State, fit
+from maskless.train import LoopParams, Resume, Run, fit
 
 log = logging.getLogger(__name__)
 
@@ -237,9 +237,9 @@ def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrain
 
     run = Run("STEGO", log, step, lambda start: (step_batch(s, n, knn, params) for s in range(start, params.steps)),
               modules, opt, LOSS_COLUMNS, save, images_per_step=params.batch_size)
-    state = State(Path(state_dir) / STATE_NAME, resume_key({**params.to_dict(), "num_classes": num_classes},
-                                                           _RESUME_IGNORED), fingerprint)
-    summary = fit(run, LoopParams(params.steps, params.checkpoint_every, log_every), state, dev=dev,
+    resume = Resume(Path(state_dir) / STATE_NAME, resume_key({**params.to_dict(), "num_classes": num_classes},
+                                                             _RESUME_IGNORED), fingerprint)
+    summary = fit(run, LoopParams(params.steps, params.checkpoint_every, log_every), resume, dev=dev,
                   loss_log=loss_log, stop_after=stop_after)
     if not summary["stopped"]:
         summary.update(images=int(n), out=str(out))
