@@ -18,7 +18,8 @@ Tensor]`, the named values of one step. Everything else is written here once:
   checkpoints, the output and the loss log; every summary carries the digest of the trained parameters.
 
 The order of a step never changes: batch, learning rate, step, finite check, backward, clip, optimizer step.
-Nothing here draws random numbers: a method's results depend only on its own seeding.
+Nothing here draws random numbers, so LoopParams has no seed: each method seeds its initialisation and its
+per-step generators from its own seed (part of its resume key), and its results depend on nothing else.
 """
 
 from __future__ import annotations
@@ -146,8 +147,8 @@ class Resume:
 
 
 def _values(run: Run, out: dict[str, Tensor], step: int, hint: str) -> tuple[dict[str, float], Tensor, float]:
-    """(values averaged over the ranks, objective, its logged value); FloatingPointError naming every
-    non-finite value ("loss" last)."""
+    """(values, all but Run.stats averaged over the ranks; the objective; its logged value);
+    FloatingPointError naming every non-finite value ("loss" last)."""
     local = {k: float(v.detach()) for k, v in out.items()}
     values = {**dist.mean_values({k: v for k, v in local.items() if k not in run.stats}),
               **{k: local[k] for k in run.stats}}
@@ -171,6 +172,7 @@ def _hint(run: Run, params: LoopParams, amp: bool) -> str:
 
 
 def write_loss_log(path: str, columns: Sequence[str], rows: list[list[float]]) -> None:
+    """CSV with a header; the step as an integer, every other value with 8 significant digits; atomic."""
     lines = [",".join(columns)]
     lines += [f"{int(r[0])}," + ",".join(format(v, ".8g") for v in r[1:]) for r in rows]
     write_text_atomic(path, "\n".join(lines) + "\n")
