@@ -214,7 +214,7 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]
     """Float values of the terms; FloatingPointError naming the step and every non-finite term."""
     # Averaged over the ranks first: a NaN on one rank then stops all of them (none waits forever).
     values = dist.mean_values({k: float(v.detach()) for k, v in losses.items()})
-    bad = [k for k in (*TERMS, "loss_eec", "loss") if k in values and not math.isfinite(values[k])]
+    bad = [k for k in (*TERMS, "loss_dice", "loss_eec", "loss") if k in values and not math.isfinite(values[k])]
     if bad:
         raise FloatingPointError(f"SOLO step {step}: non-finite loss terms {bad} (losses: {values}); "
                                  "try a lower lr, a smaller grad_clip or amp: false")
@@ -222,8 +222,13 @@ def check_finite(losses: dict[str, torch.Tensor], step: int) -> dict[str, float]
 
 
 def loss_columns(params: SoloTrainParams) -> tuple[str, ...]:
-    """Columns of the loss log: the EEC term and its counts sit before lr when EEC is on."""
-    return LOSS_COLUMNS if params.eec is None else (*LOSS_COLUMNS[:-1], *EEC_COLUMNS, "lr")
+    """Columns of the loss log: loss_dice after the terms with the supervised mask loss (loss.mask "dice");
+    the EEC term and its counts before lr when EEC is on."""
+    columns = LOSS_COLUMNS
+    if params.loss.mask == "dice":
+        at = columns.index(TERMS[-1]) + 1
+        columns = (*columns[:at], "loss_dice", *columns[at:])
+    return columns if params.eec is None else (*columns[:-1], *EEC_COLUMNS, "lr")
 
 
 def _write_loss_log(path: str, rows: list[list[float]], columns: tuple[str, ...]) -> None:
@@ -423,7 +428,7 @@ def _log_progress(step: int, start: int, params: SoloTrainParams, values: dict, 
     done, total = step - start, timer["total"]
     rate = done * batch / max(total, 1e-9)
     eta = (params.steps - step) * total / max(done, 1)
-    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in (*TERMS, "loss_eec") if k in values)
+    terms = " ".join(f"{k[5:]} {values[k]:.4f}" for k in (*TERMS, "loss_dice", "loss_eec") if k in values)
     if "loss_eec" in values:  # Exemplar-FreeSOLO: positives and negatives of the batch (METHODS.md)
         terms += (f" eec pairs +{values['num_eec_pos']:.0f}/-{values['num_eec_neg']:.0f}, "
                   f"{values['num_eec_valid']:.0f} instances")
