@@ -36,6 +36,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check Snakefile rules/
 
 # Model FLOP utilisation of every training loop and of Free Mask (BENCHMARKS.md "Model FLOP utilisation").
 bench: venv

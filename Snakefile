@@ -62,10 +62,10 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         get_final_outputs(),
     localrule: True
-    default_target: True
 
 
 onsuccess:

@@ -62,7 +62,9 @@ def make_tree(root: Path, n: int, size: tuple[int, int], seed: int = 0) -> dict:
 
 
 def prepare(root: Path, n: int, size: tuple[int, int], strong: int, threads: int) -> dict:
-    from maskless.pct.stage import SplitParams, read_label_source, read_split, run_pct_data, run_pct_split
+    from maskless.data.voc import run_pct_data
+    from maskless.pct.labels import read_label_source
+    from maskless.pct.stage import SplitParams, read_split, run_pct_split
 
     tree = make_tree(root, n, size)
     out = root / "pct"

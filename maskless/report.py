@@ -451,7 +451,7 @@ def _pct_data_figures(inputs: ReportInputs, n_images: int, device: str, add) -> 
     images of its manifest, their label PNGs and the first PCT retrained model's map."""
     from maskless.data.manifest import read_manifest
     from maskless.io import pick_device
-    from maskless.pct.stage import label_maps, read_label_source
+    from maskless.pct.labels import label_maps, read_label_source
 
     manifest, labels = inputs.pct_manifest, inputs.pct_labels
     if manifest is None:

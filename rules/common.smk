@@ -17,9 +17,16 @@ config.update(validate_config(config))
 EXP = config["experiment"]
 # What the user's dataset files are now (names, sizes, times; the JSON's bytes): a param of the ingest rules,
 # so a changed image set or annotation file reruns ingest and everything after it.
-DATASET_INPUTS = (input_fingerprint(config["dataset"]["images"], config["dataset"]["annotations"])
-                  if config["dataset"]["kind"] != "synthetic" else {})
-for _w in check_image_count(config, dag_image_count(config, EXP, DATASET_INPUTS), f"dataset {config['dataset']['name']!r}"):
+DATASET_INPUTS = (
+    input_fingerprint(config["dataset"]["images"], config["dataset"]["annotations"])
+    if config["dataset"]["kind"] != "synthetic"
+    else {}
+)
+for _w in check_image_count(
+    config,
+    dag_image_count(config, EXP, DATASET_INPUTS),
+    f"dataset {config['dataset']['name']!r}",
+):
     print(f"warning: {_w}", file=sys.stderr)
 ENV = "../envs/maskless.yaml"
 
@@ -52,8 +59,13 @@ def has_ground_truth():
 
 def dataset_source(wildcards):
     """Inputs of the ingest rule: the generated dataset, or nothing (user files are params)."""
-    if config["dataset"]["kind"] == "synthetic":  # one dataset (made with `seed`) for every seed's run
-        return {"instances": f"data/synthetic/{EXP}/instances.json", "images": f"data/synthetic/{EXP}/images"}
+    if (
+        config["dataset"]["kind"] == "synthetic"
+    ):  # one dataset (made with `seed`) for every seed's run
+        return {
+            "instances": f"data/synthetic/{EXP}/instances.json",
+            "images": f"data/synthetic/{EXP}/images",
+        }
     return {}
 
 
@@ -61,7 +73,8 @@ def weights_file(value: str) -> str:
     """The local file a config value naming weights stands for (maskless/models/registry.py): an existing
     path stays itself; a registry name (or one of config weights.extra) becomes <weights.cache>/<file>, which
     rule fetch_weights downloads. A name whose file is missing and whose host is unreachable stops the
-    workflow here, before any job, with the URL to fetch by hand and the path to put it at."""
+    workflow here, before any job, with the URL to fetch by hand and the path to put it at.
+    """
     section = config.get("weights") or {}
     return require_weights(value, section.get("cache", "weights"), section.get("extra"))
 
@@ -94,8 +107,11 @@ def eval_set():
 
 def eval_shard_paths(wildcards, shard_template):
     """One store per shard of the evaluation manifest (the checkpoint ingest_eval makes it); `shard_template`
-    is a maskless.evalset path with a {shard} wildcard, formatted with the wildcards and each shard number."""
-    manifest = checkpoints.ingest_eval.get(experiment=wildcards.experiment).output.manifest
+    is a maskless.evalset path with a {shard} wildcard, formatted with the wildcards and each shard number.
+    """
+    manifest = checkpoints.ingest_eval.get(
+        experiment=wildcards.experiment
+    ).output.manifest
     n = num_shards(manifest, config["freemask"]["shard_size"])
     return [shard_template.format(**dict(wildcards.items()), shard=k) for k in range(n)]
 
@@ -112,14 +128,18 @@ def freemask_scored(wildcards):
 
 def solo_scored(wildcards):
     """The SOLO results of a variant and round that eval_solo scores."""
-    return evalset.solo_results(config, wildcards.experiment, wildcards.variant, wildcards.round)
+    return evalset.solo_results(
+        config, wildcards.experiment, wildcards.variant, wildcards.round
+    )
 
 
 def training_masks(experiment, variant, round, shard=None):
     """Masks SOLO round `round` trains on: Free Mask for round 0 (the ground truth for the oracle), else that
     round's relabelled predictions."""
     if round == 0:
-        base = f"results/{experiment}/" + ("data/gt_masks/" if variant == "oracle" else "freemask/")
+        base = f"results/{experiment}/" + (
+            "data/gt_masks/" if variant == "oracle" else "freemask/"
+        )
         return base + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
     base = f"results/{experiment}/solo/{variant}/round{round}/"
     return base + ("labels.parquet" if shard is None else f"labels/{shard}.zarr")
@@ -128,19 +148,31 @@ def training_masks(experiment, variant, round, shard=None):
 def solo_train_inputs(wildcards):
     r, exp, variant = int(wildcards.round), wildcards.experiment, wildcards.variant
     if r > variant_rounds(variant):
-        raise ValueError(f"SOLO {variant} round {r} asked for, but the config gives it {variant_rounds(variant)} "
-                         f"self-training rounds (selftrain.rounds, exemplar.rounds)")
-    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "masks": training_masks(exp, variant, r),
-              "backbone": f"results/{exp}/pretrain/backbone.pt"}
+        raise ValueError(
+            f"SOLO {variant} round {r} asked for, but the config gives it {variant_rounds(variant)} "
+            f"self-training rounds (selftrain.rounds, exemplar.rounds)"
+        )
+    inputs = {
+        "manifest": f"results/{exp}/data/manifest.parquet",
+        "masks": training_masks(exp, variant, r),
+        "backbone": f"results/{exp}/pretrain/backbone.pt",
+    }
     if r > 0 and config["selftrain"]["init"] == "finetune":
         inputs["init"] = f"results/{exp}/solo/{variant}/round{r - 1}/model.pt"
     if variant.startswith("exemplar_n"):
-        inputs["pool"] = f"results/{exp}/exemplar/n{variant.removeprefix('exemplar_n')}/pool"
+        inputs["pool"] = (
+            f"results/{exp}/exemplar/n{variant.removeprefix('exemplar_n')}/pool"
+        )
     return inputs
 
 
 def relabel_inputs(wildcards):
-    r, exp, k, variant = int(wildcards.round), wildcards.experiment, wildcards.shard, wildcards.variant
+    r, exp, k, variant = (
+        int(wildcards.round),
+        wildcards.experiment,
+        wildcards.shard,
+        wildcards.variant,
+    )
     if r < 1:
         raise ValueError("relabelled masks exist for self-training rounds >= 1 only")
     inputs = {"predictions": f"results/{exp}/solo/{variant}/round{r - 1}/pred/{k}.zarr"}
@@ -152,7 +184,9 @@ def relabel_inputs(wildcards):
 def solo_variants():
     """FreeSOLO, Exemplar-FreeSOLO per exemplar count, and the oracle (SOLO on the ground truth) if asked."""
     oracle = ["oracle"] if config["oracles"] else []
-    return ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]] + oracle
+    return (
+        ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]] + oracle
+    )
 
 
 def variant_rounds(variant):
@@ -176,13 +210,19 @@ def instance_evals(wildcards):
         return []
     return [f"results/{wildcards.experiment}/eval/freemask/metrics.parquet"] + [
         f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
-        for v in solo_variants() for r in range(variant_rounds(v) + 1)]
+        for v in solo_variants()
+        for r in range(variant_rounds(v) + 1)
+    ]
 
 
 def mask_sets():
     if not (instances_on() and has_ground_truth()):
         return []
-    return ["freemask"] + [f"{v}_round{r}" for v in solo_variants() for r in range(1, variant_rounds(v) + 1)]
+    return ["freemask"] + [
+        f"{v}_round{r}"
+        for v in solo_variants()
+        for r in range(1, variant_rounds(v) + 1)
+    ]
 
 
 def mask_set_index(wildcards):
@@ -196,14 +236,23 @@ def backbone_file(section, exp):
     """The backbone checkpoint of stego / freemask (config <section>.backbone): the pretrain stage's, or the
     file a path or named weight stands for (weights_file)."""
     value = config[section]["backbone"]
-    return f"results/{exp}/pretrain/backbone.pt" if value == "pretrain" else weights_file(value)
+    return (
+        f"results/{exp}/pretrain/backbone.pt"
+        if value == "pretrain"
+        else weights_file(value)
+    )
 
 
 def stego_train_inputs(wildcards):
     exp = wildcards.experiment
-    inputs = {"manifest": f"results/{exp}/data/manifest.parquet", "backbone": backbone_file("stego", exp)}
+    inputs = {
+        "manifest": f"results/{exp}/data/manifest.parquet",
+        "backbone": backbone_file("stego", exp),
+    }
     if has_ground_truth():
-        inputs["gt"] = f"results/{exp}/data/instances_gt.json"  # the linear probe (evaluation only)
+        inputs["gt"] = (
+            f"results/{exp}/data/instances_gt.json"  # the linear probe (evaluation only)
+        )
     return inputs
 
 
@@ -214,7 +263,9 @@ def stego_evals(wildcards):
 
 def pct_on():
     """PCT runs on the dataset's ground truth or on the user files of pct.data."""
-    return config["pct"]["enabled"] and (has_ground_truth() or config["pct"]["data"] is not None)
+    return config["pct"]["enabled"] and (
+        has_ground_truth() or config["pct"]["data"] is not None
+    )
 
 
 def pct_families():
@@ -224,15 +275,25 @@ def pct_families():
 
     budgets = [budget_name(ratio=r) for r in config["pct"]["ratios"]]
     budgets += [budget_name(count=n) for n in config["pct"]["counts"]]
-    return [(b, "ctr" if c else "plain") for b in budgets for c in config["pct"]["contextrast"]]
+    return [
+        (b, "ctr" if c else "plain")
+        for b in budgets
+        for c in config["pct"]["contextrast"]
+    ]
 
 
 def pct_data_inputs(wildcards):
     """The image manifest and label source of the PCT rules: the dataset's (ingest), or pct.data's (pct_data)."""
     exp = wildcards.experiment
     if config["pct"]["data"] is None:
-        return {"manifest": f"results/{exp}/data/manifest.parquet", "gt": f"results/{exp}/data/instances_gt.json"}
-    return {"manifest": f"results/{exp}/pct/data/manifest.parquet", "gt": f"results/{exp}/pct/data/labels.json"}
+        return {
+            "manifest": f"results/{exp}/data/manifest.parquet",
+            "gt": f"results/{exp}/data/instances_gt.json",
+        }
+    return {
+        "manifest": f"results/{exp}/pct/data/manifest.parquet",
+        "gt": f"results/{exp}/pct/data/labels.json",
+    }
 
 
 def pct_split_params():
@@ -244,7 +305,10 @@ def pct_split_params():
 
 
 def pct_train_inputs(wildcards, kind):
-    exp, base = wildcards.experiment, f"results/{wildcards.experiment}/pct/{wildcards.budget}"
+    exp, base = (
+        wildcards.experiment,
+        f"results/{wildcards.experiment}/pct/{wildcards.budget}",
+    )
     inputs = {"split": f"{base}/split.json", **pct_data_inputs(wildcards)}
     if config["pct"]["backbone"] == "pretrain":
         inputs["backbone"] = f"results/{exp}/pretrain/backbone.pt"
@@ -256,9 +320,23 @@ def pct_train_inputs(wildcards, kind):
 def pct_train_params(kind):
     """Params of the three training rules (they differ only by kind and inputs). Left out: the split's keys
     (eval_fraction, stratified: the split file is an input) and pct.train.num_workers, which does not change
-    the result, so changing it must rerun nothing (the stage reads it from the config)."""
-    pct = section_params(config, "pct", exclude=("threads", "enabled", "ratios", "counts", "contextrast",
-                                                 "pseudo", "data", "eval_fraction", "stratified"))
+    the result, so changing it must rerun nothing (the stage reads it from the config).
+    """
+    pct = section_params(
+        config,
+        "pct",
+        exclude=(
+            "threads",
+            "enabled",
+            "ratios",
+            "counts",
+            "contextrast",
+            "pseudo",
+            "data",
+            "eval_fraction",
+            "stratified",
+        ),
+    )
     pct["train"] = {k: v for k, v in pct["train"].items() if k != "num_workers"}
     return dict(
         kind=kind,
@@ -273,7 +351,10 @@ def pct_train_params(kind):
 def pct_evals(wildcards):
     if not pct_on():
         return []
-    return [f"results/{wildcards.experiment}/eval/pct/{b}/{m}/metrics.parquet" for b, m in pct_families()]
+    return [
+        f"results/{wildcards.experiment}/eval/pct/{b}/{m}/metrics.parquet"
+        for b, m in pct_families()
+    ]
 
 
 def report_files(exp):
@@ -281,32 +362,64 @@ def report_files(exp):
     makes: field -> path, or -> [path] (metrics), or -> {key: path} with the key saying what the file is of
     (variant and round, budget and mode (and PCT run), exemplar count)."""
     wc, ev = SimpleNamespace(experiment=exp), eval_set() is not None
-    files = {"manifest": f"results/{exp}/data/manifest.parquet",
-             "metrics": instance_evals(wc) + stego_evals(wc)}
+    files = {
+        "manifest": f"results/{exp}/data/manifest.parquet",
+        "metrics": instance_evals(wc) + stego_evals(wc),
+    }
     if has_ground_truth():
         files["ground_truth"] = f"results/{exp}/data/instances_gt.json"
     if ev:
         files["eval_manifest"] = evalset.EVAL_MANIFEST.format(experiment=exp)
         files["eval_ground_truth"] = evalset.EVAL_GT.format(experiment=exp)
-    stego_pretrain = config["stego"]["enabled"] and config["stego"]["backbone"] == "pretrain"
-    if instances_on() or stego_pretrain or (pct_on() and config["pct"]["backbone"] == "pretrain"):
+    stego_pretrain = (
+        config["stego"]["enabled"] and config["stego"]["backbone"] == "pretrain"
+    )
+    if (
+        instances_on()
+        or stego_pretrain
+        or (pct_on() and config["pct"]["backbone"] == "pretrain")
+    ):
         files["pretrain_loss"] = f"results/{exp}/pretrain/loss.csv"
     if instances_on():
-        files["freemask"] = (evalset.FREEMASK_EVAL_INDEX.format(experiment=exp) if ev
-                             else f"results/{exp}/freemask/index.parquet")
+        files["freemask"] = (
+            evalset.FREEMASK_EVAL_INDEX.format(experiment=exp)
+            if ev
+            else f"results/{exp}/freemask/index.parquet"
+        )
         # every round's predictions where the rounds are scored, else the last round's (run_outputs)
-        files["solo"] = {(v, r): evalset.solo_index(config, exp, v, r) for v in solo_variants()
-                         for r in (range(variant_rounds(v) + 1) if instance_evals(wc) else [variant_rounds(v)])}
-        files["solo_losses"] = {(v, r): f"results/{exp}/solo/{v}/round{r}/loss.csv"
-                                for v in solo_variants() for r in range(variant_rounds(v) + 1)}
-        files["pools"] = {n: f"results/{exp}/exemplar/n{n}/pool" for n in config["exemplar"]["counts"]}
+        files["solo"] = {
+            (v, r): evalset.solo_index(config, exp, v, r)
+            for v in solo_variants()
+            for r in (
+                range(variant_rounds(v) + 1)
+                if instance_evals(wc)
+                else [variant_rounds(v)]
+            )
+        }
+        files["solo_losses"] = {
+            (v, r): f"results/{exp}/solo/{v}/round{r}/loss.csv"
+            for v in solo_variants()
+            for r in range(variant_rounds(v) + 1)
+        }
+        files["pools"] = {
+            n: f"results/{exp}/exemplar/n{n}/pool" for n in config["exemplar"]["counts"]
+        }
     if config["stego"]["enabled"]:
-        files |= {"backbone": backbone_file("stego", exp), "stego": f"results/{exp}/stego/model.pt",
-                  "stego_loss": f"results/{exp}/stego/loss.csv"}
+        files |= {
+            "backbone": backbone_file("stego", exp),
+            "stego": f"results/{exp}/stego/model.pt",
+            "stego_loss": f"results/{exp}/stego/loss.csv",
+        }
     if pct_on():
-        files["pct"] = {(b, m): f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()}
-        files["pct_losses"] = {(b, m, run): f"results/{exp}/pct/{b}/{m}/{run}/loss.csv"
-                               for b, m in pct_families() for run in ("strong_only", "pct", "retrain")}
+        files["pct"] = {
+            (b, m): f"results/{exp}/pct/{b}/{m}/retrain/model.pt"
+            for b, m in pct_families()
+        }
+        files["pct_losses"] = {
+            (b, m, run): f"results/{exp}/pct/{b}/{m}/{run}/loss.csv"
+            for b, m in pct_families()
+            for run in ("strong_only", "pct", "retrain")
+        }
         files["pct_metrics"] = dict(zip(pct_families(), pct_evals(wc)))
         if config["pct"]["data"] is not None:
             data = pct_data_inputs(wc)
@@ -318,29 +431,41 @@ def report_inputs(wildcards):
     """The named inputs of the report figures: report_files' paths, and as "after" everything else the run
     makes, so the report figures come last."""
     files = report_files(wildcards.experiment)
-    return {**{n: list(v.values()) if isinstance(v, dict) else v for n, v in files.items()},
-            "after": run_outputs(wildcards.experiment, report=False)}
+    return {
+        **{n: list(v.values()) if isinstance(v, dict) else v for n, v in files.items()},
+        "after": run_outputs(wildcards.experiment, report=False),
+    }
 
 
 def report_keys(wildcards):
     """The keys of report_files' keyed inputs, in their paths' order (a param: the figures name them)."""
-    return {name: [list(k) if isinstance(k, tuple) else k for k in v]
-            for name, v in report_files(wildcards.experiment).items() if isinstance(v, dict)}
+    return {
+        name: [list(k) if isinstance(k, tuple) else k for k in v]
+        for name, v in report_files(wildcards.experiment).items()
+        if isinstance(v, dict)
+    }
 
 
 def pct_budget_texts():
     """The PCT budgets as the metric rows write them after "@" (0.125, 92)."""
     from maskless.pct.budget import budget_text
 
-    return list(dict.fromkeys(budget_text(b) for b, _ in pct_families())) if pct_on() else []
+    return (
+        list(dict.fromkeys(budget_text(b) for b, _ in pct_families()))
+        if pct_on()
+        else []
+    )
 
 
-PCT_ORACLE_BUDGET = "ratio1"  # every training image labelled (rule pct_eval_oracle's paths)
+PCT_ORACLE_BUDGET = (
+    "ratio1"  # every training image labelled (rule pct_eval_oracle's paths)
+)
 
 
 def pct_oracle_on():
     """PCT's oracle (config `oracles`, the dataset's ground truth): the strong-only net with every training
-    image labelled (budget ratio1, plain), scored on the held-out images like every PCT model."""
+    image labelled (budget ratio1, plain), scored on the held-out images like every PCT model.
+    """
     return bool(config["oracles"]) and pct_on() and config["pct"]["data"] is None
 
 
@@ -353,7 +478,11 @@ def pct_oracle_text():
 
 def pct_oracle_evals(wildcards):
     exp = wildcards.experiment
-    return [f"results/{exp}/eval/pct/{PCT_ORACLE_BUDGET}/oracle/metrics.parquet"] if pct_oracle_on() else []
+    return (
+        [f"results/{exp}/eval/pct/{PCT_ORACLE_BUDGET}/oracle/metrics.parquet"]
+        if pct_oracle_on()
+        else []
+    )
 
 
 def run_metrics(exp):
@@ -372,19 +501,33 @@ def run_outputs(exp, report=True):
     # images' are only made where a self-training round relabels them).
     out = []
     if instances_on():
-        out += [f"results/{exp}/freemask/index.parquet", f"results/{exp}/freemask/annotations.json",
-                *[evalset.solo_index(config, exp, v, variant_rounds(v)) for v in solo_variants()]]
+        out += [
+            f"results/{exp}/freemask/index.parquet",
+            f"results/{exp}/freemask/annotations.json",
+            *[
+                evalset.solo_index(config, exp, v, variant_rounds(v))
+                for v in solo_variants()
+            ],
+        ]
     if config["stego"]["enabled"]:
         out.append(f"results/{exp}/stego/model.pt")
     wc = SimpleNamespace(experiment=exp)
-    if instance_evals(wc) or stego_evals(wc) or (pct_on() and config["pct"]["data"] is None):
+    if (
+        instance_evals(wc)
+        or stego_evals(wc)
+        or (pct_on() and config["pct"]["data"] is None)
+    ):
         out.append(f"results/{exp}/tables/metrics.md")
     if mask_sets():
         out.append(f"results/{exp}/tables/mask_quality.md")
     if pct_on():
-        out += [f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()] + pct_oracle_evals(wc)
+        out += [
+            f"results/{exp}/pct/{b}/{m}/retrain/model.pt" for b, m in pct_families()
+        ] + pct_oracle_evals(wc)
         if config["pct"]["data"] is not None:
-            out.append(f"results/{exp}/tables/pct.md")  # the PCT table (metrics.md needs instance ground truth)
+            out.append(
+                f"results/{exp}/tables/pct.md"
+            )  # the PCT table (metrics.md needs instance ground truth)
     if report and config["report"]["enabled"]:
         out.append(f"results/{exp}/report")
     return out

@@ -2,8 +2,6 @@
 
 
 rule synthetic:
-    wildcard_constraints:
-        experiment=re.escape(EXP),  # one dataset for every seed's run (dataset_source)
     output:
         instances="data/synthetic/{experiment}/instances.json",
         images=directory("data/synthetic/{experiment}/images"),
@@ -13,15 +11,17 @@ rule synthetic:
         "results/{experiment}/logs/synthetic.log",
     benchmark:
         "results/{experiment}/benchmarks/synthetic.tsv"
-    params:
-        synthetic=config["synthetic"],
-        seed=config["seed"],
+    wildcard_constraints:
+        experiment=re.escape(EXP),  # one dataset for every seed's run (dataset_source)
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        synthetic=config["synthetic"],
+        seed=config["seed"],
     script:
         "../stages/synthetic.py"
 
@@ -37,6 +37,12 @@ checkpoint ingest:
         "results/{experiment}/logs/ingest.log",
     benchmark:
         "results/{experiment}/benchmarks/ingest.tsv"
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,  # decodes every image once: ~241k for COCO train2017 + unlabeled2017
     params:
         kind=config["dataset"]["kind"],
         images=config["dataset"]["images"],
@@ -44,12 +50,6 @@ checkpoint ingest:
         on_bad_image=config["dataset"]["on_bad_image"],
         max_images=config["dataset"]["max_images"],
         inputs=DATASET_INPUTS,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=240,  # decodes every image once: ~241k for COCO train2017 + unlabeled2017
-    conda:
-        ENV
     script:
         "../stages/ingest.py"
 
@@ -67,6 +67,12 @@ if eval_set() is not None:
             "results/{experiment}/logs/ingest_eval.log",
         benchmark:
             "results/{experiment}/benchmarks/ingest_eval.tsv"
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=4000,
+            runtime=60,
         params:
             kind="coco",
             images=eval_set()["images"],
@@ -75,12 +81,6 @@ if eval_set() is not None:
             max_images=eval_set()["max_images"],
             split="eval",
             inputs=input_fingerprint(eval_set()["images"], eval_set()["annotations"]),
-        threads: 1
-        resources:
-            mem_mb=4000,
-            runtime=60,
-        conda:
-            ENV
         script:
             "../stages/ingest.py"
 
@@ -97,15 +97,15 @@ rule gt_masks_shard:
         store=directory("results/{experiment}/data/gt_masks/shards/{shard}.zarr"),
     log:
         "results/{experiment}/logs/gt_masks/{shard}.log",
-    params:
-        shard_size=config["freemask"]["shard_size"],
-        embedding_dim=config["freemask"]["embedding_dim"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        shard_size=config["freemask"]["shard_size"],
+        embedding_dim=config["freemask"]["embedding_dim"],
     script:
         "../stages/gt_masks.py"
 
@@ -118,14 +118,14 @@ rule gt_masks_index:
         index="results/{experiment}/data/gt_masks/index.parquet",
     log:
         "results/{experiment}/logs/gt_masks/index.log",
-    params:
-        max_dets=config["eval"]["max_dets"],
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
-    localrule: True
-    conda:
-        ENV
+    params:
+        max_dets=config["eval"]["max_dets"],
     script:
         "../stages/mask_index.py"

@@ -6,8 +6,6 @@ INSTANCE_OUTPUTS = {"freemask": freemask_scored}
 
 
 rule eval_instances:
-    wildcard_constraints:
-        stage="|".join(INSTANCE_OUTPUTS),
     input:
         gt=instance_gt,
         predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage](wc),
@@ -16,17 +14,19 @@ rule eval_instances:
         table="results/{experiment}/eval/{stage}/metrics.md",
     log:
         "results/{experiment}/logs/eval/{stage}.log",
+    wildcard_constraints:
+        stage="|".join(INSTANCE_OUTPUTS),
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
         round=0,
         stage=lambda wc: wc.stage,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../stages/eval_instances.py"
 
@@ -40,17 +40,17 @@ rule eval_solo:
         table="results/{experiment}/eval/{variant}/round{round}/metrics.md",
     log:
         "results/{experiment}/logs/eval/{variant}_round{round}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
         round=lambda wc: int(wc.round),
         stage=lambda wc: wc.variant,
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        ENV
     script:
         "../stages/eval_instances.py"
 
@@ -65,13 +65,13 @@ rule tables:
         paper=directory("results/{experiment}/tables/paper"),
     log:
         "results/{experiment}/logs/tables.log",
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    localrule: True
-    conda:
-        ENV
     script:
         "../stages/tables.py"
 
@@ -81,8 +81,6 @@ rule tables:
 
 
 rule mask_quality:
-    wildcard_constraints:
-        masks=r"freemask|(freesolo|exemplar_n\d+)_round\d+",
     input:
         index=mask_set_index,
         gt="results/{experiment}/data/instances_gt.json",
@@ -90,14 +88,16 @@ rule mask_quality:
         quality="results/{experiment}/eval/masks/{masks}.json",
     log:
         "results/{experiment}/logs/eval/masks_{masks}.log",
-    params:
-        name=lambda wc: wc.masks,
+    wildcard_constraints:
+        masks=r"freemask|(freesolo|exemplar_n\d+)_round\d+",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        name=lambda wc: wc.masks,
     script:
         "../stages/mask_quality.py"
 
@@ -109,13 +109,13 @@ rule mask_quality_table:
         table="results/{experiment}/tables/mask_quality.md",
     log:
         "results/{experiment}/logs/mask_quality_table.log",
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    localrule: True
-    conda:
-        ENV
     script:
         "../stages/mask_quality.py"
 
@@ -125,8 +125,6 @@ rule mask_quality_table:
 
 
 rule claims:
-    wildcard_constraints:
-        experiment=re.escape(EXP),
     input:
         claims_inputs,
     output:
@@ -134,6 +132,15 @@ rule claims:
         json="results/{experiment}/tables/claims.json",
     log:
         "results/{experiment}/logs/claims.log",
+    wildcard_constraints:
+        experiment=re.escape(EXP),
+    localrule: True
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         seeds=config["seeds"],
         exemplar_counts=config["exemplar"]["counts"] if instances_on() else [],
@@ -142,12 +149,5 @@ rule claims:
         pct_budgets=lambda wc: pct_budget_texts(),
         pct_modes=["ctr" if c else "plain" for c in config["pct"]["contextrast"]],
         pct_oracle=lambda wc: pct_oracle_text(),
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    localrule: True
-    conda:
-        ENV
     script:
         "../stages/claims.py"

@@ -14,17 +14,19 @@ rule exemplar_pool:
         "results/{experiment}/logs/exemplar/n{n_exemplars}.log",
     benchmark:
         "results/{experiment}/benchmarks/exemplar/n{n_exemplars}.tsv"
-    params:
-        pool=section_params(config, "exemplar", exclude=("counts", "eec", "threads", "rounds")),
-        n_exemplars=lambda wc: int(wc.n_exemplars),
-        seed=seed_param,
-        device=config["device"],
+    conda:
+        ENV
     threads: config["exemplar"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
-    conda:
-        ENV
+    params:
+        pool=section_params(
+            config, "exemplar", exclude=("counts", "eec", "threads", "rounds")
+        ),
+        n_exemplars=lambda wc: int(wc.n_exemplars),
+        seed=seed_param,
+        device=config["device"],
     script:
         "../stages/exemplar_pool.py"

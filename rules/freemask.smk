@@ -12,20 +12,22 @@ rule freemask_shard:
         "results/{experiment}/logs/freemask/{shard}.log",
     benchmark:
         "results/{experiment}/benchmarks/freemask/{shard}.tsv"
-    params:
-        freemask=section_params(
-            config, "freemask", exclude=("enabled", "threads", "shard_size", "batch_size", "backbone")
-        ),
-        shard_size=config["freemask"]["shard_size"],
-        batch_size=config["freemask"]["batch_size"],
-        device=config["device"],
+    conda:
+        ENV
     threads: config["freemask"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=1,
-    conda:
-        ENV
+    params:
+        freemask=section_params(
+            config,
+            "freemask",
+            exclude=("enabled", "threads", "shard_size", "batch_size", "backbone"),
+        ),
+        shard_size=config["freemask"]["shard_size"],
+        batch_size=config["freemask"]["batch_size"],
+        device=config["device"],
     script:
         "../stages/freemask_shard.py"
 
@@ -40,14 +42,14 @@ rule freemask_index:
         annotations="results/{experiment}/freemask/annotations.json",
     log:
         "results/{experiment}/logs/freemask_index.log",
-    params:
-        max_dets=config["eval"]["max_dets"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        max_dets=config["eval"]["max_dets"],
     script:
         "../stages/mask_index.py"
 

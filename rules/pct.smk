@@ -14,14 +14,14 @@ rule pct_data:
         "results/{experiment}/logs/pct/data.log",
     benchmark:
         "results/{experiment}/benchmarks/pct/data.tsv"
-    params:
-        data=config["pct"]["data"],
+    conda:
+        ENV
     threads: config["pct"]["threads"]
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        ENV
+    params:
+        data=config["pct"]["data"],
     script:
         "../stages/pct_data.py"
 
@@ -33,14 +33,14 @@ rule pct_split:
         split="results/{experiment}/pct/{budget}/split.json",
     log:
         "results/{experiment}/logs/pct/{budget}/split.log",
-    params:
-        **pct_split_params(),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        ENV
+    params:
+        **pct_split_params(),
     script:
         "../stages/pct_split.py"
 
@@ -55,16 +55,16 @@ rule pct_strong_only:
         "results/{experiment}/logs/pct/{budget}/{mode}/strong_only.log",
     benchmark:
         "results/{experiment}/benchmarks/pct/{budget}/{mode}/strong_only.tsv"
-    params:
-        **pct_train_params("strong_only"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/strong_only",
+    conda:
+        ENV
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=config["train_processes"],
-    conda:
-        ENV
+    params:
+        **pct_train_params("strong_only"),
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/strong_only",
     script:
         "../stages/pct_train.py"
 
@@ -79,16 +79,16 @@ rule pct_train:
         "results/{experiment}/logs/pct/{budget}/{mode}/pct.log",
     benchmark:
         "results/{experiment}/benchmarks/pct/{budget}/{mode}/pct.tsv"
-    params:
-        **pct_train_params("pct"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/pct",
+    conda:
+        ENV
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=config["train_processes"],
-    conda:
-        ENV
+    params:
+        **pct_train_params("pct"),
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/pct",
     script:
         "../stages/pct_train.py"
 
@@ -104,17 +104,17 @@ rule pct_pseudo:
         "results/{experiment}/logs/pct/{budget}/{mode}/pseudo.log",
     benchmark:
         "results/{experiment}/benchmarks/pct/{budget}/{mode}/pseudo.tsv"
-    params:
-        input_size=config["pct"]["train"]["input_size"],
-        pseudo=config["pct"]["pseudo"],
-        device=config["device"],
+    conda:
+        ENV
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
         runtime=60,
         gpu=1,
-    conda:
-        ENV
+    params:
+        input_size=config["pct"]["train"]["input_size"],
+        pseudo=config["pct"]["pseudo"],
+        device=config["device"],
     script:
         "../stages/pct_pseudo.py"
 
@@ -129,16 +129,16 @@ rule pct_retrain:
         "results/{experiment}/logs/pct/{budget}/{mode}/retrain.log",
     benchmark:
         "results/{experiment}/benchmarks/pct/{budget}/{mode}/retrain.tsv"
-    params:
-        **pct_train_params("retrain"),
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/retrain",
+    conda:
+        ENV
     threads: config["pct"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=config["train_processes"],
-    conda:
-        ENV
+    params:
+        **pct_train_params("retrain"),
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/pct/{wc.budget}/{wc.mode}/retrain",
     script:
         "../stages/pct_train.py"
 
@@ -158,6 +158,12 @@ rule pct_eval:
         "results/{experiment}/logs/eval/pct_{budget}_{mode}.log",
     benchmark:
         "results/{experiment}/benchmarks/eval/pct_{budget}_{mode}.tsv"
+    conda:
+        ENV
+    threads: config["pct"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         budget=lambda wc: wc.budget,
         mode=lambda wc: wc.mode,
@@ -165,12 +171,6 @@ rule pct_eval:
         pseudo=config["pct"]["pseudo"],
         dataset=config["dataset"]["name"],
         device=config["device"],
-    threads: config["pct"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        ENV
     script:
         "../stages/pct_eval.py"
 
@@ -203,12 +203,12 @@ rule pct_tables:
         table="results/{experiment}/tables/pct.md",
     log:
         "results/{experiment}/logs/pct_tables.log",
+    localrule: True
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    localrule: True
-    conda:
-        ENV
     script:
         "../stages/pct_tables.py"

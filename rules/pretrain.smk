@@ -4,8 +4,8 @@
 
 rule pretrain:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
         **pretrain_given(),  # named weights: their cache file, fetched by rule fetch_weights (rules/weights.smk)
+        manifest="results/{experiment}/data/manifest.parquet",
     output:
         weights="results/{experiment}/pretrain/backbone.pt",
         loss_log="results/{experiment}/pretrain/loss.csv",
@@ -13,6 +13,13 @@ rule pretrain:
         "results/{experiment}/logs/pretrain.log",
     benchmark:
         "results/{experiment}/benchmarks/pretrain.tsv"
+    conda:
+        ENV
+    threads: config["pretrain"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=config["train_processes"],
     params:
         densecl=section_params(config, "pretrain", exclude=("threads", "weights")),
         weights=config["pretrain"]["weights"],
@@ -21,12 +28,5 @@ rule pretrain:
         processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
         # Resumable state lives outside the outputs: Snakemake deletes outputs before a job starts.
         state_dir=lambda wc: f"results/{wc.experiment}/_state/pretrain",
-    threads: config["pretrain"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=config["train_processes"],
-    conda:
-        ENV
     script:
         "../stages/pretrain.py"

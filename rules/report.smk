@@ -15,15 +15,15 @@ rule report_figures:
         ),
     log:
         "results/{experiment}/logs/report_figures.log",
-    params:
-        n_images=config["report"]["n_images"],
-        device=config["device"],
-        input_keys=report_keys,  # what each file of a keyed input is of (variant and round, budget and mode, ...)
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        n_images=config["report"]["n_images"],
+        device=config["device"],
+        input_keys=report_keys,  # what each file of a keyed input is of (variant and round, budget and mode, ...)
     script:
         "../stages/report_figures.py"

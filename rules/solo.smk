@@ -15,23 +15,31 @@ rule solo_train:
         "results/{experiment}/logs/solo/{variant}/round{round}/train.log",
     benchmark:
         "results/{experiment}/benchmarks/solo/{variant}/round{round}/train.tsv"
-    params:
-        solo=section_params(config, "solo", exclude=("threads", "predict_threads", "predict_batch_size", "inference")),
-        arch=config["pretrain"]["arch"],
-        emb_dim=config["freemask"]["embedding_dim"],
-        init=lambda wc: "pretrained" if int(wc.round) == 0 else config["selftrain"]["init"],
-        seed=seed_param,
-        device=config["device"],
-        eec=lambda wc: config["exemplar"]["eec"] if wc.variant.startswith("exemplar_n") else None,
-        processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/{wc.variant}/round{wc.round}",
+    conda:
+        ENV
     threads: config["solo"]["threads"]
     resources:
         mem_mb=8000,
         runtime=480,
         gpu=config["train_processes"],
-    conda:
-        ENV
+    params:
+        solo=section_params(
+            config,
+            "solo",
+            exclude=("threads", "predict_threads", "predict_batch_size", "inference"),
+        ),
+        arch=config["pretrain"]["arch"],
+        emb_dim=config["freemask"]["embedding_dim"],
+        init=lambda wc: (
+            "pretrained" if int(wc.round) == 0 else config["selftrain"]["init"]
+        ),
+        seed=seed_param,
+        device=config["device"],
+        eec=lambda wc: (
+            config["exemplar"]["eec"] if wc.variant.startswith("exemplar_n") else None
+        ),
+        processes=config["train_processes"],  # data-parallel training processes (maskless/dist.py)
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/solo/{wc.variant}/round{wc.round}",
     script:
         "../stages/solo_train.py"
 
@@ -41,24 +49,26 @@ rule solo_predict:
         manifest="results/{experiment}/data/manifest.parquet",
         weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
     output:
-        store=directory("results/{experiment}/solo/{variant}/round{round}/pred/{shard}.zarr"),
+        store=directory(
+            "results/{experiment}/solo/{variant}/round{round}/pred/{shard}.zarr"
+        ),
     log:
         "results/{experiment}/logs/solo/{variant}/round{round}/pred_{shard}.log",
     benchmark:
         "results/{experiment}/benchmarks/solo/{variant}/round{round}/pred_{shard}.tsv"
+    conda:
+        ENV
+    threads: config["solo"]["predict_threads"]
+    resources:
+        mem_mb=4000,
+        runtime=60,
+        gpu=1,
     params:
         inference=config["solo"]["inference"],
         input_size=config["solo"]["input_size"],
         shard_size=config["freemask"]["shard_size"],
         batch_size=config["solo"]["predict_batch_size"],
         device=config["device"],
-    threads: config["solo"]["predict_threads"]
-    resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1,
-    conda:
-        ENV
     script:
         "../stages/solo_predict.py"
 
@@ -72,14 +82,14 @@ rule solo_index:
         results="results/{experiment}/solo/{variant}/round{round}/results.json",
     log:
         "results/{experiment}/logs/solo/{variant}/round{round}/index.log",
-    params:
-        max_dets=config["eval"]["max_dets"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        max_dets=config["eval"]["max_dets"],
     script:
         "../stages/mask_index.py"
 
@@ -88,17 +98,19 @@ rule selftrain_relabel:
     input:
         unpack(relabel_inputs),
     output:
-        store=directory("results/{experiment}/solo/{variant}/round{round}/labels/{shard}.zarr"),
+        store=directory(
+            "results/{experiment}/solo/{variant}/round{round}/labels/{shard}.zarr"
+        ),
     log:
         "results/{experiment}/logs/solo/{variant}/round{round}/labels_{shard}.log",
-    params:
-        relabel=section_params(config, "selftrain", exclude=("rounds", "init")),
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        relabel=section_params(config, "selftrain", exclude=("rounds", "init")),
     script:
         "../stages/selftrain_relabel.py"
 
@@ -112,14 +124,14 @@ rule selftrain_labels_index:
         annotations="results/{experiment}/solo/{variant}/round{round}/labels.json",
     log:
         "results/{experiment}/logs/solo/{variant}/round{round}/labels_index.log",
-    params:
-        max_dets=config["eval"]["max_dets"],
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        ENV
+    params:
+        max_dets=config["eval"]["max_dets"],
     script:
         "../stages/mask_index.py"
 

@@ -15,21 +15,23 @@ rule stego_train:
         "results/{experiment}/logs/stego/train.log",
     benchmark:
         "results/{experiment}/benchmarks/stego/train.tsv"
-    params:
-        stage=section_params(
-            config, "stego", exclude=("threads", "enabled", "train", "flip", "crf", "backbone")
-        ),
-        train=config["stego"]["train"],
-        seed=seed_param,
-        device=config["device"],
-        state_dir=lambda wc: f"results/{wc.experiment}/_state/stego",
+    conda:
+        ENV
     threads: config["stego"]["threads"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=1,
-    conda:
-        ENV
+    params:
+        stage=section_params(
+            config,
+            "stego",
+            exclude=("threads", "enabled", "train", "flip", "crf", "backbone"),
+        ),
+        train=config["stego"]["train"],
+        seed=seed_param,
+        device=config["device"],
+        state_dir=lambda wc: f"results/{wc.experiment}/_state/stego",
     script:
         "../stages/stego_train.py"
 
@@ -47,20 +49,22 @@ rule stego_eval:
         "results/{experiment}/logs/eval/stego.log",
     benchmark:
         "results/{experiment}/benchmarks/eval/stego.tsv"
+    conda:
+        ENV
+    threads: config["stego"]["threads"]
+    resources:
+        mem_mb=8000,
+        runtime=60,
     params:
         stage=section_params(
-            config, "stego", exclude=("threads", "enabled", "train", "flip", "crf", "backbone")
+            config,
+            "stego",
+            exclude=("threads", "enabled", "train", "flip", "crf", "backbone"),
         ),
         flip=config["stego"]["flip"],
         crf=config["stego"]["crf"],
         dataset=config["dataset"]["name"],
         seed=seed_param,
         device=config["device"],
-    threads: config["stego"]["threads"]
-    resources:
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        ENV
     script:
         "../stages/stego_eval.py"

@@ -1,6 +1,6 @@
 """Rule pct_data: check the user files of pct.data once; write the PCT image manifest and labels.json."""
 
-from maskless.pct.stage import run_pct_data
+from maskless.data.voc import run_pct_data
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

@@ -8,7 +8,7 @@ Data, two sources (the `gt` input of every PCT rule says which):
   is drawn first, with the seed only, so it is the same for every label budget and no model ever trains
   on it. The label maps of a split are read into memory at once (one read of the instances JSON).
 - User files (pct.data: images, PNG labels, an optional tag table, train and val lists; PASCAL VOC with
-  SBD's SegmentationClassAug is the reference layout). Rule pct_data (run_pct_data) checks every listed
+  SBD's SegmentationClassAug is the reference layout). Rule pct_data (maskless.data.voc.run_pct_data) checks every listed
   file once and writes results/<exp>/pct/data/manifest.parquet (ids 1..N by sorted image stem, split
   "train" / "val") and labels.json (format maskless-pct-labels: classes, ignore value, each image's stem,
   label PNG and the tags of its mask and, with a table, of the table). The val list is the held-out
@@ -16,7 +16,7 @@ Data, two sources (the `gt` input of every PCT rule says which):
   strong image's are its mask's, and must equal the table's when a table is given (validate_tags, naming
   the image and both files); a weak image's come from the table when given, else from its PNG mask (as the
   PCT paper does on VOC); a held-out image's from its mask. Label maps are read from their PNGs when used.
-Images are read when used (a lazy sequence, `LazyMaps`), in either mode: the training loop indexes them per
+Images are read when used (a lazy sequence, maskless.pct.labels.LazyMaps), in either mode: the training loop indexes them per
 batch, pseudo-labelling and evaluation stream them one at a time, and evaluation accumulates confusion
 matrices, so no stage holds a whole split's pixels. The sequences also describe their items without reading
 them (maskless.pct.train, "Lazy data"): images by the manifest's content hash, height and width, label and
@@ -44,23 +44,19 @@ Evaluation rows (iou_type "semantic", metrics mIoU and Acc; stage "<name>[+ctr]@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from collections.abc import Sequence as SequenceABC
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from maskless.data.images import load_rgb
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
 from maskless.pct.budget import parse_budget
+from maskless.pct.labels import (LazyMaps, is_file_source, label_maps, lazy_images, load_labels,
+                                 read_format, read_label_source, read_pseudo)
 from maskless.pct.split import held_out_count, split_ids, tags_from_label_map
 
 log = logging.getLogger(__name__)
@@ -68,7 +64,6 @@ log = logging.getLogger(__name__)
 KINDS = ("strong_only", "pct", "retrain")
 MODES = ("plain", "ctr")
 SPLIT_FORMAT = "maskless-pct-split"
-LABELS_FORMAT = "maskless-pct-labels"
 
 
 @dataclass(frozen=True)
@@ -101,185 +96,6 @@ class SplitParams:
 
     def budget_fields(self) -> dict:
         return {"ratio": self.ratio} if self.ratio is not None else {"count": self.count}
-
-
-# ---------------------------------------------------------------- lazy image and label sequences
-
-
-def _const(x):
-    return x
-
-
-def _file_key(kind: str, path: str) -> str:
-    """Content key of an item decoded from a file: how it is decoded and the file's sha256."""
-    from maskless.data.images import sha256_file
-
-    return f"{kind} sha256 {sha256_file(path)}"
-
-
-def _array_key(x) -> str:
-    """Content key of an in-memory array: dtype, shape and the sha256 of its bytes."""
-    import hashlib
-
-    a = np.ascontiguousarray(x)
-    return f"array {a.dtype} {tuple(a.shape)} sha256 {hashlib.sha256(a.data).hexdigest()}"
-
-
-class LazyMaps(SequenceABC):
-    """A read-only sequence whose items are made when accessed: item i is thunks[i]() (None where thunks[i]
-    is None). Picklable when the thunks are (functools.partial of module-level functions), so it can cross
-    to spawned training processes and DataLoader workers; slicing gives another LazyMaps.
-
-    It may also describe its items without making them (maskless.pct.train, "Lazy data"): keys[i] a string
-    naming item i's content (file hash and decoding; or a thunk returning it), paths[i] the file it is read
-    from (for messages), shapes[i] its (H, W). content_keys(), source_paths() and known_shapes() return
-    them (content_keys and known_shapes None when some non-None item lacks one); present_items() says which
-    items are not None."""
-
-    def __init__(self, thunks: Sequence[Callable[[], object] | None], *, keys: Sequence | None = None,
-                 paths: Sequence[str | None] | None = None, shapes: Sequence[tuple[int, int] | None] | None = None):
-        self._thunks = list(thunks)
-        n = len(self._thunks)
-        self._keys = list(keys) if keys is not None else [None] * n
-        self._paths = list(paths) if paths is not None else [None] * n
-        self._shapes = [None if s is None else tuple(int(v) for v in s) for s in shapes] if shapes is not None \
-            else [None] * n
-        if not len(self._keys) == len(self._paths) == len(self._shapes) == n:
-            raise ValueError(f"LazyMaps: {n} thunks but {len(self._keys)} keys, {len(self._paths)} paths and "
-                             f"{len(self._shapes)} shapes")
-
-    @classmethod
-    def concat(cls, *parts: Sequence) -> "LazyMaps":
-        """One LazyMaps of several sequences (LazyMaps, or lists whose items are kept as they are; an
-        in-memory array is keyed by its bytes and shaped by its shape)."""
-        thunks: list = []
-        keys: list = []
-        paths: list = []
-        shapes: list = []
-        for part in parts:
-            if isinstance(part, LazyMaps):
-                thunks += part._thunks
-                keys += part._keys
-                paths += part._paths
-                shapes += part._shapes
-            else:
-                for x in part:
-                    thunks.append(None if x is None else partial(_const, x))
-                    keys.append(None if x is None else partial(_array_key, x))
-                    paths.append(None)
-                    shapes.append(None if x is None or np.ndim(x) < 2 else tuple(np.shape(x)[:2]))
-        return cls(thunks, keys=keys, paths=paths, shapes=shapes)
-
-    def __len__(self) -> int:
-        return len(self._thunks)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return LazyMaps(self._thunks[i], keys=self._keys[i], paths=self._paths[i], shapes=self._shapes[i])
-        thunk = self._thunks[i]
-        return None if thunk is None else thunk()
-
-    def _complete(self, values: list) -> bool:
-        return all(v is not None for t, v in zip(self._thunks, values) if t is not None)
-
-    def present_items(self) -> list[bool]:
-        """Per item whether it is not None, without making it."""
-        return [t is not None for t in self._thunks]
-
-    def content_keys(self) -> list[str | None] | None:
-        """Per item its content key (None for a None item), without making the items; None when some item
-        has no key. Thunk keys (file hashes) are computed here."""
-        if not self._complete(self._keys):
-            return None
-        return [None if t is None else (k() if callable(k) else k) for t, k in zip(self._thunks, self._keys)]
-
-    def source_paths(self) -> list[str | None]:
-        """Per item the file it is read from, None where unknown or for a None item."""
-        return [None if t is None else p for t, p in zip(self._thunks, self._paths)]
-
-    def known_shapes(self) -> list[tuple[int, int] | None] | None:
-        """Per item its (H, W) without making it (None for a None item); None when some item's is unknown."""
-        if not self._complete(self._shapes):
-            return None
-        return [None if t is None else s for t, s in zip(self._thunks, self._shapes)]
-
-
-def _png_label(path: str, n_classes: int, ignore_index: int) -> np.ndarray:
-    from maskless.data.semantic import read_label_png
-
-    return read_label_png(path, n_classes=n_classes, ignore_index=ignore_index).astype(np.uint8)
-
-
-def _read_pseudo_png(path: str) -> np.ndarray:
-    import cv2
-
-    lab = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if lab is None or lab.ndim != 2:
-        raise ValueError(f"pseudo label {path} is missing or not a single-channel PNG")
-    return lab.astype(np.uint8)
-
-
-def load_labels(gt: str, ids: Sequence[int]) -> tuple[list[np.ndarray], int]:
-    """uint8 (H, W) label maps of `ids` from a COCO instances JSON, and the class count (background included)."""
-    from maskless.data.semantic import coco_labels, num_classes
-
-    k = num_classes(gt)
-    if k > 255:
-        raise ValueError(f"{gt}: {k - 1} categories; PCT label maps hold at most 254 classes (255 = ignore)")
-    return [lab.astype(np.uint8) for lab in coco_labels(gt, ids)], k
-
-
-def lazy_images(manifest: str, ids: Sequence[int]) -> LazyMaps:
-    """uint8 (H, W, 3) RGB images of `ids`, in that order, each read when accessed (an id missing from the
-    manifest is an error at once). Described without reading them: keyed by the manifest's content hash (the
-    file is hashed where the manifest has none), shaped by its height and width, named by its path."""
-    rows = {int(r["id"]): r for r in read_manifest(manifest)}
-    missing = [i for i in ids if i not in rows]
-    if missing:
-        raise ValueError(f"manifest {manifest} lacks image ids {missing[:10]} named by the PCT split")
-    picked = [rows[i] for i in ids]
-    return LazyMaps([partial(load_rgb, r["path"]) for r in picked],
-                    keys=[f"rgb sha256 {r['hash']}" if r.get("hash") else partial(_file_key, "rgb", r["path"])
-                          for r in picked],
-                    paths=[r["path"] for r in picked], shapes=[(r["height"], r["width"]) for r in picked])
-
-
-def is_file_source(gt: str) -> bool:
-    """True when `gt` is the labels.json of user files (rule pct_data), False for a COCO instances JSON.
-    Decided from the file's first bytes (labels.json starts with its format), so a large instances JSON is
-    not parsed twice."""
-    with open(gt, "rb") as f:
-        head = f.read(256)
-    return f'"format": "{LABELS_FORMAT}"'.encode() in head
-
-
-def _read_format(path: str, fmt: str, what: str) -> dict:
-    """A JSON object written by this module, its "format" checked (ValueError naming the file otherwise)."""
-    with open(path) as f:
-        obj = json.load(f)
-    if not isinstance(obj, dict) or obj.get("format") != fmt:
-        raise ValueError(f"{path} is not a {what} (format {fmt!r})")
-    return obj
-
-
-def read_label_source(gt: str) -> dict:
-    """The labels.json written by run_pct_data (format checked)."""
-    return _read_format(gt, LABELS_FORMAT, "PCT label source")
-
-
-def label_maps(gt: str, ids: Sequence[int]) -> tuple[Sequence[np.ndarray], int]:
-    """uint8 label maps of `ids` and the class count, from either source: a list from the instances JSON
-    (load_labels), a LazyMaps reading each PNG when used from user files."""
-    if not is_file_source(gt):
-        return load_labels(gt, ids)
-    src = read_label_source(gt)
-    k, ignore, images = int(src["num_classes"]), int(src["ignore_index"]), src["images"]
-    missing = [i for i in ids if str(i) not in images]
-    if missing:
-        raise ValueError(f"{gt} lacks image ids {missing[:10]} named by the PCT split")
-    files = [images[str(i)]["label"] for i in ids]
-    return LazyMaps([partial(_png_label, f, k, ignore) for f in files], paths=files,
-                    keys=[partial(_file_key, f"label-png classes {k} ignore {ignore}", f) for f in files]), k
 
 
 def _strong_weak(train: Sequence[int], tags: dict, params: SplitParams) -> tuple[list[int], list[int]]:
@@ -375,158 +191,12 @@ def _run_list_split(*, gt: str, out: str, params: SplitParams) -> dict:
     return record
 
 
-def data_classes(data: dict) -> tuple[int, list[str] | None]:
-    """(class count with background, class names or None) of a pct.data section: `classes` (names,
-    background first) or `num_classes`; both must agree when both are given."""
-    names, k = data.get("classes"), data.get("num_classes")
-    if names is None and k is None:
-        raise ValueError("config key 'pct.data': give classes (names, background first) or num_classes")
-    if names is not None and k is not None and len(names) != k:
-        raise ValueError(f"config key 'pct.data.num_classes' ({k}) differs from the {len(names)} names of "
-                         "pct.data.classes")
-    k = len(names) if names is not None else int(k)
-    if not 2 <= k <= 255:
-        raise ValueError(f"config key 'pct.data': {k} classes; PCT needs 2 to 255 (background included; 255 = "
-                         "ignore)")
-    return k, (list(names) if names is not None else None)
-
-
-def _probe_pair(stem: str, image: str, label: str, k: int, ignore: int) -> dict:
-    """Size and hash of one image, its label map checked (values, size) and the mask's tags."""
-    from maskless.data.images import probe_image
-    from maskless.data.semantic import read_label_png
-
-    info = probe_image(image)
-    lab = read_label_png(label, n_classes=k, ignore_index=ignore)
-    if lab.shape != (info["height"], info["width"]):
-        raise ValueError(f"label map {label} is {lab.shape[0]}x{lab.shape[1]} but image {image} is "
-                         f"{info['height']}x{info['width']} (image {stem})")
-    return {**info, "mask_tags": sorted(tags_from_label_map(lab))}
-
-
-def run_pct_data(*, data: dict, manifest: str, labels: str, threads: int | None = None) -> dict:
-    """Check the user files of pct.data (module doc) and write the PCT manifest and labels.json.
-
-    Errors name the config key and the path: a list, folder or table that does not exist; an image of a
-    list with no file in pct.data.images (or two files of that stem); an image with no label PNG
-    (pct.data.labels/<stem>.png); an image in both lists; an unreadable image; a label PNG holding values
-    outside the classes and the ignore value, or of another size than its image; a tag table without a row
-    for a training image, or with class ids outside the classes. Every problem is listed (up to 20) before
-    stopping."""
-    from maskless.data.manifest import write_manifest
-    from maskless.data.semantic import IMAGE_SUFFIXES, read_image_list
-    from maskless.pct.split import read_tag_table, validate_tags
-
-    if not isinstance(data, dict):
-        raise ValueError(f"config key 'pct.data' is {data!r}: rule pct_data needs the user files it names")
-    k, names = data_classes(data)
-    ignore = int(data.get("ignore_index", 255))
-    if 0 <= ignore < k:
-        raise ValueError(f"config key 'pct.data.ignore_index' ({ignore}) is a class id (0..{k - 1})")
-    paths = {}
-    for key, kind in (("images", "folder"), ("labels", "folder"), ("train_list", "file"), ("val_list", "file"),
-                      ("tags", "file")):
-        path = data.get(key)
-        if path is None and key == "tags":
-            continue
-        if not path or not (os.path.isdir(path) if kind == "folder" else os.path.isfile(path)):
-            what = "does not exist" if not path or not os.path.exists(path) else f"is not a {kind}"
-            raise ValueError(f"config key 'pct.data.{key}': {path!r} {what}")
-        paths[key] = os.path.abspath(path)
-    lists = {key: read_image_list(paths[key]) for key in ("train_list", "val_list")}
-    both = sorted(set(lists["train_list"]) & set(lists["val_list"]))
-    if both:
-        raise ValueError(f"config keys 'pct.data.train_list' ({paths['train_list']}) and 'pct.data.val_list' "
-                         f"({paths['val_list']}) both name {len(both)} images, e.g. {both[:5]}: the held-out "
-                         "images must never be trained on")
-    files: dict[str, list[str]] = {}
-    with os.scandir(paths["images"]) as it:
-        for entry in it:
-            stem, dot, suffix = entry.name.rpartition(".")
-            if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES and entry.is_file():
-                files.setdefault(stem, []).append(entry.name)
-    problems: list[str] = []
-    split_of = {stem: "train" for stem in lists["train_list"]} | {stem: "val" for stem in lists["val_list"]}
-    stems = sorted(split_of)
-    suffixes = "|".join(s[1:] for s in IMAGE_SUFFIXES)
-    for stem in stems:
-        listed = f"image {stem!r} of pct.data.{split_of[stem]}_list ({paths[split_of[stem] + '_list']})"
-        found = files.get(stem, [])
-        if not found:
-            problems.append(f"config key 'pct.data.images': no file {stem}.<{suffixes}> in {paths['images']} for "
-                            f"{listed}")
-        elif len(found) > 1:
-            problems.append(f"config key 'pct.data.images': several files {sorted(found)} in {paths['images']} for "
-                            f"{listed}")
-        label = os.path.join(paths["labels"], f"{stem}.png")
-        if not os.path.isfile(label):
-            problems.append(f"config key 'pct.data.labels': label file {label} not found for {listed}")
-    _stop_on(problems, "pct.data")
-    ids = {stem: n for n, stem in enumerate(stems, start=1)}
-    table: dict = {}
-    if "tags" in paths:
-        table = read_tag_table(paths["tags"], key="file_name")
-        missing = [stem for stem in lists["train_list"] if stem not in table]
-        if missing:
-            raise ValueError(f"config key 'pct.data.tags': tag table {paths['tags']} has no row for {len(missing)} "
-                             f"images of the train list, e.g. {missing[:5]} (every training image needs its tags)")
-        validate_tags({stem: table[stem] for stem in stems if stem in table}, k, tag_file=paths["tags"])
-
-    def probe(stem: str):
-        image = os.path.join(paths["images"], files[stem][0])
-        try:
-            return _probe_pair(stem, image, os.path.join(paths["labels"], f"{stem}.png"), k, ignore)
-        except ValueError as e:  # ImageError is a ValueError naming the file
-            return str(e)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(1, threads or 1)) as pool:
-        infos = dict(zip(stems, pool.map(probe, stems)))
-    problems = [f"image {stem!r}: {info}" for stem, info in infos.items() if isinstance(info, str)]
-    _stop_on(problems, "pct.data")
-    log.info("PCT data: %d train + %d val images and their label PNGs checked in %.1f s, %d classes",
-             len(lists["train_list"]), len(lists["val_list"]), time.perf_counter() - t0, k)
-    write_manifest(manifest, [{"id": ids[stem], "file_name": files[stem][0],
-                               "path": os.path.join(paths["images"], files[stem][0]), "width": infos[stem]["width"],
-                               "height": infos[stem]["height"], "split": split_of[stem], "hash": infos[stem]["sha256"]}
-                              for stem in stems])
-    record = {"format": LABELS_FORMAT, "num_classes": k, "classes": names, "ignore_index": ignore,
-              "images_folder": paths["images"], "labels_folder": paths["labels"], "tag_table": paths.get("tags"),
-              "train_list": paths["train_list"], "val_list": paths["val_list"],
-              "train": sorted(ids[s] for s in lists["train_list"]), "val": sorted(ids[s] for s in lists["val_list"]),
-              "images": {str(ids[stem]): {"stem": stem, "label": os.path.join(paths["labels"], f"{stem}.png"),
-                                          "mask_tags": infos[stem]["mask_tags"],
-                                          **({"tags": sorted(table[stem])} if stem in table else {})}
-                         for stem in stems}}
-    write_json_atomic(labels, record)
-    return record
-
-
-def _stop_on(problems: list[str], what: str, most: int = 20) -> None:
-    if problems:
-        more = f"\n  ... and {len(problems) - most} more" if len(problems) > most else ""
-        raise ValueError(f"{what}: {len(problems)} problems:\n  " + "\n  ".join(problems[:most]) + more)
-
-
 def read_split(path: str) -> dict:
-    return _read_format(path, SPLIT_FORMAT, "PCT split file")
+    return read_format(path, SPLIT_FORMAT, "PCT split file")
 
 
 def _tags(split: dict, ids: Sequence[int]) -> list[frozenset[int]]:
     return [frozenset(split["tags"][str(i)]) for i in ids]
-
-
-def read_pseudo(folder: str, ids: Sequence[int], *, lazy: bool = False) -> Sequence[np.ndarray]:
-    """The pseudo label PNGs <folder>/<id>.png of `ids` as uint8 maps (a missing or unreadable one is an
-    error); lazy=True checks that every file exists and returns a LazyMaps that reads each when used."""
-    paths = [str(Path(folder) / f"{i}.png") for i in ids]
-    if not lazy:
-        return [_read_pseudo_png(p) for p in paths]
-    missing = [p for p in paths if not os.path.isfile(p)]
-    if missing:
-        raise ValueError(f"pseudo label {missing[0]} is missing ({len(missing)} of {len(paths)} missing)")
-    return LazyMaps([partial(_read_pseudo_png, p) for p in paths], paths=paths,
-                    keys=[partial(_file_key, "pseudo-png", p) for p in paths])
 
 
 def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params, out: str, state_dir: str,

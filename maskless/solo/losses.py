@@ -59,13 +59,21 @@ class SoloLossWeights:
     # positives (maskless before issue 15).
     pair_box: str = "projection"
     level_mean: bool = True
+    # "weak": FreeSOLO's label-free mask terms above. "dice": SOLOv2's supervised mask loss instead of them
+    # (AdelaiDet solov2.py: 1 - 2 sum(p t) / (sum(p^2) + sum(t^2) + 0.002) per positive, one mean over all
+    # positives, weight loss_dice 3.0): for SOLO on ground-truth masks, the detector's fully supervised
+    # ceiling beside the oracle that keeps the weak terms (BENCHMARKS.md "Supervised SOLO ceiling").
+    mask: str = "weak"
+    loss_dice: float = 3.0
 
     def __post_init__(self) -> None:
         if self.pair_box not in PAIR_BOXES:
             raise ValueError(f"SoloLossWeights.pair_box must be one of {PAIR_BOXES}, got {self.pair_box!r}")
+        if self.mask not in MASK_LOSSES:
+            raise ValueError(f"SoloLossWeights.mask must be one of {MASK_LOSSES}, got {self.mask!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("pair_box", "level_mean"):
+            if f.name in ("pair_box", "level_mean", "mask"):
                 continue
             if not math.isfinite(value) or value < 0:
                 raise ValueError(f"SoloLossWeights.{f.name} must be finite and >= 0, got {value!r}")
@@ -75,6 +83,8 @@ class SoloLossWeights:
 
 
 PAIR_BOXES = ("projection", "filled")
+MASK_LOSSES = ("weak", "dice")
+DICE_EPS = 0.002  # AdelaiDet's dice_loss adds 0.001 to each of the two sums of squares
 
 # ---------------------------------------------------------------- mask terms
 
@@ -361,6 +371,8 @@ def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, image
                 weights: SoloLossWeights) -> dict[str, Tensor]:
     feat = outputs["mask_feat"]
     logits = [mask_logits(k, feat[b]) for b, k in enumerate(pos.kernels)]  # per image (P_b, Hf, Wf)
+    if weights.mask == "dice":
+        return _dice_terms(logits, pos, feat)
     l_max, l_avg = projection_terms(torch.cat(logits), torch.cat(pos.mask_targets))  # (P,) each
     nums, dens = [], []
     for b, (lg, mt) in enumerate(zip(logits, pos.mask_targets)):
@@ -378,6 +390,18 @@ def _mask_terms(outputs: dict, targets: list[SoloTargets], pos: Positives, image
         zero = feat.sum() * 0.0
         return {"loss_max": zero, "loss_avg": zero, "loss_pair": zero, "mask_fg": foreground_fraction(logits)}
     return {**reduce_mask_terms(l_max, l_avg, num, den, level), "mask_fg": foreground_fraction(logits)}
+
+
+def _dice_terms(logits: list[Tensor], pos: Positives, feat: Tensor) -> dict[str, Tensor]:
+    """SOLOv2's supervised mask term (SoloLossWeights.mask "dice"): the weak terms are zeros, loss_dice the
+    mean dice loss of sigmoid(logits) against the targets over every positive of the batch."""
+    zero = feat.sum() * 0.0
+    out = {"loss_max": zero, "loss_avg": zero, "loss_pair": zero, "mask_fg": foreground_fraction(logits)}
+    x = torch.cat(logits)  # (P, Hf, Wf)
+    if not len(x):
+        return out | {"loss_dice": zero}
+    per = dice_loss(x.float().sigmoid().flatten(1), torch.cat(pos.mask_targets).float().flatten(1), eps=DICE_EPS)
+    return out | {"loss_dice": per.mean()}
 
 
 def reduce_mask_terms(l_max: Tensor, l_avg: Tensor, num: Tensor, den: Tensor, group: Tensor) -> dict[str, Tensor]:
@@ -403,7 +427,7 @@ def foreground_fraction(logits: list[Tensor]) -> Tensor:
 
 
 def _raise_non_finite(losses: dict[str, Tensor], outputs: dict) -> None:
-    bad_terms = [k for k in TERMS if not torch.isfinite(losses[k]).all()]
+    bad_terms = [k for k in (*TERMS, "loss_dice") if k in losses and not torch.isfinite(losses[k]).all()]
     bad_outputs = [f"{key}[{i}]" for key in ("cate", "emb", "kernel") for i, t in enumerate(outputs[key])
                    if not torch.isfinite(t).all()]
     if not torch.isfinite(outputs["mask_feat"]).all():
@@ -419,7 +443,8 @@ def solo_losses(outputs: dict, targets: list[SoloTargets], images_lab: Tensor, *
     outputs: the model's dict ("cate" [(B, 1, S, S)], "emb" [(B, E, S, S)], "kernel" [(B, D, S, S)],
     "mask_feat" (B, D, Hf, Wf)); targets: one SoloTargets per image; images_lab: (B, 3, Hf, Wf) Lab at mask
     resolution (lab_at_mask_resolution). Returns the unweighted terms loss_max, loss_avg, loss_pair (already
-    times the warm-up factor), loss_focal, loss_emb; "loss", their weighted sum; and detached float counts
+    times the warm-up factor), loss_focal, loss_emb (with weights.mask "dice" also loss_dice, the three weak
+    mask terms then zeros); "loss", their weighted sum; and detached float counts
     "num_pos" (positive cells), "num_emb" (positives with a usable embedding target) and "mask_fg"
     (foreground_fraction: the collapse diagnostic). Raises
     FloatingPointError when the total is NaN/inf (module docstring).
@@ -435,6 +460,8 @@ def solo_losses(outputs: dict, targets: list[SoloTargets], images_lab: Tensor, *
     losses["loss_focal"] = sigmoid_focal_loss(cate, labels, alpha=weights.focal_alpha, gamma=weights.focal_gamma)
     losses["loss_emb"], num_emb = embedding_loss(pos.emb_pred, pos.emb_target)
     losses["loss"] = sum(getattr(weights, k) * losses[k] for k in TERMS)
+    if "loss_dice" in losses:  # mask "dice" (its weak terms are zeros)
+        losses["loss"] = losses["loss"] + weights.loss_dice * losses["loss_dice"]
     if not torch.isfinite(losses["loss"]):
         _raise_non_finite(losses, outputs)
     losses["num_pos"] = labels.sum().detach()

@@ -204,8 +204,13 @@ def freeze_stages(backbone: torch.nn.Module, freeze_at: int) -> int:
 
 
 def loss_columns(params: SoloTrainParams) -> tuple[str, ...]:
-    """Columns of the loss log: the EEC term and its counts sit before lr when EEC is on."""
-    return LOSS_COLUMNS if params.eec is None else (*LOSS_COLUMNS[:-1], *EEC_COLUMNS, "lr")
+    """Columns of the loss log: loss_dice after the terms with the supervised mask loss (loss.mask "dice");
+    the EEC term and its counts before lr when EEC is on."""
+    columns = LOSS_COLUMNS
+    if params.loss.mask == "dice":
+        at = columns.index(TERMS[-1]) + 1
+        columns = (*columns[:at], "loss_dice", *columns[at:])
+    return columns if params.eec is None else (*columns[:-1], *EEC_COLUMNS, "lr")
 
 
 def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None) -> SOLOv2:

@@ -1,4 +1,4 @@
-"""Lazy data in the PCT training loops (maskless.pct.train, "Lazy data"; maskless.pct.stage.LazyMaps): the
+"""Lazy data in the PCT training loops (maskless.pct.train, "Lazy data"; maskless.pct.labels.LazyMaps): the
 start-up reads no image and checks label maps one at a time, errors still name the image and its file,
 in-memory data keep their resume fingerprint, and DataLoader workers (num_workers) change nothing."""
 
@@ -17,9 +17,11 @@ import torch
 
 from maskless import dist
 from maskless.config import load_config
-from maskless.pct import stage as stage_mod
+from maskless.pct import labels as labels_mod
 from maskless.pct import train as train_mod
-from maskless.pct.stage import LazyMaps, SplitParams, run_pct_data, run_pct_split, run_pct_train, train_params
+from maskless.data.voc import run_pct_data
+from maskless.pct.labels import LazyMaps
+from maskless.pct.stage import SplitParams, run_pct_split, run_pct_train, train_params
 from maskless.pct.train import PCTParams, SegTrainParams, StepBatches, data_fingerprint, train_pct, train_supervised
 
 MODEL = dict(num_classes=3, aspp_channels=8, low_channels=8, decoder_channels=8, embed_dim=8)
@@ -255,12 +257,12 @@ def test_stage_sequences_describe_files_without_reading_them(tmp_path, monkeypat
                  manifest=manifest, labels=labels, threads=1)
     split_path = str(tmp_path / "split.json")
     split = run_pct_split(manifest=manifest, gt=labels, out=split_path, params=SplitParams(count=2))
-    seq = stage_mod.lazy_images(manifest, split["strong"])
-    rows = {r["id"]: r for r in stage_mod.read_manifest(manifest)}
+    seq = labels_mod.lazy_images(manifest, split["strong"])
+    rows = {r["id"]: r for r in labels_mod.read_manifest(manifest)}
     assert seq.content_keys() == [f"rgb sha256 {rows[i]['hash']}" for i in split["strong"]]
     assert seq.known_shapes() == [(fake_voc.HEIGHT, fake_voc.WIDTH)] * 2
     assert seq[1:].source_paths() == [rows[split["strong"][1]]["path"]]
-    maps, _ = stage_mod.label_maps(labels, split["strong"])
+    maps, _ = labels_mod.label_maps(labels, split["strong"])
     assert all(k.startswith("label-png classes 21 ignore 255 sha256 ") for k in maps.content_keys())
     pseudo = tmp_path / "pseudo"
     pseudo.mkdir()
@@ -270,7 +272,7 @@ def test_stage_sequences_describe_files_without_reading_them(tmp_path, monkeypat
     def no_decode(path):
         raise AssertionError(f"image {path} decoded at start-up")
 
-    monkeypatch.setattr(stage_mod, "load_rgb", no_decode)
+    monkeypatch.setattr(labels_mod, "load_rgb", no_decode)
     pct = load_config("config.yaml")["pct"]
     fps = {}
     for kind in ("strong_only", "pct", "retrain"):

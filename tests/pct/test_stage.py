@@ -12,7 +12,8 @@ import pytest
 from maskless.config import load_config
 from maskless.eval.metrics import metric_rows, metrics_markdown, split_ratio_stage
 from maskless.pct.budget import ratio_name
-from maskless.pct.stage import SplitParams, make_split, read_pseudo, read_split, stage_name, train_params
+from maskless.pct.labels import read_pseudo
+from maskless.pct.stage import SplitParams, make_split, read_split, stage_name, train_params
 from maskless.pct.train import PCTParams, SegTrainParams
 
 TAGS = {i: frozenset({1 + i % 3}) for i in range(1, 41)}  # 40 images, classes 1, 2, 3
@@ -117,7 +118,7 @@ def test_ratio_table_golden():
 def test_split_by_count_and_the_instances_source(tmp_path):
     """pct.counts on the dataset-ground-truth source: eval_fraction held out, then exactly `count` strong;
     a count leaving no weak image names pct.counts. An instances JSON is not a user-file source."""
-    from maskless.pct.stage import is_file_source
+    from maskless.pct.labels import is_file_source
 
     s = make_split(list(TAGS), TAGS, SplitParams(count=4, eval_fraction=0.25))
     assert len(s["eval"]) == 10 and len(s["strong"]) == 4 and len(s["weak"]) == 26

@@ -1,6 +1,6 @@
 """PCT on user files (pct.data, PASCAL VOC layout): the data check (run_pct_data), the list-based split,
 tags from PNG masks or a tag table, label budgets by count, config errors, and the stages end to end on a
-fake VOC tree (maskless.pct.stage)."""
+fake VOC tree (maskless.data.voc, maskless.pct.labels, maskless.pct.stage)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import pytest
 
 from maskless.config import ConfigError, load_config
 from maskless.pct.budget import budget_name, budget_text, parse_budget
-from maskless.pct.stage import (LazyMaps, SplitParams, is_file_source, label_maps, make_list_split, read_split,
-                                run_pct_data, run_pct_eval, run_pct_pseudo, run_pct_split, run_pct_train,
-                                train_params)
+from maskless.data.voc import run_pct_data
+from maskless.pct.labels import LazyMaps, is_file_source, label_maps
+from maskless.pct.stage import (SplitParams, make_list_split, read_split, run_pct_eval, run_pct_pseudo, run_pct_split,
+                                run_pct_train, train_params)
 
 _spec = importlib.util.spec_from_file_location("fake_voc", Path(__file__).with_name("fake_voc.py"))
 fake_voc = importlib.util.module_from_spec(_spec)

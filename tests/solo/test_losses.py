@@ -404,3 +404,44 @@ def test_with_the_real_model_outputs():
     grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
     assert any(n.startswith("head") and g.abs().sum() > 0 for n, g in grads.items())
     assert any(n.startswith("mask_branch") and g.abs().sum() > 0 for n, g in grads.items())
+
+
+# ---------------------------------------------------------------- supervised dice (loss.mask "dice")
+
+
+def test_dice_mask_loss_by_hand_and_weighted_in_the_total():
+    """SOLOv2's dice on one positive: logits [[0, 0], [ln 3, -ln 3]] -> p = [[.5, .5], [.75, .25]], target
+    [[1, 0], [1, 0]]: sum(p t) = 1.25, sum(p^2) = .25 + .25 + .5625 + .0625 = 1.125, sum(t^2) = 2, so
+    1 - 2.5 / (3.125 + 0.002) = 0.200512; the weak terms are zeros and loss = 3 * dice + focal + emb."""
+    outputs, targets, lab = fake_batch()
+    w = SoloLossWeights(mask="dice")
+    out = solo_losses(outputs, targets, lab, weights=w, step=1000)
+    assert {k: out[k].item() for k in ("loss_max", "loss_avg", "loss_pair")} == {
+        "loss_max": 0.0, "loss_avg": 0.0, "loss_pair": 0.0}
+    expected = out["loss_focal"].item() + out["loss_emb"].item() + 3.0 * out["loss_dice"].item()
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-6) and out["loss_dice"].item() > 0
+    # one mean over every positive of the batch (image 0's; image 1 has none), each against its own target
+    pos = gather_positives(outputs, targets)
+    feat = outputs["mask_feat"][0].detach()
+    per = [dice_loss((k.detach() @ feat.flatten(1)).sigmoid(), t.flatten().float(), eps=0.002)
+           for k, t in zip(pos.kernels[0], pos.mask_targets[0])]
+    assert out["loss_dice"].item() == pytest.approx(torch.stack(per).mean().item(), rel=1e-5)
+
+    x = torch.tensor([[0.0, 0.0, math.log(3.0), -math.log(3.0)]])
+    t = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    assert dice_loss(x.sigmoid(), t, eps=0.002).item() == pytest.approx(1 - 2.5 / 3.127, abs=1e-6)
+
+
+def test_dice_mask_loss_trains_the_kernels_and_mask_features():
+    outputs, targets, lab = fake_batch()
+    solo_losses(outputs, targets, lab, weights=SoloLossWeights(mask="dice"), step=1000)["loss_dice"].backward()
+    norms = grad_norms(outputs)
+    assert norms["kernel"] > 0 and norms["mask_feat"] > 0 and norms["cate"] == 0 and norms["emb"] == 0
+
+
+def test_dice_mask_loss_without_positives_is_zero_and_unknown_mode_is_refused():
+    outputs, targets, lab = fake_batch(with_instances=(False, False))
+    out = solo_losses(outputs, targets, lab, weights=SoloLossWeights(mask="dice"), step=1000)
+    assert out["loss_dice"].item() == 0.0 and out["loss_dice"].requires_grad
+    with pytest.raises(ValueError, match="mask must be one of"):
+        SoloLossWeights(mask="supervised")

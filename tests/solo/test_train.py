@@ -305,3 +305,17 @@ def test_freeze_at_two_stops_stem_and_res2_only():
     assert freeze_stages(fresh, 0) == 0 and all(p.requires_grad for p in fresh.parameters())
     with pytest.raises(ValueError, match="freeze_at"):
         SoloTrainParams(freeze_at=6)
+
+
+def test_supervised_dice_run_logs_its_term(tmp_path, data):
+    """loss.mask "dice" (the supervised ceiling): the loss log gains loss_dice after the terms, finite and
+    positive, with the weak mask terms at zero; the progress line names it."""
+    params = SoloTrainParams(**{**TINY, "loss": {"mask": "dice"}}, steps=2, checkpoint_every=2)
+    csv = tmp_path / "loss.csv"
+    train_solo(**data, out_weights=str(tmp_path / "w.pt"), state_dir=str(tmp_path / "state"), params=params,
+               device="cpu", threads=1, loss_log=str(csv), log_every=1)
+    rows = _read_csv(csv)
+    assert rows[0] == [*LOSS_COLUMNS[:LOSS_COLUMNS.index("loss_emb") + 1], "loss_dice",
+                       *LOSS_COLUMNS[LOSS_COLUMNS.index("loss_emb") + 1:]]
+    col = {name: i for i, name in enumerate(rows[0])}
+    assert all(float(r[col["loss_dice"]]) > 0 and float(r[col["loss_max"]]) == 0.0 for r in rows[1:])

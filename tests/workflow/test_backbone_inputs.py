@@ -1,10 +1,12 @@
 """stego.backbone set to a checkpoint path and freemask.backbone to named weights (their file already in the
-weights cache, so nothing is fetched): `snakemake -n` shows the STEGO and Free Mask rules taking those files
-as their backbone input, and no pretrain job (nothing else needs it for these targets). A dry run only: no
-job runs."""
+weights cache, so nothing is fetched), both tiny randomly initialised ViTs in DINO's key layout: `snakemake
+-n` shows the STEGO and Free Mask rules taking those files as their backbone input and no pretrain job
+(nothing else needs it for these targets); then the tiny config runs them: STEGO trains its few steps on the
+ViT's tokens and is scored beside k-means on the same features, and Free Mask extracts masks from them."""
 
 from __future__ import annotations
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -46,3 +48,12 @@ def test_a_backbone_path_is_the_rules_input(workflow_dir):
         assert path in jobs[rule].split(", "), (rule, jobs.get(rule))
         assert "pretrain/backbone.pt" not in jobs[rule]
     assert "pretrain" not in jobs  # (the default, stego.backbone: pretrain, runs in test_workflow.py)
+
+    proc = snakemake(workflow_dir, *targets, "--cores", "2", "--configfile", "tiny.yaml", "vit.yaml")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    res = workflow_dir / "results" / "tiny"
+    ckpt = torch.load(res / "stego" / "model.pt", map_location="cpu", weights_only=True)
+    assert ckpt["params"]["features"]["layer"] == "tokens" and ckpt["params"]["steps"] == 3
+    rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
+    assert {"kmeans", "stego_cluster"} <= {r["stage"] for r in rows}
+    assert (res / "freemask" / "shards" / "0.zarr").is_dir() and not (res / "pretrain").exists()

@@ -127,6 +127,14 @@ def test_lint_is_clean(tmp_path):
     assert "Lints for" not in output_of(proc)
 
 
+def test_snakefmt_check_is_clean():
+    """`snakefmt --check` (the Snakemake workflow catalog's formatting standard, run by `make lint`) passes on
+    the Snakefile and every rule file: it exits 1 naming each file it would change."""
+    proc = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "rules/"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, output_of(proc)
+
+
 # ---------------------------------------------------------------- fake SLURM submissions
 
 
