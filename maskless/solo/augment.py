@@ -8,8 +8,14 @@ pastes instances between images (copy-paste, after Ghiasi et al. 2021, "Simple C
    same geometry (bilinear on 0/1, threshold 0.5); masks that vanish are dropped with their embeddings.
 2. copy_paste: with copy_paste_prob, k (1..copy_paste_max) random instances of another sample of the batch
    (resized whole to this sample's size, so they keep their relative place and scale) are pasted with their
-   pixels, masks and embeddings. The target's masks keep only their visible part; a mask whose visible part
-   falls below min_visible_px pixels is dropped (one 4x4 mask-resolution cell by default).
+   pixels, masks and embeddings. With copy_paste_max_ioy (FreeSOLO's 0.5: engine/trainer.py copy_and_paste),
+   a drawn instance is not pasted when it would cover that share or more of one of the target's instances
+   (IoY: intersection over the target instance's area). The target's masks keep only their visible part; a
+   mask whose visible part falls below min_visible_px pixels is dropped (one 4x4 mask-resolution cell by
+   default). FreeSOLO's copy-paste differs otherwise, not aligned yet: it runs every step with 0..n
+   instances (uniform), its source is the batch in reverse order and its pasted pixels come from the
+   source's weak view onto the target's strong view, pasted instances do not occlude each other, and no
+   occluded mask is dropped.
 3. strong_view: the weak view's pixels (after pasting) with colour jitter, grayscale and Gaussian blur, then
    (random_erasing) FreeSOLO's three RandomErasing passes: the same geometry, so the same masks and targets
    serve both views (FreeSOLO keeps the masks of erased pixels too).
@@ -55,6 +61,7 @@ class SoloAugmentParams:
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # px at 224, scaled by the image's short side / 224
     copy_paste_prob: float = 0.5
     copy_paste_max: int = 3
+    copy_paste_max_ioy: float | None = None  # None: no overlap filter
     min_visible_px: int = 16
     random_erasing: bool = True
 
@@ -121,12 +128,14 @@ def _merge_embeddings(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: i
 
 
 def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_instances: int,
-               min_visible_px: int = 16) -> tuple[Sample, int]:
+               min_visible_px: int = 16, max_ioy: float | None = None) -> tuple[Sample, int]:
     """Paste 1..max_instances random instances of `source` onto `target` -> (new sample, number pasted).
 
-    The source is first resized whole to the target's size. Pasted instances go in their drawn order, each
-    on top of the previous ones. Every mask (the target's and earlier pasted ones) keeps only its visible
-    part; masks with fewer than min_visible_px visible pixels are dropped with their embeddings.
+    The source is first resized whole to the target's size. With max_ioy, a drawn instance covering at least
+    that share of one of the target's own instances (IoY = |pasted & target| / |target|) is left out (the
+    draws are the same either way). Pasted instances go in their drawn order, each on top of the previous
+    ones. Every mask (the target's and earlier pasted ones) keeps only its visible part; masks with fewer
+    than min_visible_px visible pixels are dropped with their embeddings.
     """
     n_src = len(source.masks)
     if n_src == 0 or max_instances < 1:
@@ -137,6 +146,11 @@ def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_
         return target, 0
     k = int(rng.integers(1, min(max_instances, len(src.masks)) + 1))
     chosen = np.sort(rng.choice(len(src.masks), size=k, replace=False))
+    if max_ioy is not None and len(target.masks):
+        chosen = chosen[overlap_ioy(src.masks[chosen], target.masks).max(1) < max_ioy]
+        k = len(chosen)
+        if k == 0:
+            return target, 0
     image = target.image.copy()
     masks = np.concatenate([target.masks, src.masks[chosen]]) if len(target.masks) else src.masks[chosen].copy()
     emb = _merge_embeddings(target.embeddings, len(target.masks),
@@ -148,6 +162,13 @@ def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_
         masks[: n_old + j] &= ~paste  # everything below this instance loses what it covers
     keep = masks.reshape(len(masks), hw[0] * hw[1]).sum(1) >= max(1, min_visible_px)  # (N + k,)
     return Sample(image, masks[keep], None if emb is None else emb[keep]), k
+
+
+def overlap_ioy(pasted: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(K, H, W), (N, H, W) bool -> (K, N): |pasted_k & target_n| / |target_n| (0 for an empty target)."""
+    p = pasted.reshape(len(pasted), -1).astype(np.float32)
+    t = targets.reshape(len(targets), -1).astype(np.float32)
+    return (p @ t.T) / np.maximum(t.sum(1), 1.0)[None, :]
 
 
 def strong_view(image: np.ndarray, rng: np.random.Generator, params: SoloAugmentParams) -> np.ndarray:
@@ -202,7 +223,7 @@ def batch_samples(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
         if len(weak) > 1 and rng.random() < params.copy_paste_prob:
             other = (b + 1 + int(rng.integers(len(weak) - 1))) % len(weak)  # any sample but b
             out[b], k = copy_paste(out[b], weak[other], rng, max_instances=params.copy_paste_max,
-                                   min_visible_px=params.min_visible_px)
+                                   min_visible_px=params.min_visible_px, max_ioy=params.copy_paste_max_ioy)
             pasted += k
     for s in out:
         s.strong = strong_view(s.image, rng, params)

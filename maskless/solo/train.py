@@ -78,6 +78,7 @@ class SoloTrainParams:
     random_erasing: bool = True  # FreeSOLO's three RandomErasing passes on the strong view
     copy_paste_prob: float = 0.5
     copy_paste_max: int = 3
+    copy_paste_max_ioy: float | None = 0.5  # FreeSOLO's overlap filter; None: none
     amp: bool = True  # CUDA only
     checkpoint_every: int = 50
     seed: int = 0
@@ -119,6 +120,8 @@ class SoloTrainParams:
             raise ValueError(f"{name}.warmup_start must lie in [0, 1], got {self.warmup_start}")
         if not 0.0 <= self.copy_paste_prob <= 1.0:
             raise ValueError(f"{name}.copy_paste_prob must lie in [0, 1], got {self.copy_paste_prob}")
+        if self.copy_paste_max_ioy is not None and not 0.0 < self.copy_paste_max_ioy <= 1.0:
+            raise ValueError(f"{name}.copy_paste_max_ioy must lie in (0, 1] or be null, got {self.copy_paste_max_ioy}")
         if len(self.scale_jitter) != 2 or not 0 < self.scale_jitter[0] <= self.scale_jitter[1]:
             raise ValueError(f"{name}.scale_jitter must be (lo, hi) with 0 < lo <= hi, got {self.scale_jitter}")
         if any(not 0 < x < 1 for x in self.lr_decay_at):
@@ -139,7 +142,7 @@ class SoloTrainParams:
     def augment_params(self) -> SoloAugmentParams:
         return SoloAugmentParams(input_size=self.input_size, scale_jitter=self.scale_jitter,
                                  copy_paste_prob=self.copy_paste_prob, copy_paste_max=self.copy_paste_max,
-                                 random_erasing=self.random_erasing)
+                                 copy_paste_max_ioy=self.copy_paste_max_ioy, random_erasing=self.random_erasing)
 
     def to_dict(self) -> dict:
         """JSON-like values (nested dicts, lists for tuples), for checkpoints and params files."""

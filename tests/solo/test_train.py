@@ -233,6 +233,26 @@ def test_copy_paste_without_embeddings_gives_zero_rows_and_fully_hidden_masks_dr
     assert copy_paste(target, empty, np.random.default_rng(0), max_instances=2)[1] == 0
 
 
+def test_copy_paste_overlap_filter_by_ioy():
+    """FreeSOLO's filter (copy_paste_max_ioy 0.5): IoY = |pasted & target| / |target|. Target: a 4x4 square at
+    (2, 2) (16 px). Source instance A, a 4x4 square at (4, 2), covers rows 4..5 of it: 8 / 16 = 0.5, so it is
+    left out at 0.5 and pasted at 0.6; instance B, a 2x2 square at (10, 10), covers nothing: always pasted.
+    Without the filter both are pasted (seed 0 draws k = 2); the draws are the same either way."""
+    target = Sample(np.zeros((12, 12, 3), np.uint8), _square(12, 12, 2, 2, 4)[None], None)
+    src_masks = np.stack([_square(12, 12, 4, 2, 4), _square(12, 12, 10, 10, 2)])
+    source = Sample(np.full((12, 12, 3), 50, np.uint8), src_masks, None)
+    from maskless.solo.augment import overlap_ioy
+
+    np.testing.assert_allclose(overlap_ioy(src_masks, target.masks), [[0.5], [0.0]])
+    runs = {ioy: copy_paste(target, source, np.random.default_rng(0), max_instances=2, min_visible_px=1,
+                            max_ioy=ioy) for ioy in (None, 0.6, 0.5)}
+    assert [runs[i][1] for i in (None, 0.6, 0.5)] == [2, 2, 1]
+    out = runs[0.5][0]
+    np.testing.assert_array_equal(out.masks[0], _square(12, 12, 2, 2, 4))  # not occluded: A was left out
+    np.testing.assert_array_equal(out.masks[1], src_masks[1])
+    assert (out.image[src_masks[0] & ~src_masks[1]] == 0).all() and (out.image[src_masks[1]] == 50).all()
+
+
 def test_random_erasing_by_hand():
     """One pass at p 1, area fraction 1/4 of 8 x 8 and ratio 1: a 4 x 4 box (sqrt(16 x 1) = 4) of noise, so
     every changed pixel lies in a 4 x 4 window; p 0 changes nothing; the input is left as it was."""
