@@ -12,7 +12,7 @@ maskless/config.schema.yaml's defaults):
                  encoder, global + dense InfoNCE, backward, SGD. Data: StepBatches (crops and colour jitter).
 - solo           FreeSOLO SOLOv2 step (maskless.solo.train): the loop's own _build and solo_step. Data:
                  make_batch (augmentation, copy-paste, target assignment).
-- solo_eec       The same with Exemplar-FreeSOLO's EEC term (exemplar.eec, a pool of exemplar.counts[0] random
+- solo_eec       The same with Exemplar-FreeSOLO's EEC term (solo.eec, a pool of exemplar.counts[0] random
                  crops of exemplar.refine.side px). Pool refresh steps are left out of the timed steps;
 - eec_refresh    ... they are their own row: the pool embeddings recomputed (every eec.refresh_every steps).
 - stego          STEGO head + probes step (maskless.stego.train): step_batch, train_losses, Adam, on frozen

@@ -9,7 +9,7 @@ import pytest
 
 from maskless.config import validate_config
 from maskless.data.synthetic import SyntheticParams
-from maskless.exemplar.eec import EECParams
+from maskless.solo.eec import EECParams
 from maskless.exemplar.refine import RefineParams
 from maskless.exemplar.select import SelectParams
 from maskless.freemask import FreeMaskParams

@@ -9,6 +9,8 @@ EKA, exemplar knowledge abstraction (the `exemplars` stage, one object per exemp
   refine   crop the foreground, run the round-0 SOLO on the crop, keep its mask that best matches GrabCut
   pool     ExemplarPool (zarr v3 + parquet, written atomically), optional k-means pivots; build_pool runs
            select -> grabcut -> refine -> pool for a manifest
-EEC, exemplar embedding contrastive loss (used inside SOLO training):
-  eec      EECHead, mask_pooled_embeddings, pool_embeddings, eec_loss, eec_term, EECParams
+EEC, exemplar embedding contrastive loss: a SOLO training term, so it lives on the SOLO side
+  (maskless/solo/eec.py: EECHead, mask_pooled_embeddings, pool_embeddings, eec_loss, eec_term, EECParams;
+  maskless/solo/eec_train.py) and this package depends on maskless.solo, not the reverse, but for the pool
+  reader (ExemplarPool) that SOLO training loads.
 """

@@ -255,7 +255,7 @@ def build_pool(*, manifest: str, solo_weights: str, out_pool: str, params: PoolP
     out_pool and every reason.
     """
     from maskless.data.manifest import read_manifest
-    from maskless.exemplar.eec import pool_embeddings
+    from maskless.solo.eec import pool_embeddings
     from maskless.io import pick_device, set_threads
     from maskless.solo.predict import load_solo
     from maskless.store import MaskStore

@@ -1,4 +1,4 @@
-"""The exemplar embedding contrastive term (EEC, maskless.exemplar.eec) inside SOLO training.
+"""The exemplar embedding contrastive term (EEC, maskless.solo.eec) inside SOLO training.
 
 Exemplar-FreeSOLO's total loss is the FreeSOLO loss + lambda x EEC (METHODS.md). This module holds what the
 training loop needs for it and nothing else:
@@ -18,7 +18,7 @@ import logging
 import torch
 from torch import Tensor, nn
 
-from maskless.exemplar.eec import EECHead, EECParams, eec_term, pool_embeddings
+from maskless.solo.eec import EECHead, EECParams, eec_term, pool_embeddings
 from maskless.solo.losses import gather_positives, mask_logits
 from maskless.solo.targets import SoloTargets
 

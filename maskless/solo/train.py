@@ -38,7 +38,7 @@ from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import normalize
 from maskless.resume import resume_key
-from maskless.exemplar.eec import EECParams
+from maskless.solo.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams
 from maskless.solo.data import SampleSource, data_fingerprint, make_batch, mask_counts, select_images  # noqa: F401
 from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses

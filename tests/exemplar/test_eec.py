@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskless.exemplar.eec import (EECHead, EECParams, center_embeddings, eec_loss, eec_term, mask_pooled_embeddings,
+from maskless.solo.eec import (EECHead, EECParams, center_embeddings, eec_loss, eec_term, mask_pooled_embeddings,
                                    pool_embeddings)
 from maskless.models.resnet import normalize
 
@@ -213,7 +213,7 @@ def test_quantile_thresholds_by_hand():
 
     import torch
 
-    from maskless.exemplar.eec import eec_loss
+    from maskless.solo.eec import eec_loss
 
     cos = torch.tensor([0.9, 0.8, 0.7, 0.6])
     pool = torch.stack([cos, (1 - cos**2).sqrt()], dim=1)  # (4, 2) unit rows

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskless.exemplar.eec import EECParams
+from maskless.solo.eec import EECParams
 from maskless.exemplar.pool import ExemplarPool
 from maskless.solo.eec_train import EEC_COLUMNS
 from maskless.solo.train import SoloTrainParams, train_solo

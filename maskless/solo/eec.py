@@ -51,6 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maskless.models.resnet import normalize
+from maskless.solo.model import pad_to_multiple
+
 
 @dataclass
 class EECParams:
@@ -175,9 +178,6 @@ def pool_embeddings(model: nn.Module, head: nn.Module | None, crops, masks, *, b
     padded to a multiple of 32 and the masks with zeros alike. Model and head run in eval mode (no BatchNorm
     statistics move), their modes restored. An exemplar whose mask has no weight is a ValueError.
     """
-    from maskless.models.resnet import normalize
-    from maskless.solo.model import pad_to_multiple
-
     device = next(model.parameters()).device
     crops, masks = _as_tensor(crops, torch.uint8, device), _as_tensor(masks, torch.float32, device)
     if crops.ndim != 4 or crops.shape[-1] != 3 or masks.shape != crops.shape[:3]:
