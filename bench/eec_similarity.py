@@ -23,7 +23,7 @@ import torch
 
 from maskless.data.manifest import read_manifest
 from maskless.solo.eec import EECParams, center_embeddings, mask_pooled_embeddings
-from maskless.exemplar.pool import ExemplarPool
+from maskless.solo.exemplar_pool import ExemplarPool
 from maskless.models.resnet import normalize
 from maskless.solo.data import SampleSource, make_batch, mask_counts, select_images
 from maskless.solo.eec_train import EECState

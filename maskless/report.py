@@ -616,7 +616,7 @@ def _metric_figures(inputs: ReportInputs, add) -> None:
 # -------------------------------------------------------------------------------------------- exemplars
 
 def _exemplar_figures(inputs: ReportInputs, add) -> None:
-    from maskless.exemplar.pool import ExemplarPool
+    from maskless.solo.exemplar_pool import ExemplarPool
 
     if not inputs.pools:
         log.info("report: no exemplar pools given")

@@ -29,11 +29,10 @@ import torch
 
 from maskless.exemplar.grabcut import Foreground
 from maskless.ops.masks import boxes_xywh
+from maskless.solo.exemplar_pool import METHODS as REFINE_METHODS  # which mask an exemplar keeps
 from maskless.solo.inference import SoloInferenceParams
 
 log = logging.getLogger(__name__)
-
-REFINE_METHODS = ("solo", "grabcut")
 
 
 @dataclass

@@ -3,7 +3,7 @@ cosine distances), Lloyd iterations with assignment by cosine to the normalised 
 (Arthur & Vassilvitskii 2007) on at most max_points vectors drawn at random (the centroids settle long
 before all pixels of a large set would matter); assign_maps labels every pixel at an output resolution, the
 features upsampled bilinearly. Deterministic by seed. Used by STEGO's baseline (maskless.stego.baseline) and
-the exemplar selection (maskless.exemplar.select, maskless.exemplar.pool).
+the exemplar selection (maskless.exemplar.select, maskless.solo.exemplar_pool).
 
 Memory (issue 15, 17): beside its input features and output maps, it holds one chunk of upsampled features
 (ASSIGN_CHUNK_BYTES) and the max_points sampled vectors, never the whole set upsampled nor a normalised copy

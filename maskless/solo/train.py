@@ -285,7 +285,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
 
     init_weights: an earlier train_solo checkpoint to fine-tune (self-training "finetune"); None starts
     from the pretrained backbone with fresh FPN and heads.
-    exemplar_pool: the exemplar pool folder (maskless.exemplar.pool) the EEC term contrasts with; required
+    exemplar_pool: the exemplar pool folder (maskless.solo.exemplar_pool) the EEC term contrasts with; required
     when params.eec is set, refused otherwise. The EEC head is saved under "eec_head".
 
     stop_after: testing hook; stop once that many steps are done, writing neither out_weights nor loss_log,
@@ -310,7 +310,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
                          f"(eec {'on' if params.eec else 'off'}, exemplar_pool {exemplar_pool!r})")
     pool = None
     if exemplar_pool is not None:
-        from maskless.exemplar.pool import ExemplarPool
+        from maskless.solo.exemplar_pool import ExemplarPool
 
         pool = ExemplarPool.load(exemplar_pool)
         log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from maskless.exemplar.pool import ExemplarPool, PoolParams, build_pool, cluster_pivots
+from maskless.exemplar.pool import PoolParams, build_pool
+from maskless.solo.exemplar_pool import ExemplarPool, cluster_pivots
 from maskless.exemplar.refine import Exemplar
 from maskless.solo.inference import SoloInferenceParams
 from maskless.store import ImageMasks, build_index, write_shard
@@ -63,7 +64,7 @@ def test_load_of_an_empty_pool_names_its_path(tmp_path):
     import pyarrow.parquet as pq
     import zarr
 
-    from maskless.exemplar.pool import FORMAT, FORMAT_VERSION
+    from maskless.solo.exemplar_pool import FORMAT, FORMAT_VERSION
 
     (tmp_path / "e").mkdir()
     zarr.open_group(str(tmp_path / "e" / "arrays.zarr"), mode="w", zarr_format=3).attrs.update(
