@@ -99,7 +99,8 @@ def autocast(dev: torch.device, enabled: bool):
     return torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=enabled)
 
 
-def _same(x):
+def identity(x):
+    """A DataLoader's collate_fn for items that are whole batches already."""
     return x
 
 
@@ -112,7 +113,7 @@ def step_batches(data: torch.utils.data.Dataset, start: int, num_workers: int, p
     if num_workers == 0:
         return (data[s] for s in range(start, len(data)))
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
-                                         num_workers=num_workers, collate_fn=_same, pin_memory=pin_memory,
+                                         num_workers=num_workers, collate_fn=identity, pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(0))
     return iter(loader)
 

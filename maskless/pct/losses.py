@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskless.data.semantic import IGNORE  # the one ignore label of every semantic map
-from maskless.dist import all_sum_
 
 __all__ = ["IGNORE", "with_background", "restricted_logits", "restricted_argmax", "cce", "mlsm_loss",
            "h2p_loss", "p2h_loss", "confusion_counts", "DynamicEvaluation"]
@@ -172,9 +171,13 @@ class DynamicEvaluation(nn.Module):
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
-        """pred, target: (B, H, W) label maps of Pseudo-Net and ground truth (255 ignored)."""
-        # Summed over the ranks in data-parallel training, so every rank keeps the same EMA (and weights).
-        counts = [all_sum_(c) for c in confusion_counts(pred, target, self.num_classes)]
+        """pred, target: (B, H, W) label maps of Pseudo-Net and ground truth (255 ignored): this process's
+        counts (a data-parallel step sums them over the ranks first and calls update_counts)."""
+        self.update_counts(confusion_counts(pred, target, self.num_classes))
+
+    @torch.no_grad()
+    def update_counts(self, counts) -> None:
+        """One EMA step with the (TP, GT, Pred) per-class counts of confusion_counts."""
         m = self.momentum
         for buf, new in zip((self.tp, self.gt, self.pred), counts):
             buf.mul_(m).add_(new.to(buf.device), alpha=1.0 - m)

@@ -62,13 +62,12 @@ from maskless import dist
 from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import IMAGENET_MEAN, normalize
 from maskless.pct.contextrast import ContextrastParams, contextrast_losses
-from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, h2p_loss, mlsm_loss, p2h_loss,
+from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, confusion_counts, h2p_loss, mlsm_loss, p2h_loss,
                                  restricted_argmax)
 from maskless.pct.model import SegNet, SegNetParams, build_segnet
 from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
 from maskless.data.batches import batch_indices
 from maskless.resume import resume_key
-from maskless.train import _same  # noqa: F401 (tests build their loaders as the loop does)
 from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
@@ -404,8 +403,9 @@ def pct_losses(hybrid_out: dict, pseudo_out: dict, batch: Batch, dyn: DynamicEva
     s = batch.n_strong
     hl, pl = hybrid_out["logits"].float(), pseudo_out["logits"].float()  # (B, K, S, S)
     gt, present, valid = batch.labels[:s], batch.present, batch.valid
-    if s:
-        dyn.update(restricted_argmax(pl[:s], present[:s]), gt)
+    if s:  # counts summed over the ranks, so every rank keeps the same EMA (and weights)
+        counts = confusion_counts(restricted_argmax(pl[:s], present[:s]), gt, dyn.num_classes)
+        dyn.update_counts([dist.all_sum_(c) for c in counts])
     w = dyn.weights(present[s:])  # (B_weak,)
     terms = {
         "h_cce": cce(hl[:s], gt, present[:s]),

@@ -23,6 +23,7 @@ from maskless.data.voc import run_pct_data
 from maskless.pct.labels import LazyMaps
 from maskless.pct.stage import SplitParams, run_pct_split, run_pct_train, train_params
 from maskless.pct.train import PCTParams, SegTrainParams, StepBatches, data_fingerprint, train_pct, train_supervised
+from maskless.train import identity
 
 MODEL = dict(num_classes=3, aspp_channels=8, low_channels=8, decoder_channels=8, embed_dim=8)
 TINY = dict(batch_size=4, input_size=32, amp=False, model=MODEL)
@@ -237,7 +238,7 @@ def test_step_batches_keep_their_rank_in_workers(make_pct_data):
     make = partial(StepBatches, d["images"], d["labels"], present, [0, 1], [2, 3, 4, 5], 2, 2, params)
     r0, r1 = make(rank=dist.Rank(0, 2)), make(rank=dist.Rank(1, 2))
     loader = torch.utils.data.DataLoader(r1, batch_size=None, sampler=range(1, 4), num_workers=1,
-                                         collate_fn=train_mod._same)
+                                         collate_fn=identity)
     for step, b in zip(range(1, 4), loader):
         here = r1[step]
         assert b.n_strong == here.n_strong == 1 and torch.equal(b.images, here.images)
