@@ -202,7 +202,7 @@ def _ground_truth(path: str | None) -> dict | None:
 def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | None:
     """bool (N, H, W) non-crowd ground-truth instances of an image, largest first (the smaller, usually
     occluding, drawn over them); None when the image is not in the ground truth."""
-    from maskless.data.semantic import _instance_mask
+    from maskless.data.semantic import instance_mask
 
     images = {int(im["id"]): im for im in gt.get("images", [])}
     if image_id not in images:
@@ -214,7 +214,7 @@ def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | 
         raise ValueError(f"ground truth says image {image_id} is {h}x{w}, the image is {hw[0]}x{hw[1]}")
     anns = [a for a in gt.get("annotations", []) if int(a["image_id"]) == image_id and not a.get("iscrowd")]
     anns.sort(key=lambda a: -float(a.get("area", 0)))  # stable: ties keep annotation order
-    masks = [_instance_mask(a["segmentation"], h, w, f"ground truth annotation {a.get('id')} of image {image_id}")
+    masks = [instance_mask(a["segmentation"], h, w, f"ground truth annotation {a.get('id')} of image {image_id}")
              for a in anns]
     return np.stack(masks) if masks else np.zeros((0, h, w), bool)
 

@@ -205,7 +205,7 @@ def read_image_list(path: str | os.PathLike) -> list[str]:
     return stems
 
 
-def _instance_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:
+def instance_mask(segmentation, height: int, width: int, where: str) -> np.ndarray:
     """(H, W) bool of a COCO segmentation: polygons, uncompressed RLE or compressed RLE."""
     import pycocotools.mask as mask_utils
 
@@ -250,7 +250,7 @@ def coco_labels(instances: str | os.PathLike | dict, image_ids: Sequence[int], *
             if int(ann["category_id"]) not in id_map:
                 raise ValueError(f"{what} has category_id {ann['category_id']} not in the categories")
             value = IGNORE if ann.get("iscrowd") else id_map[int(ann["category_id"])]
-            label[_instance_mask(ann["segmentation"], h, w, what)] = value
+            label[instance_mask(ann["segmentation"], h, w, what)] = value
         out.append(resize_labels(label, size))
     return out
 
