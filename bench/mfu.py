@@ -10,7 +10,7 @@ maskless/config.schema.yaml's defaults):
 
 - densecl        DenseCL step (maskless.pretrain): both views through the query encoder and the momentum key
                  encoder, global + dense InfoNCE, backward, SGD. Data: StepBatches (crops and colour jitter).
-- solo           FreeSOLO SOLOv2 step (maskless.solo.train): the loop's own _build and solo_step. Data:
+- solo           FreeSOLO SOLOv2 step (maskless.solo.train): the loop's own build_training and solo_step. Data:
                  make_batch (augmentation, copy-paste, target assignment).
 - solo_eec       The same with Exemplar-FreeSOLO's EEC term (solo.eec, a pool of exemplar.counts[0] random
                  crops of exemplar.refine.side px). Pool refresh steps are left out of the timed steps;
@@ -28,8 +28,8 @@ maskless/config.schema.yaml's defaults):
 Each row comes from the library's own classes, loss functions and step functions, called as the loops call
 them; where a method's step is a closure (DenseCL, STEGO, PCT) the step is rebuilt here from the
 loop's modules and loss functions with the loop's maths, host syncs included (the finite checks read every
-term). Some of these are private helpers (solo.train._build, stego.train._build,
-pct.train._optimizer/_check_outputs/_to): when the library changes them a row may fail; it then
+term). They use the trainers' building blocks (solo.train.build_training, stego.train.build_modules,
+pct.train.make_optimizer/check_outputs/batch_to): when the library changes them a row may fail; it then
 shows its error in the table and the other rows still run. Images: a synthetic dataset generated into a
 temp folder (--images images at the config's synthetic size), ground-truth instance masks standing in for
 the coarse masks. Backbone: random initialisation unless --backbone (a DenseCL checkpoint) is given; only
@@ -289,7 +289,7 @@ def _solo(s: Setup, with_eec: bool) -> tuple[Any, ...]:
         sys.path.insert(0, str(BENCH))
     from solo_train import coarse_masks_from_gt  # bench/solo_train.py
     from maskless.solo.data import SampleSource, make_batch
-    from maskless.solo.train import _build, params_from_config
+    from maskless.solo.train import build_training, params_from_config
     from maskless.store import MaskStore
 
     ds = s.dataset()
@@ -307,7 +307,7 @@ def _solo(s: Setup, with_eec: bool) -> tuple[Any, ...]:
         rng = np.random.default_rng(0)
         pool = SimpleNamespace(crops=rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
                                masks=rng.random((n, side, side)) < 0.4)
-    model, eec_state, _, trainable, opt = _build(s.backbone(), params, s.dev, None, pool)
+    model, eec_state, _, trainable, opt = build_training(s.backbone(), params, s.dev, None, pool)
     geometry = params.solo_geometry()
 
     def data(i):
@@ -360,7 +360,7 @@ def eec_refresh(s: Setup) -> Workload:
 def stego(s: Setup) -> Workload:
     from maskless.models.resnet import build_resnet
     from maskless.stego.knn import compute_knn, pool_features
-    from maskless.stego.train import StegoTrainParams, _build, step_batch, train_losses
+    from maskless.stego.train import StegoTrainParams, build_modules, step_batch, train_losses
 
     st = s.cfg["stego"]
     params = StegoTrainParams(**st["train"], seed=0)
@@ -371,7 +371,7 @@ def stego(s: Setup) -> Workload:
     features = torch.randn(n, c, h, w, generator=gen)
     knn = compute_knn(pool_features(features), st["knn_k"])
     labels = torch.randint(0, n_classes, (n, size, size), generator=gen)
-    modules, opt = _build(c, n_classes, params, s.dev)
+    modules, opt = build_modules(c, n_classes, params, s.dev)
 
     def data(i):
         batch = step_batch(i, n, knn, params)
@@ -410,9 +410,9 @@ def _pct_data(s: Setup) -> dict:
 
 def _pct_step(s: Setup, params, nets: list, losses: Callable, use_amp: bool) -> Callable:
     """The shared PCT loop's step (maskless.pct.train._fit) around `losses(batch, step) -> (terms, stats)`."""
-    from maskless.pct.train import _optimizer, lr_at
+    from maskless.pct.train import lr_at, make_optimizer
 
-    opt = _optimizer(nets, params)
+    opt = make_optimizer(nets, params)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     for net in nets:
         net.train()
@@ -443,7 +443,7 @@ def pct_pair(s: Setup) -> Workload:
     from maskless.pct.losses import DynamicEvaluation
     from maskless.pct.model import build_segnet
     from maskless.pct.stage import train_params
-    from maskless.pct.train import StepBatches, _check_outputs, _to, pct_losses
+    from maskless.pct.train import StepBatches, batch_to, check_outputs, pct_losses
 
     d = _pct_data(s)
     params = train_params(s.cfg["pct"], kind="pct", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"], seed=0)
@@ -461,11 +461,11 @@ def pct_pair(s: Setup) -> Workload:
                             unseen_iou=params.unseen_iou).to(s.dev)
 
     def losses(b, i):
-        b = _to(b, s.dev)
+        b = batch_to(b, s.dev)
         x = normalize(b.images)
         ho = hybrid(x, embeddings=params.use_contextrast)
         po = pseudo(x, embeddings=params.use_contextrast)
-        _check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", i)
+        check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", i)
         with torch.autocast(device_type=s.dev.type, enabled=False):
             return pct_losses(ho, po, b, dyn, params)
 
@@ -478,7 +478,7 @@ def pct_retrain(s: Setup) -> Workload:
     from maskless.models.resnet import normalize
     from maskless.pct.model import build_segnet
     from maskless.pct.stage import train_params
-    from maskless.pct.train import StepBatches, _check_outputs, _to, supervised_losses
+    from maskless.pct.train import StepBatches, batch_to, check_outputs, supervised_losses
 
     d = _pct_data(s)
     params = train_params(s.cfg["pct"], kind="retrain", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"],
@@ -490,9 +490,9 @@ def pct_retrain(s: Setup) -> Workload:
     net = build_segnet(params.model, s.backbone()).to(s.dev)
 
     def losses(b, i):
-        b = _to(b, s.dev)
+        b = batch_to(b, s.dev)
         o = net(normalize(b.images), embeddings=params.use_contextrast)
-        _check_outputs({"logits": o["logits"]}, "supervised", i)
+        check_outputs({"logits": o["logits"]}, "supervised", i)
         with torch.autocast(device_type=s.dev.type, enabled=False):
             return supervised_losses(o, b, params)
 

@@ -448,7 +448,7 @@ def term_names(kind: str, params: SegTrainParams) -> tuple[tuple[str, ...], tupl
 # ---------------------------------------------------------------- the shared loop
 
 
-def _optimizer(nets: Iterable[SegNet], params: SegTrainParams) -> torch.optim.Optimizer:
+def make_optimizer(nets: Iterable[SegNet], params: SegTrainParams) -> torch.optim.Optimizer:
     backbone, head = [], []
     for net in nets:
         for name, p in net.named_parameters():
@@ -459,7 +459,7 @@ def _optimizer(nets: Iterable[SegNet], params: SegTrainParams) -> torch.optim.Op
     return torch.optim.SGD(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay)
 
 
-def _check_outputs(outputs: dict[str, Tensor], what: str, step: int) -> None:
+def check_outputs(outputs: dict[str, Tensor], what: str, step: int) -> None:
     bad = [k for k, v in outputs.items() if not torch.isfinite(v).all()]
     if bad:
         raise FloatingPointError(f"{what} step {step}: non-finite network outputs {bad}; try a lower lr, "
@@ -483,7 +483,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
     """The shared loop (maskless.train.fit) on `run`: poly lr, the backbone at backbone_lr_mult, clipping over
     every network's parameters; the statistics are logged beside the terms, never summed into the loss."""
     terms_n, stats_n = term_names(run.kind, params)
-    opt = _optimizer(run.nets, params)
+    opt = make_optimizer(run.nets, params)
     amp = use_amp(params.amp, dev)
     run.module.train()
 
@@ -515,7 +515,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
 # ---------------------------------------------------------------- entry points
 
 
-def _to(batch: Batch, dev) -> Batch:
+def batch_to(batch: Batch, dev) -> Batch:
     return dataclasses.replace(batch, images=batch.images.to(dev), labels=batch.labels.to(dev),
                                valid=batch.valid.to(dev), present=batch.present.to(dev))
 
@@ -560,11 +560,11 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     batches = StepBatches(images, labels, present, strong, weak, half, half, params)
 
     def losses(b: Batch, step: int):
-        b = _to(b, dev)
+        b = batch_to(b, dev)
         x = normalize(b.images)  # (B, 3, S, S)
         ho = hybrid_fwd(x, embeddings=params.use_contextrast)
         po = pseudo_fwd(x, embeddings=params.use_contextrast)
-        _check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", step)
+        check_outputs({"hybrid logits": ho["logits"], "pseudo logits": po["logits"]}, "PCT", step)
         with torch.autocast(device_type=dev.type, enabled=False):  # losses in float32
             return pct_losses(ho, po, b, dyn, params)
 
@@ -604,9 +604,9 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     batches = StepBatches(images, labels, everything, used, [], params.batch_size, 0, params)
 
     def losses(b: Batch, step: int):
-        b = _to(b, dev)
+        b = batch_to(b, dev)
         o = net_fwd(normalize(b.images), embeddings=params.use_contextrast)
-        _check_outputs({"logits": o["logits"]}, "supervised", step)
+        check_outputs({"logits": o["logits"]}, "supervised", step)
         with torch.autocast(device_type=dev.type, enabled=False):
             return supervised_losses(o, b, params)
 

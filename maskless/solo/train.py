@@ -230,7 +230,7 @@ def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None
     return model
 
 
-def _build(backbone: str, params: SoloTrainParams, dev: torch.device, init_weights: str | None = None,
+def build_training(backbone: str, params: SoloTrainParams, dev: torch.device, init_weights: str | None = None,
            pool=None):
     """-> (SOLOv2, EECState or None, the module whose state a resume saves, trainable params, optimizer)."""
     torch.manual_seed(params.seed)  # FPN and head initialisation
@@ -317,7 +317,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights, exemplar_pool)
     source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
     geometry = params.solo_geometry()
-    model, eec, saved, trainable, opt = _build(backbone, params, dev, init_weights, pool)
+    model, eec, saved, trainable, opt = build_training(backbone, params, dev, init_weights, pool)
     # DDP wrappers for the forward calls (a loss term without positives leaves some parameters unused).
     forward = {"model": dist.wrap(model, find_unused=True)}
     if eec is not None:

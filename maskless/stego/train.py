@@ -163,7 +163,7 @@ def train_losses(modules: torch.nn.ModuleDict, feats: torch.Tensor, feats_knn: t
     return out
 
 
-def _build(in_channels: int, num_classes: int | None, params: StegoTrainParams, dev: torch.device):
+def build_modules(in_channels: int, num_classes: int | None, params: StegoTrainParams, dev: torch.device):
     torch.manual_seed(params.seed)  # head and probe initialisation
     modules = torch.nn.ModuleDict({"head": StegoHead(in_channels, params.code_dim, params.dropout),
                                    "cluster": ClusterProbe(params.code_dim, params.n_clusters)})
@@ -213,7 +213,7 @@ def train_stego(*, features: torch.Tensor, knn: torch.Tensor, params: StegoTrain
     dev = pick_device(device)
     n, in_channels = features.shape[:2]
     fingerprint = data_fingerprint(features, knn, labels)
-    modules, opt = _build(in_channels, num_classes, params, dev)
+    modules, opt = build_modules(in_channels, num_classes, params, dev)
 
     log.info("STEGO on %d images, features %s, %d steps of %d, code dim %d, %d clusters, linear probe %s, "
              "device %s", n, tuple(features.shape[1:]), params.steps, params.batch_size, params.code_dim,

@@ -120,7 +120,7 @@ def test_non_finite_term_names_term_and_step(tmp_path, data, monkeypatch):
         return {**terms, "h2p": terms["h2p"] * float("nan")}, stats
 
     with pytest.raises(FloatingPointError, match=r"PCT step 7: non-finite network outputs \['pseudo logits'\]"):
-        train_mod._check_outputs({"hybrid logits": torch.zeros(2), "pseudo logits": torch.tensor([0.0, math.inf])},
+        train_mod.check_outputs({"hybrid logits": torch.zeros(2), "pseudo logits": torch.tensor([0.0, math.inf])},
                                  "PCT", 7)
     real = train_mod.pct_losses
     monkeypatch.setattr(train_mod, "pct_losses", broken)

@@ -79,7 +79,7 @@ def test_eec_head_gets_a_gradient_and_backbone_bn_stays_frozen(tmp_path, data, p
 
     params = _params(steps=1)
     source_pool = ExemplarPool.load(pool)
-    model, eec, _, _, _ = train_mod._build(data["backbone"], params, torch.device("cpu"), None, source_pool)
+    model, eec, _, _, _ = train_mod.build_training(data["backbone"], params, torch.device("cpu"), None, source_pool)
     eec.refresh(model, freeze_backbone_bn=True)
     assert all(not m.training for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert eec.pool_emb.norm(dim=1).allclose(torch.ones(3), atol=1e-5)

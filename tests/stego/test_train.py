@@ -138,7 +138,7 @@ def test_step_batch_is_deterministic_with_a_derangement_and_top_neighbours(data)
 def test_every_trainable_term_has_a_gradient_and_probes_do_not_train_the_head(data):
     """corr_* train the head only; cluster trains the centroids only; linear trains the linear probe only."""
     params = StegoTrainParams(**TINY)
-    modules, _ = train_mod._build(8, 3, params, torch.device("cpu"))
+    modules, _ = train_mod.build_modules(8, 3, params, torch.device("cpu"))
     batch = step_batch(0, 10, data["knn"], params)
     owners = {"corr_self": "head", "corr_knn": "head", "corr_rand": "head", "cluster": "cluster",
               "linear": "linear"}
@@ -161,7 +161,7 @@ def test_pair_terms_rebuilt_by_hand_self_on_the_anchor_points(data):
     neighbour at coords_b, rand = the mean over the neg_samples derangements of anchor vs the permuted batch
     at coords_b. The old independent-points self pair (coords_b on one side) gives a different value."""
     params = StegoTrainParams(**TINY, dropout=0.0, neg_samples=3)
-    modules, _ = train_mod._build(8, None, params, torch.device("cpu"))
+    modules, _ = train_mod.build_modules(8, None, params, torch.device("cpu"))
     batch = step_batch(2, 10, data["knn"], params)
     feats, feats_knn = data["features"][batch["idx"]], data["features"][batch["knn"]]
     with torch.no_grad():
@@ -211,7 +211,7 @@ def test_feature_dropout_changes_only_the_correlation_signal(data):
     values = {}
     for fd, p in ((True, 0.5), (False, 0.5), (True, 0.0), (False, 0.0)):
         params = StegoTrainParams(**TINY, dropout=p, feature_dropout=fd)
-        modules, _ = train_mod._build(8, None, params, torch.device("cpu"))
+        modules, _ = train_mod.build_modules(8, None, params, torch.device("cpu"))
         torch.manual_seed(1)
         with torch.no_grad():
             values[fd, p] = float(train_mod.train_losses(modules, feats, feats_knn, batch, params)["corr_self"])
