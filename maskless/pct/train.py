@@ -160,9 +160,14 @@ class PCTParams(SegTrainParams):
         DynamicEvaluation(2, momentum=self.ema_momentum, power=self.iou_power, unseen_iou=self.unseen_iou)
 
 
+def schedule(params: SegTrainParams) -> Schedule:
+    """Poly learning rate (DeepLab): lr (1 - step / steps) ^ poly_power."""
+    return Schedule(params.lr, params.steps, "poly", power=params.poly_power)
+
+
 def lr_at(step: int, params: SegTrainParams) -> float:
-    """Poly learning rate of 0-based `step` (DeepLab): lr (1 - step / steps) ^ poly_power."""
-    return Schedule(params.lr, params.steps, "poly", power=params.poly_power)(step)
+    """Learning rate of 0-based `step` (schedule)."""
+    return schedule(params)(step)
 
 
 # ---------------------------------------------------------------- data
@@ -502,7 +507,7 @@ def _fit(run: _Run, params: SegTrainParams, *, fingerprint: str, out: str, state
                    run.module, opt, ("step", "loss", *terms_n, *stats_n, "lr"), save,
                    clip=[p for n in run.nets for p in n.parameters()], stats=stats_n,
                    images_per_step=params.batch_size)
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params),
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, schedule(params),
                       params.grad_clip, params.amp)
     resume = Resume(Path(state_dir) / f"{run.kind}_last.pt", resume_key(params.to_dict(), _RESUME_IGNORED),
                     fingerprint)

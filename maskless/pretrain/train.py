@@ -108,9 +108,14 @@ class StepBatches(torch.utils.data.Dataset):
         return view_q, view_k
 
 
+def schedule(params: DenseCLParams) -> Schedule:
+    """Base lr x batch/256, linear warm-up, then cosine to zero."""
+    return Schedule(params.lr * params.batch_size / 256, params.steps, "cosine", params.warmup_steps)
+
+
 def lr_at(step: int, params: DenseCLParams) -> float:
-    """Learning rate of 0-based `step`: base lr x batch/256, linear warm-up, then cosine to zero."""
-    return Schedule(params.lr * params.batch_size / 256, params.steps, "cosine", params.warmup_steps)(step)
+    """Learning rate of 0-based `step` (schedule)."""
+    return schedule(params)(step)
 
 
 def data_fingerprint(rows: list[dict]) -> str:
@@ -163,7 +168,7 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
              f", {rank.world_size} processes" if rank.world_size > 1 else "")
     run = Run("DenseCL", log, step, lambda start: step_batches(data, start, params.num_workers), model, opt,
               LOSS_COLUMNS, save, images_per_step=params.batch_size, digest=model.encoder_q)
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params), amp=params.amp)
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, schedule(params), amp=params.amp)
     resume = Resume(Path(state_dir) / STATE_NAME, resume_key(params.to_dict(), _RESUME_IGNORED), fingerprint)
     summary = fit(run, loop, resume, dev=dev, loss_log=loss_log, stop_after=stop_after)
     if summary["stopped"]:

@@ -174,10 +174,15 @@ def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps:
                            loss=SoloLossWeights(**solo["loss"]), eec=EECParams(**eec) if eec else None)
 
 
-def lr_at(step: int, params: SoloTrainParams) -> float:
-    """Learning rate of 0-based `step` (module docstring)."""
+def schedule(params: SoloTrainParams) -> Schedule:
+    """The learning-rate schedule (module docstring)."""
     return Schedule(params.lr, params.steps, params.schedule, params.warmup_steps, params.warmup_start,
-                    params.lr_decay_at)(step)
+                    params.lr_decay_at)
+
+
+def lr_at(step: int, params: SoloTrainParams) -> float:
+    """Learning rate of 0-based `step` (schedule)."""
+    return schedule(params)(step)
 
 
 def freeze_bn(module: torch.nn.Module) -> int:
@@ -359,7 +364,7 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     run = Run("SOLO", log, step, batches, saved, opt, columns, save, clip=trainable,
               images_per_step=params.batch_size * (2 if params.views == "both" else 1), after_step=after_step,
               note=lambda: f", {seen['pasted']} instances pasted so far")
-    loop = LoopParams(params.steps, params.checkpoint_every, log_every, lambda s: lr_at(s, params),
+    loop = LoopParams(params.steps, params.checkpoint_every, log_every, schedule(params),
                       params.grad_clip, params.amp)
     # The loss log's columns are part of the key: a state saved with other columns starts afresh.
     resume = Resume(Path(state_dir) / STATE_NAME,
