@@ -1,29 +1,32 @@
 # maskless: images -> manifest -> backbone -> coarse masks -> SOLO rounds (FreeSOLO, Exemplar-FreeSOLO),
 # STEGO, PCT -> metrics -> tables.
 #
-# Paths (one folder per experiment, `experiment` in the config):
+# Paths (one folder per experiment, `experiment` in the config; every path is a literal of the rule that writes
+# it or of one helper in rules/common.smk; {images} is `train`, the dataset, or `eval`, dataset.eval):
 #   data/synthetic/<experiment>/                  generated dataset (dataset.kind: synthetic)
-#   results/<experiment>/data/manifest.parquet    image manifest (+ instances_gt.json when ground truth exists,
+#   results/<experiment>/data/<images>/manifest.parquet
+#                                                 image manifest (+ instances_gt.json when ground truth exists,
 #                                                 ingest_summary.json: counts and conversions)
-#   results/<experiment>/data/eval_manifest.parquet, eval_instances_gt.json
-#                                                 the evaluation set (dataset.eval; maskless/evalset.py)
 #   results/<experiment>/pretrain/backbone.pt     DenseCL backbone (or the given pretrain.weights)
-#   results/<experiment>/freemask/shards/<k>.zarr one mask store per shard of images
-#   results/<experiment>/freemask/index.parquet   masks of all shards; results.json / annotations.json in COCO
-#   results/<experiment>/freemask/eval/           Free Mask on the evaluation set (dataset.eval only)
+#   results/<experiment>/<extractor>/<images>/shards/<k>.zarr
+#                                                 coarse masks of an extractor (EXTRACTORS below: freemask), one
+#                                                 mask store per shard of images; index.parquet over the shards,
+#                                                 results.json / annotations.json in COCO beside it
 #   results/<experiment>/solo/<variant>/round<r>/ SOLOv2 (variant freesolo | exemplar_n<count>) of round r:
-#                                                 model.pt, pred/<k>.zarr, index.parquet, results.json;
-#                                                 labels/ (r >= 1: the relabelled masks it trained on);
-#                                                 eval/ (its predictions on the evaluation set)
+#                                                 model.pt, loss.csv; pred/<images>/{shards/<k>.zarr,
+#                                                 index.parquet, results.json} (its predictions); labels/ and
+#                                                 labels.parquet (r >= 1: the relabelled masks it trained on)
 #   results/<experiment>/exemplar/n<count>/pool   exemplar pool of Exemplar-FreeSOLO
 #   results/<experiment>/stego/                   STEGO head and probes (model.pt), kNN table
 #   results/<experiment>/pct/<budget>/            PCT per label budget (ratio<r> | count<n>): split.json;
 #                                                 <mode>/{strong_only,pct,retrain}/model.pt,
 #                                                 <mode>/pseudo/<id>.png (mode plain | ctr)
 #   results/<experiment>/pct/data/                PCT's checked user files (pct.data): manifest, labels.json
-#   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/freemask,
-#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/<budget>/<mode>
-#   results/<experiment>/eval/masks/<masks>.json  quality of the masks a SOLO round trains on (freemask,
+#   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/<extractor>,
+#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/<budget>/<mode>;
+#                                                 instance outputs are scored on the `eval` images when there
+#                                                 are some, else on the `train` images
+#   results/<experiment>/eval/masks/<masks>.json  quality of the masks a SOLO round trains on (<extractor>,
 #                                                 <variant>_round<r>); tables/mask_quality.md has them all
 #   results/<experiment>/tables/metrics.md        every metric of the experiment in one table (pct.md: PCT's)
 #   results/<experiment>/tables/paper/            paper tables as markdown, CSV and LaTeX
@@ -48,17 +51,30 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# Coarse-mask extractors: name -> its rule file. An extractor's rule writes one mask store per shard of an
+# image set, results/{experiment}/<name>/{images}/shards/{shard}.zarr (maskless/store.py); everything after
+# it is shared: the index and COCO exports (rules/masks.smk), its instance metrics and mask quality
+# (rules/eval.smk), and SOLO round 0 trains on the one config `solo.masks` names. A new extractor is one
+# module, one rule file and one entry here.
+EXTRACTORS = {"freemask": "rules/freemask.smk"}
+
+
 include: "rules/common.smk"
 include: "rules/weights.smk"
 include: "rules/data.smk"
 include: "rules/pretrain.smk"
-include: "rules/freemask.smk"
+include: "rules/masks.smk"
 include: "rules/solo.smk"
 include: "rules/exemplar.smk"
 include: "rules/stego.smk"
 include: "rules/pct.smk"
 include: "rules/eval.smk"
 include: "rules/report.smk"
+
+
+for _extractor_rules in EXTRACTORS.values():
+
+    include: _extractor_rules
 
 
 rule all:

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     state.refresh(model, freeze_backbone_bn=True)
     pool_emb = state.pool_emb  # (P, E)
     train = params_from_config(meta["solo"], arch=meta["arch"], emb_dim=meta["emb_dim"], seed=int(meta["seed"]))
-    index = str(run / "freemask/index.parquet")
-    rows, _ = select_images(read_manifest(str(run / "data/manifest.parquet")), mask_counts(index))
+    index = str(run / "freemask/train/index.parquet")
+    rows, _ = select_images(read_manifest(str(run / "data/train/manifest.parquet")), mask_counts(index))
     source = SampleSource(rows, MaskStore(index), train.input_size * train.scale_jitter[1])
     embs = []
     model.eval()

@@ -4,8 +4,8 @@ would become round 1's labels, how many, and how many of them are objects.
     .venv/bin/python bench/relabel_sweep.py RUN [RUN ...]
 
 RUN is a results folder of a finished run with a self-training round (e.g. results/synthetic-claims/seed0):
-its round-0 predictions on the training images (solo/freesolo/round0/index.parquet) are scored against
-data/instances_gt.json. Rules, each through maskless.selftrain.select_predictions (the width filter and the
+its round-0 predictions on the training images (solo/freesolo/round0/pred/train/index.parquet) are scored against
+data/train/instances_gt.json. Rules, each through maskless.selftrain.select_predictions (the width filter and the
 per-image cap of the config apply as in the relabel rule):
   fixed t     score >= t (FreeSOLO's rule; the reference t = 0.3)
   top-k k     the k highest-scoring predictions of every image, whatever their score
@@ -44,8 +44,8 @@ def rules(all_scores: np.ndarray, base: RelabelParams) -> dict[str, RelabelParam
 
 
 def sweep(run: Path, base: RelabelParams) -> dict[str, dict]:
-    coco = COCO(str(run / "data" / "instances_gt.json"))
-    store = MaskStore(str(run / "solo" / "freesolo" / "round0" / "index.parquet"))
+    coco = COCO(str(run / "data" / "train" / "instances_gt.json"))
+    store = MaskStore(str(run / "solo" / "freesolo" / "round0" / "pred" / "train" / "index.parquet"))
     images = list(store.iter_images())
     all_scores = np.concatenate([im.scores for im in images]) if images else np.zeros(0)
     out = {}

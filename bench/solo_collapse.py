@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
 
         solo_data.SampleSource._load = load_largest
     with tempfile.TemporaryDirectory() as tmp:
-        index = run / ("freemask" if args.masks == "freemask" else "data/gt_masks") / "index.parquet"
-        train_solo(manifest=str(run / "data/manifest.parquet"), masks_index=str(index),
+        index = run / ("freemask/train" if args.masks == "freemask" else "data/gt_masks") / "index.parquet"
+        train_solo(manifest=str(run / "data/train/manifest.parquet"), masks_index=str(index),
                    backbone=str(run / "pretrain/backbone.pt"), out_weights=f"{tmp}/w.pt", state_dir=f"{tmp}/s",
                    params=params, device="cpu", threads=args.threads, loss_log=f"{tmp}/loss.csv",
                    log_every=10**9)

@@ -15,6 +15,16 @@ from maskless.models.registry import require as require_weights
 config.update(validate_config(config))
 
 EXP = config["experiment"]
+# The image sets ({images}): `train`, the dataset, and `eval`, the evaluation set (dataset.eval; FreeSOLO's
+# protocol trains on train2017 + unlabeled2017 and scores on val2017). The instance outputs are scored on
+# SCORED: the evaluation images when there are some, else the training images.
+IMAGE_SETS = ["train"] + (["eval"] if evalset.eval_set(config) is not None else [])
+SCORED = IMAGE_SETS[-1]
+if config["solo"]["masks"] not in EXTRACTORS:
+    raise ValueError(
+        f"config solo.masks: {config['solo']['masks']!r} is not a coarse-mask extractor; the Snakefile's "
+        f"EXTRACTORS has {sorted(EXTRACTORS)}"
+    )
 # What the user's dataset files are now (names, sizes, times; the JSON's bytes): a param of the ingest rules,
 # so a changed image set or annotation file reruns ingest and everything after it.
 DATASET_INPUTS = (
@@ -24,7 +34,9 @@ DATASET_INPUTS = (
 )
 for _w in check_image_count(
     config,
-    dag_image_count(config, EXP, DATASET_INPUTS),
+    dag_image_count(
+        config, f"results/{EXP}/data/train/manifest.parquet", DATASET_INPUTS
+    ),
     f"dataset {config['dataset']['name']!r}",
 ):
     print(f"warning: {_w}", file=sys.stderr)
@@ -38,6 +50,8 @@ RUNS = [EXP] if config["seeds"] is None else [f"{EXP}/seed{k}" for k in config["
 wildcard_constraints:
     # only this config's runs: results/<other>/... is not this run's
     experiment="|".join(re.escape(r) for r in RUNS),
+    images="|".join(IMAGE_SETS),
+    extractor="|".join(re.escape(x) for x in EXTRACTORS),
     shard=r"\d+",
     stage=r"[a-z0-9_]+",
     round=r"\d+",
@@ -85,60 +99,34 @@ def pretrain_given():
     return {"given": weights_file(value)} if value and not os.path.isfile(value) else {}
 
 
-def shard_paths(wildcards, folder):
-    """One store per shard of the manifest under results/<experiment>/<folder>/; the count comes from the
-    manifest (a checkpoint). Every per-shard stage shares the Free Mask sharding."""
-    manifest = checkpoints.ingest.get(experiment=wildcards.experiment).output.manifest
+def shard_paths(wildcards, folder, images="train"):
+    """One store per shard of an image set's manifest, results/<experiment>/<folder>/<k>.zarr; the count comes
+    from the manifest (a checkpoint: ingest or ingest_eval). Every per-shard stage shares the sharding of
+    freemask.shard_size."""
+    ingest = checkpoints.ingest_eval if images == "eval" else checkpoints.ingest
+    manifest = ingest.get(experiment=wildcards.experiment).output.manifest
     n = num_shards(manifest, config["freemask"]["shard_size"])
     return [f"results/{wildcards.experiment}/{folder}/{k}.zarr" for k in range(n)]
-
-
-def shard_stores(wildcards):
-    return shard_paths(wildcards, "freemask/shards")
-
-
-# The evaluation set (dataset.eval, maskless/evalset.py holds its paths): Free Mask and the evaluated SOLO
-# rounds also predict on its images; the instance evaluations score those against its ground truth.
 
 
 def eval_set():
     return evalset.eval_set(config)
 
 
-def eval_shard_paths(wildcards, shard_template):
-    """One store per shard of the evaluation manifest (the checkpoint ingest_eval makes it); `shard_template`
-    is a maskless.evalset path with a {shard} wildcard, formatted with the wildcards and each shard number.
-    """
-    manifest = checkpoints.ingest_eval.get(
-        experiment=wildcards.experiment
-    ).output.manifest
-    n = num_shards(manifest, config["freemask"]["shard_size"])
-    return [shard_template.format(**dict(wildcards.items()), shard=k) for k in range(n)]
-
-
 def instance_gt(wildcards):
-    """The ground truth of the instance evaluations: the evaluation set's, else the training images'."""
-    return evalset.instance_gt(config, wildcards.experiment)
-
-
-def freemask_scored(wildcards):
-    """The Free Mask results the instance evaluation scores (on the evaluation images when there are some)."""
-    return evalset.freemask_results(config, wildcards.experiment)
-
-
-def solo_scored(wildcards):
-    """The SOLO results of a variant and round that eval_solo scores."""
-    return evalset.solo_results(
-        config, wildcards.experiment, wildcards.variant, wildcards.round
-    )
+    """The ground truth of the instance evaluations: the scored images' (SCORED)."""
+    return f"results/{wildcards.experiment}/data/{SCORED}/instances_gt.json"
 
 
 def training_masks(experiment, variant, round, shard=None):
-    """Masks SOLO round `round` trains on: Free Mask for round 0 (the ground truth for the oracle), else that
-    round's relabelled predictions."""
+    """Masks SOLO round `round` trains on: for round 0 the training images' masks of the extractor config
+    solo.masks names (the ground truth for the oracle), else that round's relabelled predictions.
+    """
     if round == 0:
         base = f"results/{experiment}/" + (
-            "data/gt_masks/" if variant == "oracle" else "freemask/"
+            "data/gt_masks/"
+            if variant == "oracle"
+            else f"{config['solo']['masks']}/train/"
         )
         return base + ("index.parquet" if shard is None else f"shards/{shard}.zarr")
     base = f"results/{experiment}/solo/{variant}/round{round}/"
@@ -153,7 +141,7 @@ def solo_train_inputs(wildcards):
             f"self-training rounds (selftrain.rounds, exemplar.rounds)"
         )
     inputs = {
-        "manifest": f"results/{exp}/data/manifest.parquet",
+        "manifest": f"results/{exp}/data/train/manifest.parquet",
         "masks": training_masks(exp, variant, r),
         "backbone": f"results/{exp}/pretrain/backbone.pt",
     }
@@ -175,7 +163,9 @@ def relabel_inputs(wildcards):
     )
     if r < 1:
         raise ValueError("relabelled masks exist for self-training rounds >= 1 only")
-    inputs = {"predictions": f"results/{exp}/solo/{variant}/round{r - 1}/pred/{k}.zarr"}
+    inputs = {
+        "predictions": f"results/{exp}/solo/{variant}/round{r - 1}/pred/train/shards/{k}.zarr"
+    }
     if config["selftrain"]["keep_previous"]:
         inputs["previous"] = training_masks(exp, variant, r - 1, shard=k)
     return inputs
@@ -204,11 +194,13 @@ def instances_on():
 
 
 def instance_evals(wildcards):
-    """The instance metrics of Free Mask and of every SOLO variant and round (none with the branch off or
+    """The instance metrics of every extractor's masks and of every SOLO variant and round (none with the branch off or
     nothing to score against)."""
     if not (instances_on() and evalset.instance_eval_on(config)):
         return []
-    return [f"results/{wildcards.experiment}/eval/freemask/metrics.parquet"] + [
+    return [
+        f"results/{wildcards.experiment}/eval/{x}/metrics.parquet" for x in EXTRACTORS
+    ] + [
         f"results/{wildcards.experiment}/eval/{v}/round{r}/metrics.parquet"
         for v in solo_variants()
         for r in range(variant_rounds(v) + 1)
@@ -218,7 +210,7 @@ def instance_evals(wildcards):
 def mask_sets():
     if not (instances_on() and has_ground_truth()):
         return []
-    return ["freemask"] + [
+    return list(EXTRACTORS) + [
         f"{v}_round{r}"
         for v in solo_variants()
         for r in range(1, variant_rounds(v) + 1)
@@ -226,8 +218,8 @@ def mask_sets():
 
 
 def mask_set_index(wildcards):
-    if wildcards.masks == "freemask":
-        return training_masks(wildcards.experiment, "freesolo", 0)
+    if wildcards.masks in EXTRACTORS:
+        return f"results/{wildcards.experiment}/{wildcards.masks}/train/index.parquet"
     variant, _, r = wildcards.masks.rpartition("_round")
     return training_masks(wildcards.experiment, variant, int(r))
 
@@ -246,12 +238,12 @@ def backbone_file(section, exp):
 def stego_train_inputs(wildcards):
     exp = wildcards.experiment
     inputs = {
-        "manifest": f"results/{exp}/data/manifest.parquet",
+        "manifest": f"results/{exp}/data/train/manifest.parquet",
         "backbone": backbone_file("stego", exp),
     }
     if has_ground_truth():
         inputs["gt"] = (
-            f"results/{exp}/data/instances_gt.json"  # the linear probe (evaluation only)
+            f"results/{exp}/data/train/instances_gt.json"  # the linear probe (evaluation only)
         )
     return inputs
 
@@ -287,8 +279,8 @@ def pct_data_inputs(wildcards):
     exp = wildcards.experiment
     if config["pct"]["data"] is None:
         return {
-            "manifest": f"results/{exp}/data/manifest.parquet",
-            "gt": f"results/{exp}/data/instances_gt.json",
+            "manifest": f"results/{exp}/data/train/manifest.parquet",
+            "gt": f"results/{exp}/data/train/instances_gt.json",
         }
     return {
         "manifest": f"results/{exp}/pct/data/manifest.parquet",
@@ -361,16 +353,16 @@ def report_files(exp):
     """What the report figures draw (the fields of maskless.report.ReportInputs), exactly the files this run
     makes: field -> path, or -> [path] (metrics), or -> {key: path} with the key saying what the file is of
     (variant and round, budget and mode (and PCT run), exemplar count)."""
-    wc, ev = SimpleNamespace(experiment=exp), eval_set() is not None
+    wc = SimpleNamespace(experiment=exp)
     files = {
-        "manifest": f"results/{exp}/data/manifest.parquet",
+        "manifest": f"results/{exp}/data/train/manifest.parquet",
         "metrics": instance_evals(wc) + stego_evals(wc),
     }
     if has_ground_truth():
-        files["ground_truth"] = f"results/{exp}/data/instances_gt.json"
-    if ev:
-        files["eval_manifest"] = evalset.EVAL_MANIFEST.format(experiment=exp)
-        files["eval_ground_truth"] = evalset.EVAL_GT.format(experiment=exp)
+        files["ground_truth"] = f"results/{exp}/data/train/instances_gt.json"
+    if SCORED == "eval":
+        files["eval_manifest"] = f"results/{exp}/data/eval/manifest.parquet"
+        files["eval_ground_truth"] = f"results/{exp}/data/eval/instances_gt.json"
     stego_pretrain = (
         config["stego"]["enabled"] and config["stego"]["backbone"] == "pretrain"
     )
@@ -381,14 +373,11 @@ def report_files(exp):
     ):
         files["pretrain_loss"] = f"results/{exp}/pretrain/loss.csv"
     if instances_on():
-        files["freemask"] = (
-            evalset.FREEMASK_EVAL_INDEX.format(experiment=exp)
-            if ev
-            else f"results/{exp}/freemask/index.parquet"
-        )
+        if "freemask" in EXTRACTORS:  # the report's "Free Mask" strip
+            files["freemask"] = f"results/{exp}/freemask/{SCORED}/index.parquet"
         # every round's predictions where the rounds are scored, else the last round's (run_outputs)
         files["solo"] = {
-            (v, r): evalset.solo_index(config, exp, v, r)
+            (v, r): f"results/{exp}/solo/{v}/round{r}/pred/{SCORED}/index.parquet"
             for v in solo_variants()
             for r in (
                 range(variant_rounds(v) + 1)
@@ -501,13 +490,10 @@ def run_outputs(exp, report=True):
     # images' are only made where a self-training round relabels them).
     out = []
     if instances_on():
+        out += [f"results/{exp}/{x}/train/annotations.json" for x in EXTRACTORS]
         out += [
-            f"results/{exp}/freemask/index.parquet",
-            f"results/{exp}/freemask/annotations.json",
-            *[
-                evalset.solo_index(config, exp, v, variant_rounds(v))
-                for v in solo_variants()
-            ],
+            f"results/{exp}/solo/{v}/round{variant_rounds(v)}/pred/{SCORED}/index.parquet"
+            for v in solo_variants()
         ]
     if config["stego"]["enabled"]:
         out.append(f"results/{exp}/stego/model.pt")

@@ -30,9 +30,13 @@ checkpoint ingest:
     input:
         unpack(dataset_source),
     output:
-        manifest="results/{experiment}/data/manifest.parquet",
-        gt="results/{experiment}/data/instances_gt.json" if has_ground_truth() else [],
-        summary="results/{experiment}/data/ingest_summary.json",
+        manifest="results/{experiment}/data/train/manifest.parquet",
+        gt=(
+            "results/{experiment}/data/train/instances_gt.json"
+            if has_ground_truth()
+            else []
+        ),
+        summary="results/{experiment}/data/train/ingest_summary.json",
     log:
         "results/{experiment}/logs/ingest.log",
     benchmark:
@@ -55,14 +59,15 @@ checkpoint ingest:
 
 
 # The evaluation set (dataset.eval, COCO format: e.g. val2017 when training on train2017 + unlabeled2017):
-# its own manifest and ground truth, beside the training set's. Paths: maskless/evalset.py.
+# the image set `eval`, its own manifest and ground truth beside the training set's (its own rule: its files
+# and params are the eval section's). The rules with an {images} wildcard run on it like on `train`.
 if eval_set() is not None:
 
     checkpoint ingest_eval:
         output:
-            manifest=evalset.EVAL_MANIFEST,
-            gt=evalset.EVAL_GT,
-            summary="results/{experiment}/data/eval_ingest_summary.json",
+            manifest="results/{experiment}/data/eval/manifest.parquet",
+            gt="results/{experiment}/data/eval/instances_gt.json",
+            summary="results/{experiment}/data/eval/ingest_summary.json",
         log:
             "results/{experiment}/logs/ingest_eval.log",
         benchmark:
@@ -91,8 +96,8 @@ if eval_set() is not None:
 
 rule gt_masks_shard:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
-        gt="results/{experiment}/data/instances_gt.json",
+        manifest="results/{experiment}/data/train/manifest.parquet",
+        gt="results/{experiment}/data/train/instances_gt.json",
     output:
         store=directory("results/{experiment}/data/gt_masks/shards/{shard}.zarr"),
     log:
@@ -112,7 +117,7 @@ rule gt_masks_shard:
 
 rule gt_masks_index:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/train/manifest.parquet",
         shards=lambda wc: shard_paths(wc, "data/gt_masks/shards"),
     output:
         index="results/{experiment}/data/gt_masks/index.parquet",

@@ -1,21 +1,17 @@
-# Class-agnostic COCO evaluation of every instance output, and the experiment's metrics table. The instance
-# outputs are scored on the evaluation set (dataset.eval) when there is one, else on the training images:
-# instance_gt, freemask_scored and solo_scored (rules/common.smk) pick the files.
-
-INSTANCE_OUTPUTS = {"freemask": freemask_scored}
+# Class-agnostic COCO evaluation of every instance output (each extractor's coarse masks, each SOLO variant
+# and round), and the experiment's metrics table. The instance outputs are scored on the image set SCORED
+# (rules/common.smk): the evaluation set (dataset.eval) when there is one, else the training images.
 
 
 rule eval_instances:
     input:
         gt=instance_gt,
-        predictions=lambda wc: INSTANCE_OUTPUTS[wc.stage](wc),
+        predictions=f"results/{{experiment}}/{{extractor}}/{SCORED}/results.json",
     output:
-        metrics="results/{experiment}/eval/{stage}/metrics.parquet",
-        table="results/{experiment}/eval/{stage}/metrics.md",
+        metrics="results/{experiment}/eval/{extractor}/metrics.parquet",
+        table="results/{experiment}/eval/{extractor}/metrics.md",
     log:
-        "results/{experiment}/logs/eval/{stage}.log",
-    wildcard_constraints:
-        stage="|".join(INSTANCE_OUTPUTS),
+        "results/{experiment}/logs/eval/{extractor}.log",
     conda:
         ENV
     threads: 1
@@ -26,7 +22,7 @@ rule eval_instances:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
         round=0,
-        stage=lambda wc: wc.stage,
+        stage=lambda wc: wc.extractor,
     script:
         "../stages/eval_instances.py"
 
@@ -34,7 +30,7 @@ rule eval_instances:
 rule eval_solo:
     input:
         gt=instance_gt,
-        predictions=solo_scored,
+        predictions=f"results/{{experiment}}/solo/{{variant}}/round{{round}}/pred/{SCORED}/results.json",
     output:
         metrics="results/{experiment}/eval/{variant}/round{round}/metrics.parquet",
         table="results/{experiment}/eval/{variant}/round{round}/metrics.md",
@@ -76,20 +72,20 @@ rule tables:
         "../stages/tables.py"
 
 
-# Quality of the masks each SOLO round trains on (maskless/eval/mask_quality.py): Free Mask's, and each
+# Quality of the masks each SOLO round trains on (maskless/eval/mask_quality.py): each extractor's, and each
 # self-training round's relabelled masks, against the training images' ground truth.
 
 
 rule mask_quality:
     input:
         index=mask_set_index,
-        gt="results/{experiment}/data/instances_gt.json",
+        gt="results/{experiment}/data/train/instances_gt.json",
     output:
         quality="results/{experiment}/eval/masks/{masks}.json",
     log:
         "results/{experiment}/logs/eval/masks_{masks}.log",
     wildcard_constraints:
-        masks=r"freemask|(freesolo|exemplar_n\d+)_round\d+",
+        masks="|".join(EXTRACTORS) + r"|(freesolo|exemplar_n\d+)_round\d+",
     conda:
         ENV
     threads: 1

@@ -5,9 +5,9 @@
 
 rule exemplar_pool:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/train/manifest.parquet",
         solo="results/{experiment}/solo/freesolo/round0/model.pt",
-        masks="results/{experiment}/freemask/index.parquet",
+        masks=lambda wc: training_masks(wc.experiment, "freesolo", 0),  # solo.masks
     output:
         pool=directory("results/{experiment}/exemplar/n{n_exemplars}/pool"),
     log:

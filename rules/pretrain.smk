@@ -5,7 +5,7 @@
 rule pretrain:
     input:
         **pretrain_given(),  # named weights: their cache file, fetched by rule fetch_weights (rules/weights.smk)
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/train/manifest.parquet",
     output:
         weights="results/{experiment}/pretrain/backbone.pt",
         loss_log="results/{experiment}/pretrain/loss.csv",

@@ -1,8 +1,10 @@
 # Self-supervised SOLOv2 and its self-training rounds, for each variant: "freesolo" (FreeSOLO) and
 # "exemplar_n<count>" (Exemplar-FreeSOLO: the same training plus the EEC term against the exemplar pool mined
 # with <count> images, rules/exemplar.smk). Round 0 trains on the Free Mask masks; round r >= 1 on round
-# r-1's predictions, relabelled shard by shard (score, count and width filters). Prediction and relabel
-# shards follow the Free Mask sharding (freemask.shard_size).
+# r-1's predictions on the training images, relabelled shard by shard (score, count and width filters).
+# Each round predicts on an image set ({images}): the training images where a later round relabels them,
+# the scored images (SCORED in rules/common.smk) for its evaluation. Prediction and relabel shards follow
+# the sharding of freemask.shard_size.
 
 
 rule solo_train:
@@ -26,7 +28,13 @@ rule solo_train:
         solo=section_params(
             config,
             "solo",
-            exclude=("threads", "predict_threads", "predict_batch_size", "inference"),
+            exclude=(
+                "threads",
+                "predict_threads",
+                "predict_batch_size",
+                "inference",
+                "masks",
+            ),
         ),
         arch=config["pretrain"]["arch"],
         emb_dim=config["freemask"]["embedding_dim"],
@@ -46,16 +54,16 @@ rule solo_train:
 
 rule solo_predict:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/{images}/manifest.parquet",
         weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
     output:
         store=directory(
-            "results/{experiment}/solo/{variant}/round{round}/pred/{shard}.zarr"
+            "results/{experiment}/solo/{variant}/round{round}/pred/{images}/shards/{shard}.zarr"
         ),
     log:
-        "results/{experiment}/logs/solo/{variant}/round{round}/pred_{shard}.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/pred_{images}_{shard}.log",
     benchmark:
-        "results/{experiment}/benchmarks/solo/{variant}/round{round}/pred_{shard}.tsv"
+        "results/{experiment}/benchmarks/solo/{variant}/round{round}/pred_{images}_{shard}.tsv"
     conda:
         ENV
     threads: config["solo"]["predict_threads"]
@@ -75,13 +83,15 @@ rule solo_predict:
 
 rule solo_index:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
-        shards=lambda wc: shard_paths(wc, f"solo/{wc.variant}/round{wc.round}/pred"),
+        manifest="results/{experiment}/data/{images}/manifest.parquet",
+        shards=lambda wc: shard_paths(
+            wc, f"solo/{wc.variant}/round{wc.round}/pred/{wc.images}/shards", wc.images
+        ),
     output:
-        index="results/{experiment}/solo/{variant}/round{round}/index.parquet",
-        results="results/{experiment}/solo/{variant}/round{round}/results.json",
+        index="results/{experiment}/solo/{variant}/round{round}/pred/{images}/index.parquet",
+        results="results/{experiment}/solo/{variant}/round{round}/pred/{images}/results.json",
     log:
-        "results/{experiment}/logs/solo/{variant}/round{round}/index.log",
+        "results/{experiment}/logs/solo/{variant}/round{round}/index_{images}.log",
     conda:
         ENV
     threads: 1
@@ -117,7 +127,7 @@ rule selftrain_relabel:
 
 rule selftrain_labels_index:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/train/manifest.parquet",
         shards=lambda wc: shard_paths(wc, f"solo/{wc.variant}/round{wc.round}/labels"),
     output:
         index="results/{experiment}/solo/{variant}/round{round}/labels.parquet",
@@ -134,30 +144,3 @@ rule selftrain_labels_index:
         max_dets=config["eval"]["max_dets"],
     script:
         "../stages/mask_index.py"
-
-
-# Predictions of every evaluated SOLO variant and round on the evaluation set's images (dataset.eval; paths:
-# maskless/evalset.py), scored by eval_solo. The same jobs and params as on the training images, whose
-# predictions are then made only where a self-training round relabels them.
-if eval_set() is not None:
-
-    use rule solo_predict as solo_predict_eval with:
-        input:
-            manifest=evalset.EVAL_MANIFEST,
-            weights="results/{experiment}/solo/{variant}/round{round}/model.pt",
-        output:
-            store=directory(evalset.SOLO_EVAL_SHARD),
-        log:
-            "results/{experiment}/logs/solo/{variant}/round{round}/eval_pred_{shard}.log",
-        benchmark:
-            "results/{experiment}/benchmarks/solo/{variant}/round{round}/eval_pred_{shard}.tsv"
-
-    use rule solo_index as solo_index_eval with:
-        input:
-            manifest=evalset.EVAL_MANIFEST,
-            shards=lambda wc: eval_shard_paths(wc, evalset.SOLO_EVAL_SHARD),
-        output:
-            index=evalset.SOLO_EVAL_INDEX,
-            results=evalset.SOLO_EVAL_RESULTS,
-        log:
-            "results/{experiment}/logs/solo/{variant}/round{round}/eval_index.log",

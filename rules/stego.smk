@@ -38,10 +38,10 @@ rule stego_train:
 
 rule stego_eval:
     input:
-        manifest="results/{experiment}/data/manifest.parquet",
+        manifest="results/{experiment}/data/train/manifest.parquet",
         backbone=lambda wc: backbone_file("stego", wc.experiment),
         model="results/{experiment}/stego/model.pt",
-        gt="results/{experiment}/data/instances_gt.json",
+        gt="results/{experiment}/data/train/instances_gt.json",
     output:
         metrics="results/{experiment}/eval/stego/metrics.parquet",
         table="results/{experiment}/eval/stego/metrics.md",

@@ -1,6 +1,6 @@
-"""Rules freemask_index, solo_index, selftrain_labels_index: index every shard store of a stage; export the
-masks as COCO results (for evaluation) and/or annotations (to train any detector), as the rule declares,
-in one pass over the store (each mask decoded and RLE-encoded once for both files)."""
+"""Rules masks_index, solo_index, selftrain_labels_index, gt_masks_index: index every shard store of a stage;
+export the masks as COCO results (for evaluation) and/or annotations (to train any detector), as the rule
+declares, in one pass over the store (each mask decoded and RLE-encoded once for both files)."""
 
 from maskless.coco_export import export_coco_files
 from maskless.stage_utils import begin

@@ -314,27 +314,23 @@ def _manifest(path: Path, folder: Path, ids: list[int], *, seed: int = 0, hw: tu
 
 
 def _eval_set(root: Path) -> dict:
-    """The files of an evaluation set under root (paths: maskless.evalset); the ReportInputs fields naming
-    them (the Free Mask and SOLO predictions on the evaluation images replace those on the training images)."""
-    from maskless import evalset
-
-    def at(template: str, **kw) -> Path:
-        return root / template.removeprefix("results/{experiment}/").format(**kw)
-
-    _manifest(at(evalset.EVAL_MANIFEST), root / "eval_images", EVAL_IDS, seed=50)
+    """The files of an evaluation set under root (laid out as the rules write them: the image set `eval`); the
+    ReportInputs fields naming them (the Free Mask and SOLO predictions on the evaluation images replace those
+    on the training images)."""
+    manifest, gt_file = root / "data/eval/manifest.parquet", root / "data/eval/instances_gt.json"
+    freemask, solo = root / "freemask/eval/index.parquet", root / "solo/freesolo/round0/pred/eval/index.parquet"
+    _manifest(manifest, root / "eval_images", EVAL_IDS, seed=50)
     poly = [[30.0, 5.0, 60.0, 5.0, 60.0, 40.0, 30.0, 40.0]]
     gt = {"categories": [{"id": 1, "name": "a"}],
           "images": [{"id": i, "file_name": f"{i}.png", "height": H, "width": W} for i in EVAL_IDS],
           "annotations": [{"id": 1, "image_id": 101, "category_id": 1, "segmentation": poly, "area": 1050.0,
                            "bbox": [30, 5, 30, 35], "iscrowd": 0}]}
-    at(evalset.EVAL_GT).write_text(json.dumps(gt))
+    gt_file.write_text(json.dumps(gt))
     # Free Mask and SOLO round 0 on the evaluation images: image 101 has a mask each, 102 none
-    _store(at(evalset.FREEMASK_EVAL_INDEX).parent, {101: [(_blob(30, 45, 7), 0.9)], 102: [], 103: []})
-    _store(at(evalset.SOLO_EVAL_INDEX, variant="freesolo", round=0).parent,
-           {101: [(_blob(15, 45, 6), 0.9)], 102: [(_blob(15, 45, 6), 0.1)], 103: []})
-    return {"eval_manifest": str(at(evalset.EVAL_MANIFEST)), "eval_ground_truth": str(at(evalset.EVAL_GT)),
-            "freemask": str(at(evalset.FREEMASK_EVAL_INDEX)),
-            "solo": [("freesolo", 0, str(at(evalset.SOLO_EVAL_INDEX, variant="freesolo", round=0)))]}
+    _store(freemask.parent, {101: [(_blob(30, 45, 7), 0.9)], 102: [], 103: []})
+    _store(solo.parent, {101: [(_blob(15, 45, 6), 0.9)], 102: [(_blob(15, 45, 6), 0.1)], 103: []})
+    return {"eval_manifest": str(manifest), "eval_ground_truth": str(gt_file), "freemask": str(freemask),
+            "solo": [("freesolo", 0, str(solo))]}
 
 
 @pytest.fixture(scope="module")

@@ -202,17 +202,17 @@ def input_fingerprint(images, annotations: str | None = None) -> dict:
     return out
 
 
-def dag_image_count(cfg: dict, experiment: str, fingerprint: dict) -> int | None:
+def dag_image_count(cfg: dict, manifest: str | os.PathLike, fingerprint: dict) -> int | None:
     """The training images a run will have, where known before any job: the synthetic count, the image files
-    of a folder (input_fingerprint), a finished ingest's manifest rows for COCO; else None (ingest checks)."""
+    of a folder (input_fingerprint), the rows of a finished ingest's `manifest` for COCO; else None (ingest
+    checks)."""
     ds = cfg["dataset"]
     cap = ds["max_images"] or float("inf")
     if ds["kind"] == "synthetic":
         return int(min(cfg["synthetic"]["num_images"], cap))
     if ds["kind"] == "folder":
         return int(min(fingerprint.get("image_files", 0), cap)) if fingerprint.get("images") else None
-    manifest = Path(f"results/{experiment}/data/manifest.parquet")
-    return read_num_rows(manifest) if manifest.is_file() else None
+    return read_num_rows(manifest) if Path(manifest).is_file() else None
 
 
 # The conversions load_rgb applies, counted by ingest: its note (maskless.data.images) -> the counted name.

@@ -2,7 +2,7 @@
 
 Data, two sources (the `gt` input of every PCT rule says which):
 - The dataset's ground truth (pct.data null, the default). Images come from the experiment's manifest;
-  pixel labels and tags from its validated COCO instances (results/<exp>/data/instances_gt.json: thing
+  pixel labels and tags from its validated COCO instances (results/<exp>/data/train/instances_gt.json: thing
   classes 1..C, background 0, crowd 255; for the synthetic data these are the generator's own objects), so a
   strong image's tags always equal its label map's classes. A held-out set of `eval_fraction` of the images
   is drawn first, with the seed only, so it is the same for every label budget and no model ever trains

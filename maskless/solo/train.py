@@ -166,7 +166,8 @@ def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps:
     levels = geo.pop("levels")
     model = SoloModelParams(**solo["model"], arch=arch, emb_dim=emb_dim, grids=tuple(geo["grids"]),
                             levels=tuple(levels))
-    skip = {"geometry", "model", "loss", "inference", "predict_batch_size", "threads", "predict_threads"}
+    skip = {"geometry", "model", "loss", "inference", "predict_batch_size", "threads", "predict_threads",
+            "masks"}
     train = {k: v for k, v in solo.items() if k not in skip}
     if steps is not None:
         train["steps"] = steps

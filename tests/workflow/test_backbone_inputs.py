@@ -38,7 +38,7 @@ def test_a_backbone_path_is_the_rules_input(workflow_dir):
     (workflow_dir / "vit.yaml").write_text("stego: {backbone: dino_vit.pth, layer: tokens}\n"
                                            "freemask: {backbone: dino_vitb8, feature_level: tokens}\n")
     targets = ["results/tiny/stego/model.pt", "results/tiny/eval/stego/metrics.parquet",
-               "results/tiny/freemask/shards/0.zarr"]
+               "results/tiny/freemask/train/shards/0.zarr"]
     proc = snakemake(workflow_dir, *targets, "-n", "--cores", "1", "--configfile", "tiny.yaml", "vit.yaml")
     assert proc.returncode == 0, proc.stderr[-4000:]
     jobs = _jobs(proc.stdout + proc.stderr)
@@ -56,4 +56,4 @@ def test_a_backbone_path_is_the_rules_input(workflow_dir):
     assert ckpt["params"]["features"]["layer"] == "tokens" and ckpt["params"]["steps"] == 3
     rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
     assert {"kmeans", "stego_cluster"} <= {r["stage"] for r in rows}
-    assert (res / "freemask" / "shards" / "0.zarr").is_dir() and not (res / "pretrain").exists()
+    assert (res / "freemask" / "train" / "shards" / "0.zarr").is_dir() and not (res / "pretrain").exists()

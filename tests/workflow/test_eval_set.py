@@ -56,26 +56,26 @@ def test_eval_set_predicts_and_scores_on_its_own_images(workflow_dir):
     res = workflow_dir / "results" / "tiny-eval"
 
     # Training manifest: both folders, names relative to their common parent, ids 1..4; no training GT.
-    rows = pq.read_table(res / "data" / "manifest.parquet").to_pylist()
+    rows = pq.read_table(res / "data" / "train" / "manifest.parquet").to_pylist()
     assert [(r["id"], r["file_name"], r["split"]) for r in rows] == [
         (1, "extra/000003.png", "train"), (2, "extra/000004.png", "train"),
         (3, "train/000001.png", "train"), (4, "train/000002.png", "train")]
-    assert not (res / "data" / "instances_gt.json").exists()
+    assert not (res / "data" / "train" / "instances_gt.json").exists()
     # Evaluation manifest and GT: the 8 COCO images with their own ids.
-    rows = pq.read_table(res / "data" / "eval_manifest.parquet").to_pylist()
+    rows = pq.read_table(res / "data" / "eval" / "manifest.parquet").to_pylist()
     assert [(r["id"], r["split"]) for r in rows] == [(i, "eval") for i in range(1, 9)]
-    gt = json.loads((res / "data" / "eval_instances_gt.json").read_text())
+    gt = json.loads((res / "data" / "eval" / "instances_gt.json").read_text())
     assert sorted(im["id"] for im in gt["images"]) == list(range(1, 9))
 
     # Free Mask on both sets (training masks feed SOLO; eval masks are scored): 1 training shard, 2 eval shards.
-    assert sorted(p.name for p in (res / "freemask" / "shards").iterdir()) == ["0.zarr"]
+    assert sorted(p.name for p in (res / "freemask" / "train" / "shards").iterdir()) == ["0.zarr"]
     assert sorted(p.name for p in (res / "freemask" / "eval" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
     # SOLO predicts on the evaluation images only: no self-training round relabels the training images here.
-    solo = res / "solo" / "freesolo" / "round0"
-    assert sorted(p.name for p in (solo / "eval" / "pred").iterdir()) == ["0.zarr", "1.zarr"]
+    solo = res / "solo" / "freesolo" / "round0" / "pred"
+    assert sorted(p.name for p in (solo / "eval" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
     results = json.loads((solo / "eval" / "results.json").read_text())
     assert {p["image_id"] for p in results} <= set(range(1, 9))
-    assert not (solo / "pred").exists() and not (solo / "index.parquet").exists()
+    assert sorted(p.name for p in solo.iterdir()) == ["eval"]
 
     # Every instance metric row names the evaluation set; the tables exist though the training set has no GT.
     for path, stage in (("freemask", "freemask"), ("freesolo/round0", "freesolo")):
@@ -94,9 +94,10 @@ def test_eval_set_predicts_and_scores_on_its_own_images(workflow_dir):
     (workflow_dir / "more.yaml").write_text("selftrain: {rounds: 1}\nexemplar: {counts: [2], rounds: 0}\n")
     dry = _ok(snakemake(workflow_dir, "-n", "--cores", "2", "--configfile", "tiny.yaml", "eval.yaml", "more.yaml"))
     out = dry.stdout + dry.stderr
-    for rule, count in (("solo_predict", 1), ("selftrain_relabel", 1), ("solo_predict_eval", 4), ("eval_solo", 2)):
+    # One rule per step for both image sets (the {images} wildcard): 1 training + 4 evaluation prediction shards.
+    for rule, count in (("solo_predict", 5), ("selftrain_relabel", 1), ("solo_index", 2), ("eval_solo", 2)):
         assert re.search(rf"^{rule}\s+{count}$", out, re.M), (rule, out)
-    for path in ("solo/freesolo/round0/pred/0.zarr", "solo/freesolo/round1/labels/0.zarr",
-                 "solo/freesolo/round1/eval/results.json", "solo/exemplar_n2/round0/eval/results.json"):
+    for path in ("solo/freesolo/round0/pred/train/shards/0.zarr", "solo/freesolo/round1/labels/0.zarr",
+                 "solo/freesolo/round1/pred/eval/results.json", "solo/exemplar_n2/round0/pred/eval/results.json"):
         assert f"results/tiny-eval/{path}" in out, path
-    assert "solo/freesolo/round1/pred/" not in out and "rule freemask_eval_shard:" not in out
+    assert "solo/freesolo/round1/pred/train" not in out and "rule freemask_shard:" not in out

@@ -12,7 +12,7 @@ import pytest
 from .conftest import snakemake
 
 pytestmark = pytest.mark.workflow
-MANIFEST = "results/{}/data/manifest.parquet"
+MANIFEST = "results/{}/data/train/manifest.parquet"
 
 
 def _ok(proc):
@@ -68,7 +68,7 @@ def test_changed_folder_and_annotations_rerun_ingest(workflow_dir):
     ann.write_text(json.dumps(coco))
     assert _planned(workflow_dir, "coco.yaml", target=target) == ["ingest"]
     _ok(snakemake(workflow_dir, target, "--cores", "1", "--configfile", "tiny.yaml", "coco.yaml"))
-    gt = json.loads((workflow_dir / "results" / "cocox" / "data" / "instances_gt.json").read_text())
+    gt = json.loads((workflow_dir / "results" / "cocox" / "data" / "train" / "instances_gt.json").read_text())
     assert len(gt["annotations"]) == len(coco["annotations"])
 
 
@@ -86,5 +86,5 @@ def test_image_count_checks_stop_before_any_job(workflow_dir):
 def test_experiment_wildcard_is_the_configs(workflow_dir):
     """results/<other experiment>/... is not this config's to make (issue 13): no rule matches it."""
     proc = snakemake(workflow_dir, MANIFEST.format("other"), "-n", "--configfile", "tiny.yaml")
-    assert proc.returncode != 0 and "No rule to produce results/other/data/manifest.parquet" in proc.stderr + proc.stdout
+    assert proc.returncode != 0 and "No rule to produce results/other/data/train/manifest.parquet" in proc.stderr + proc.stdout
     _ok(snakemake(workflow_dir, MANIFEST.format("tiny"), "-n", "--configfile", "tiny.yaml"))

@@ -185,11 +185,11 @@ def gpu_and_cpu_jobs(tmp_path_factory) -> SlurmRun:
     """pretrain (GPU) and pct_split (CPU, needs only the manifest and the ground truth), submitted together.
 
     Not synthetic: it is upstream of pretrain (via ingest), and {experiment} only matches the config's.
-    Not eval_instances: it makes Snakemake evaluate freemask_index's input function on the empty manifest.
+    Not eval_instances: it makes Snakemake evaluate masks_index's input function on the empty manifest.
     """
     workdir = tmp_path_factory.mktemp("slurm_a") / "wd"
     targets = [f"results/{EXP}/pretrain/backbone.pt", f"results/{EXP}/pct/ratio0.5/split.json"]
-    inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/data/instances_gt.json"]
+    inputs = [f"results/{EXP}/data/train/manifest.parquet", f"results/{EXP}/data/train/instances_gt.json"]
     return run_fake_slurm(workdir, targets, ["pretrain", "pct_split"], inputs)
 
 
@@ -200,8 +200,8 @@ VARIANTS = ("freesolo", "exemplar_n2")  # tiny.yaml: exemplar.counts [2], selftr
 def shard_and_local_jobs(tmp_path_factory) -> SlurmRun:
     """freemask_shard (GPU) and the localrule tables in one run."""
     workdir = tmp_path_factory.mktemp("slurm_b") / "wd"
-    targets = [f"results/{EXP}/freemask/shards/0.zarr", f"results/{EXP}/tables/metrics.md"]
-    inputs = [f"results/{EXP}/data/manifest.parquet", f"results/{EXP}/pretrain/backbone.pt"]
+    targets = [f"results/{EXP}/freemask/train/shards/0.zarr", f"results/{EXP}/tables/metrics.md"]
+    inputs = [f"results/{EXP}/data/train/manifest.parquet", f"results/{EXP}/pretrain/backbone.pt"]
     inputs.append(f"results/{EXP}/eval/freemask/metrics.parquet")
     inputs += [f"results/{EXP}/eval/{v}/round{r}/metrics.parquet" for v in VARIANTS for r in (0, 1)]
     inputs.append(f"results/{EXP}/eval/stego/metrics.parquet")
@@ -235,7 +235,7 @@ def test_gpu_rule_sbatch_arguments(fixture, rule, minutes, mem_mb, cpus, request
 def test_training_rules_request_train_processes_gpus(tmp_path):
     """train_processes: 2 (data-parallel training on 2 GPUs) -> the training rule asks SLURM for 2 GPUs."""
     run = run_fake_slurm(tmp_path / "wd", [f"results/{EXP}/pretrain/backbone.pt"], ["pretrain"],
-                         [f"results/{EXP}/data/manifest.parquet"], extra=("--config", "train_processes=2"))
+                         [f"results/{EXP}/data/train/manifest.parquet"], extra=("--config", "train_processes=2"))
     argv = run.sbatch_by_rule()["pretrain"]
     assert [a for a in argv if a.split("=", 1)[0] in GPU_FLAGS] == ["--gpus=2"]
 

@@ -20,7 +20,7 @@ def test_seed_runs_share_the_data_and_differ_by_seed(workflow_dir):
     (workflow_dir / "seeds.yaml").write_text("experiment: s\nseeds: [1, 2]\noracles: true\n")
     cfg = ("--configfile", "tiny.yaml", "seeds.yaml")
     plan = _ok(snakemake(workflow_dir, "-n", "--cores", "1", *cfg)).stdout
-    assert "results/s/tables/claims.md" in plan and "results/s/seed2/data/manifest.parquet" in plan
+    assert "results/s/tables/claims.md" in plan and "results/s/seed2/data/train/manifest.parquet" in plan
     assert plan.count("rule synthetic:") == 1  # one dataset for both seeds
     # PCT's oracle: the strong-only net with every training image labelled, scored for the claims table
     assert "results/s/seed2/eval/pct/ratio1/oracle/metrics.parquet" in plan

@@ -23,13 +23,13 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     _ok(snakemake(workflow_dir, "--cores", "2", "--configfile", "tiny.yaml"))
     res = workflow_dir / "results" / "tiny"
 
-    manifest = pq.read_table(res / "data" / "manifest.parquet").to_pylist()
+    manifest = pq.read_table(res / "data" / "train" / "manifest.parquet").to_pylist()
     assert [r["id"] for r in manifest] == list(range(1, 9))
 
     # 8 images in shards of 4: two shard stores, one index over both.
-    assert sorted(p.name for p in (res / "freemask" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
-    index = pq.read_table(res / "freemask" / "index.parquet")
-    results = json.loads((res / "freemask" / "results.json").read_text())
+    assert sorted(p.name for p in (res / "freemask" / "train" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
+    index = pq.read_table(res / "freemask" / "train" / "index.parquet")
+    results = json.loads((res / "freemask" / "train" / "results.json").read_text())
     assert len(results) == index.num_rows
     assert all("bbox" not in r for r in results)
 
@@ -47,7 +47,7 @@ def test_whole_dag_runs_and_caches(workflow_dir):
         for r in (0, 1):
             solo = res / "solo" / variant / f"round{r}"
             assert (solo / "model.pt").exists() and (solo / "loss.csv").exists()
-            assert sorted(p.name for p in (solo / "pred").iterdir()) == ["0.zarr", "1.zarr"]
+            assert sorted(p.name for p in (solo / "pred" / "train" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
             rows = pq.read_table(res / "eval" / variant / f"round{r}" / "metrics.parquet").to_pylist()
             assert {(x["stage"], x["round"]) for x in rows} == {(variant, r)}
         labels = res / "solo" / variant / "round1" / "labels"
@@ -131,7 +131,7 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     assert any("exemplar_n2" in f["caption"] for f in figures)
     (workflow_dir / "fewer.yaml").write_text("exemplar: {counts: []}\n")
     _ok(snakemake(workflow_dir, "results/tiny/report", "--cores", "2", "--configfile", "tiny.yaml", "fewer.yaml"))
-    for path in ("exemplar/n2/pool", "solo/exemplar_n2/round1/index.parquet", "eval/exemplar_n2/round0/metrics.parquet"):
+    for path in ("exemplar/n2/pool", "solo/exemplar_n2/round1/pred/train/index.parquet", "eval/exemplar_n2/round0/metrics.parquet"):
         assert (res / path).exists(), path
     assert "exemplar_n2" not in (res / "tables" / "metrics.md").read_text()
     figures = json.loads((res / "report" / "index.json").read_text())
@@ -166,14 +166,14 @@ def test_image_folder_without_labels_gives_masks_and_no_eval(workflow_dir):
     cfg = ("--configfile", "tiny.yaml", "folder.yaml")
     # The whole DAG plans no evaluation and no ground truth; the masks, their export and STEGO are run.
     plan = _ok(snakemake(workflow_dir, "-n", "--cores", "1", *cfg)).stdout
-    assert "rule solo_train:" in plan and "rule freemask_index:" in plan and "rule stego_train:" in plan, plan
+    assert "rule solo_train:" in plan and "rule masks_index:" in plan and "rule stego_train:" in plan, plan
     assert "rule eval_" not in plan and "rule stego_eval:" not in plan and "instances_gt" not in plan, plan
-    _ok(snakemake(workflow_dir, "results/photos/freemask/annotations.json", "results/photos/stego/model.pt",
+    _ok(snakemake(workflow_dir, "results/photos/freemask/train/annotations.json", "results/photos/stego/model.pt",
                   "--cores", "2", *cfg))
     res = workflow_dir / "results" / "photos"
-    assert [r["id"] for r in pq.read_table(res / "data" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
-    assert (res / "freemask" / "annotations.json").exists()
-    assert not (res / "data" / "instances_gt.json").exists() and not (res / "eval").exists()
+    assert [r["id"] for r in pq.read_table(res / "data" / "train" / "manifest.parquet").to_pylist()] == [1, 2, 3, 4, 5]
+    assert (res / "freemask" / "train" / "annotations.json").exists()
+    assert not (res / "data" / "train" / "instances_gt.json").exists() and not (res / "eval").exists()
     # STEGO trains without labels; its linear probe (an evaluation probe) is skipped with the reason logged.
     assert (res / "stego" / "model.pt").exists()
     assert "linear probe skipped" in (res / "logs" / "stego" / "train.log").read_text()
