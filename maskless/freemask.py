@@ -29,7 +29,7 @@ from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
 from maskless.models.backbones import LEVELS as BACKBONE_LEVELS
 from maskless.ops.masks import boxes_xywh, largest_component
-from maskless.ops.matrix_nms import KERNELS, matrix_nms
+from maskless.ops.matrix_nms import KERNELS, matrix_nms_top_k
 
 log = logging.getLogger(__name__)
 
@@ -227,12 +227,13 @@ def free_mask(features: Tensor, image_hw: tuple[int, int], params: FreeMaskParam
     # which of those the top-k keeps. Dropping it first saves most of the Matrix NMS on fine grids.
     strong = big & (qm["maskness"] >= params.min_maskness)  # (Q,)
     counts["low_maskness"] = int((big & ~strong).sum())
+    # The top_k masks by decayed maskness, exactly as the full Matrix NMS and a stable sort would rank them
+    # (matrix_nms_top_k stops once no lower-ranked mask can enter the top k).
     keep = strong.nonzero()[:, 0]  # (K,)
-    decayed = matrix_nms(qm["masks"][keep], qm["maskness"][keep], kernel=params.nms_kernel,
-                         sigma=params.nms_sigma, areas=qm["area"][keep])  # (K,)
-    top = torch.argsort(decayed, descending=True, stable=True)[: params.top_k]
+    top, decayed = matrix_nms_top_k(qm["masks"][keep], qm["maskness"][keep], params.top_k,
+                                    kernel=params.nms_kernel, sigma=params.nms_sigma, areas=qm["area"][keep])
     counts["top_k"] = keep.numel() - top.numel()
-    idx, decayed = keep[top], decayed[top]
+    idx = keep[top]
 
     soft = qm["soft"][idx]  # (N, h, w)
     masks = np.zeros((0, height, width), dtype=bool)

@@ -7,10 +7,12 @@ keeps masks by decayed score (a threshold, or top-k as in Free Mask).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-__all__ = ["matrix_nms", "KERNELS"]
+__all__ = ["matrix_nms", "matrix_nms_top_k", "KERNELS"]
 
 KERNELS = ("gaussian", "linear")
 
@@ -79,3 +81,64 @@ def matrix_nms(
     out = torch.empty_like(decayed)
     out[order] = decayed
     return out
+
+
+def matrix_nms_top_k(
+    masks: Tensor,
+    scores: Tensor,
+    k: int,
+    *,
+    kernel: str = "gaussian",
+    sigma: float = 2.0,
+    areas: Tensor | None = None,
+    block: int = 128,
+) -> tuple[Tensor, Tensor]:
+    """The k best masks by class-agnostic Matrix NMS score: (indices into the inputs, their decayed scores),
+    exactly `argsort(matrix_nms(...), descending=True, stable=True)[:k]` and those scores, bit for bit, at a
+    fraction of the cost when k is much smaller than N (Free Mask: top 20 of ~1000 queries at res3).
+
+    Why it can stop early: a mask's decay depends only on the masks ranked above it (and theirs), and it is
+    at most 1 (the top-ranked mask i = 0 has comp 0, so its term is <= 1 for every j > 0; j = 0 keeps 1).
+    So, walking the masks in score order a block at a time, every mask not yet reached has a decayed score
+    <= its raw score <= the next raw score; once the k-th best decayed score so far is strictly above that,
+    none of them can enter the top k (ties cannot reorder: the bound is strict). Each block computes its
+    masks' IoU with the masks above it only (the upper triangle, never the full N x N product), with the same
+    float32 operations as matrix_nms, so every value is identical (the intersections are exact integer sums).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"matrix_nms kernel must be one of {KERNELS}, got {kernel!r}")
+    if masks.ndim != 3 or scores.ndim != 1 or masks.shape[0] != scores.shape[0]:
+        raise ValueError(f"matrix_nms needs masks (N, H, W) and scores (N,), "
+                         f"got {tuple(masks.shape)} and {tuple(scores.shape)}")
+    n = scores.shape[0]
+    if n == 0 or k < 1:
+        return scores.new_zeros(0, dtype=torch.long), scores.new_zeros(0, dtype=torch.float32)
+    if not torch.isfinite(scores).all():
+        raise ValueError("matrix_nms scores contain NaN or inf")
+
+    order = torch.argsort(scores, descending=True, stable=True)  # (N,) sorted position -> input index
+    flat = masks[order].reshape(n, -1).float()  # (N, HW)
+    area = (flat.sum(dim=1) if areas is None else areas[order].float())  # (N,)
+    ranked = scores[order].float()  # (N,)
+    comp = flat.new_zeros(n)  # comp_i, filled block by block
+    decayed = torch.full((n,), -math.inf, dtype=torch.float32, device=scores.device)  # sorted order
+    start = 0
+    while start < n:
+        end = min(n, start + block)
+        inter = flat[:end] @ flat[start:end].T  # (end, B): rows i < end, columns j in the block
+        union = area[:end, None] + area[None, start:end] - inter
+        iou = (inter / union.clamp(min=1e-6)).triu(diagonal=1 - start)  # keep row i < column j (= start + c)
+        comp[start:end] = iou.max(dim=0).values  # (B,) column max over the rows above
+        if kernel == "gaussian":
+            ratio = torch.exp(-sigma * (iou**2 - comp[:end, None] ** 2))  # (end, B)
+        else:
+            ratio = (1.0 - iou) / (1.0 - comp[:end, None]).clamp(min=1e-6)
+        # the terms i >= j (IoU 0) are >= 1 and never lower the minimum (matrix_nms's docstring)
+        decayed[start:end] = ranked[start:end] * ratio.min(dim=0).values
+        start = end
+        if start < n and start >= k and torch.topk(decayed[:start], k).values[-1] > ranked[start]:
+            break
+    out = torch.full((n,), -math.inf, dtype=torch.float32, device=scores.device)
+    out[order] = decayed  # unreached masks stay -inf: each is below the k-th best
+    top = torch.argsort(out, descending=True, stable=True)[:k]
+    return top, out[top]

@@ -19,7 +19,7 @@ import math
 import pytest
 import torch
 
-from maskless.ops.matrix_nms import matrix_nms
+from maskless.ops.matrix_nms import matrix_nms, matrix_nms_top_k
 
 
 def strips() -> torch.Tensor:
@@ -93,3 +93,71 @@ def test_bad_input_raises():
         matrix_nms(m, torch.tensor([0.9, 0.8, 0.7]), kernel="box")
     with pytest.raises(ValueError, match="scores"):
         matrix_nms(m, torch.tensor([0.9, 0.8]))
+
+
+# ---------------------------------------------------------------- matrix_nms_top_k (Free Mask's top-k)
+
+
+def test_top_k_worked_example():
+    """The strips above in the order (m2, m0, m1): decayed (0.7 x 0.80074, 0.9, 0.8 x 0.48675) = (0.5605, 0.9,
+    0.3894): the top 2 are m0 (input 1) then m2 (input 0; its compensation lifts it over m1), whatever the
+    block size."""
+    masks, scores = shuffled()
+    for block in (1, 2, 3, 128):
+        idx, dec = matrix_nms_top_k(masks, scores, 2, block=block)
+        assert idx.tolist() == [1, 0]
+        assert dec.tolist() == pytest.approx([0.9, 0.7 * math.exp(-2 / 9)], abs=1e-5)
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "linear"])
+def test_top_k_equals_full_matrix_nms_bit_for_bit(kernel):
+    """Random overlapping blobs (many near-duplicates, tied scores): the same indices in the same order and
+    the same float32 scores as the full matrix_nms and a stable sort, for every block size and k."""
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        n = int(torch.randint(1, 300, (1,), generator=gen))
+        base = torch.rand(max(1, n // 5), 10, 12, generator=gen)
+        pick = torch.randint(0, base.shape[0], (n,), generator=gen)
+        masks = (base[pick] + 0.3 * torch.rand(n, 10, 12, generator=gen)) > 0.8
+        scores = torch.rand(n, generator=gen)
+        if trial % 2:
+            scores = (scores * 10).round() / 10  # ties
+        areas = masks.flatten(1).sum(1)
+        full = matrix_nms(masks, scores, kernel=kernel, areas=areas)
+        for k in (1, 5, 20, n + 3):
+            block = int(torch.randint(1, 70, (1,), generator=gen))
+            idx, dec = matrix_nms_top_k(masks, scores, k, kernel=kernel, areas=areas, block=block)
+            want = torch.argsort(full, descending=True, stable=True)[:k]
+            assert torch.equal(idx, want) and torch.equal(dec, full[want]), (trial, k, block)
+
+
+def test_top_k_stops_early_when_nothing_below_can_enter():
+    """Disjoint masks decay nothing: with k = 2 the k-th score (0.8) beats the next raw score (0.7) after the
+    first block of 2, so the masks below are never compared; the result is still the full one's."""
+    masks = torch.zeros(6, 1, 6, dtype=torch.bool)
+    for i in range(6):
+        masks[i, 0, i] = True
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])
+    calls = []
+    real_triu = torch.Tensor.triu
+
+    def counting_triu(self, diagonal=0):
+        calls.append(self.shape)
+        return real_triu(self, diagonal)
+
+    torch.Tensor.triu = counting_triu
+    try:
+        idx, dec = matrix_nms_top_k(masks, scores, 2, block=2)
+    finally:
+        torch.Tensor.triu = real_triu
+    assert idx.tolist() == [0, 1] and dec.tolist() == pytest.approx([0.9, 0.8])
+    assert calls == [(2, 2)]  # one block, never the 6 x 6 product
+
+
+def test_top_k_empty_and_bad_input():
+    idx, dec = matrix_nms_top_k(torch.zeros(0, 2, 2, dtype=torch.bool), torch.zeros(0), 5)
+    assert idx.numel() == 0 and dec.numel() == 0
+    with pytest.raises(ValueError, match="kernel"):
+        matrix_nms_top_k(torch.ones(1, 2, 2, dtype=torch.bool), torch.ones(1), 1, kernel="hard")
+    with pytest.raises(ValueError, match="NaN"):
+        matrix_nms_top_k(torch.ones(1, 2, 2, dtype=torch.bool), torch.tensor([math.nan]), 1)
