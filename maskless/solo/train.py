@@ -56,6 +56,11 @@ GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
 SCHEDULES = ("constant", "cosine", "step")
 VIEWS = ("strong", "weak", "both")
 PASTE_SOURCES, PASTE_VIEWS = ("reverse", "random"), ("strong", "both")
+# maskless's copy-paste before issue 15, which config.yaml pins: what a run whose resolved params predate a
+# copy_paste_ key did (bench/ scripts that replay a finished run fill the missing keys with these).
+EARLIER_COPY_PASTE = dict(copy_paste_prob=0.5, copy_paste_min=1, copy_paste_max=3, copy_paste_max_ioy=None,
+                          copy_paste_source="random", copy_paste_view="both", copy_paste_occlude_pasted=True,
+                          copy_paste_min_visible_px=16)
 _RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
 LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "mask_fg", "lr")
 # Collapse warning: the positives' masks predicted foreground on at least this share of their pixels for this

@@ -13,7 +13,7 @@ import yaml
 
 from maskless.solo.augment import Sample, SoloAugmentParams, batch_samples, copy_paste
 from maskless.solo.data import make_batch
-from maskless.solo.train import SoloTrainParams
+from maskless.solo.train import EARLIER_COPY_PASTE, SoloTrainParams
 
 # Every copy_paste argument at FreeSOLO's value; a test overrides what it contrasts.
 FREESOLO = dict(min_instances=0, max_instances=None, max_ioy=0.5, occlude_pasted=False, min_visible_px=1)
@@ -183,11 +183,9 @@ def test_params_check_and_pass_on_every_copy_paste_value():
     paste = [f for f in dataclasses.fields(SoloAugmentParams) if f.name.startswith("copy_paste_")]
     assert len(paste) == 8
     assert all(f.default == getattr(train_defaults, f.name) for f in paste)
-    earlier = dict(copy_paste_prob=0.5, copy_paste_min=1, copy_paste_max=3, copy_paste_max_ioy=None,
-                   copy_paste_source="random", copy_paste_view="both", copy_paste_occlude_pasted=True,
-                   copy_paste_min_visible_px=16)
-    aug = SoloTrainParams(**earlier).augment_params()
-    assert {k: getattr(aug, k) for k in earlier} == earlier
+    aug = SoloTrainParams(**EARLIER_COPY_PASTE).augment_params()
+    assert {k: getattr(aug, k) for k in EARLIER_COPY_PASTE} == EARLIER_COPY_PASTE
+    assert sorted(EARLIER_COPY_PASTE) == sorted(f.name for f in paste)
     for bad, match in ((dict(copy_paste_min=3, copy_paste_max=2), "copy_paste_max"),
                        (dict(copy_paste_min_visible_px=0), "copy_paste_min_visible_px"),
                        (dict(copy_paste_source="next"), "copy_paste_source"),
@@ -198,12 +196,13 @@ def test_params_check_and_pass_on_every_copy_paste_value():
     SoloTrainParams(views="weak", copy_paste_prob=0.0)  # no copy-paste at all: allowed
 
 
-def test_the_quick_tour_pins_every_copy_paste_value():
-    """config.yaml (under every other config of the workflow) names each copy_paste_ key of the schema, so a
-    schema default never moves the quick tour's or the claims run's figures unnoticed."""
+def test_the_quick_tour_pins_the_earlier_copy_paste():
+    """config.yaml (under every other config of the workflow) sets each copy_paste_ key of the schema to
+    maskless's earlier value, so a schema default never moves the quick tour's or the claims run's figures."""
     from maskless.config import load_schema
 
     root = Path(__file__).resolve().parents[2]
-    keys = [k for k in load_schema()["properties"]["solo"]["properties"] if k.startswith("copy_paste_")]
-    pinned = yaml.safe_load((root / "config.yaml").read_text())["solo"]
-    assert len(keys) == 8 and not [k for k in keys if k not in pinned]
+    keys = sorted(k for k in load_schema()["properties"]["solo"]["properties"] if k.startswith("copy_paste_"))
+    solo = yaml.safe_load((root / "config.yaml").read_text())["solo"]
+    assert keys == sorted(EARLIER_COPY_PASTE)
+    assert {k: solo.get(k, "missing") for k in keys} == EARLIER_COPY_PASTE
