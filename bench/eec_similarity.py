@@ -29,7 +29,7 @@ from maskless.solo.data import SampleSource, make_batch, mask_counts, select_ima
 from maskless.solo.eec_train import EECState
 from maskless.solo.losses import gather_positives, mask_logits
 from maskless.solo.predict import load_solo
-from maskless.solo.train import params_from_config
+from maskless.solo.train import EARLIER_COPY_PASTE, params_from_config
 from maskless.store import MaskStore
 
 THRESHOLDS = ((0.5, 0.1), (0.3, 0.0))
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     state.head.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True)["eec_head"])
     state.refresh(model, freeze_backbone_bn=True)
     pool_emb = state.pool_emb  # (P, E)
-    train = params_from_config(meta["solo"], arch=meta["arch"], emb_dim=meta["emb_dim"], seed=int(meta["seed"]))
+    solo = {**EARLIER_COPY_PASTE, **meta["solo"]}  # copy-paste keys the run predates: what it did
+    train = params_from_config(solo, arch=meta["arch"], emb_dim=meta["emb_dim"], seed=int(meta["seed"]))
     index = str(run / "freemask/train/index.parquet")
     rows, _ = select_images(read_manifest(str(run / "data/train/manifest.parquet")), mask_counts(index))
     source = SampleSource(rows, MaskStore(index), train.input_size * train.scale_jitter[1])

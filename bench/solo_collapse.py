@@ -31,7 +31,7 @@ import torch
 import maskless.solo.data as solo_data
 import maskless.solo.losses as solo_losses
 from maskless.ops.masks import largest_component
-from maskless.solo.train import params_from_config, train_solo
+from maskless.solo.train import EARLIER_COPY_PASTE, params_from_config, train_solo
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     run = Path(args.run)
     meta = json.loads((run / "solo/freesolo/round0/model.pt.params.json").read_text())["params"]
-    solo = copy.deepcopy(meta["solo"])
+    solo = {**EARLIER_COPY_PASTE, **copy.deepcopy(meta["solo"])}  # keys the run predates: what it did
     for item in args.set:
         key, value = item.split("=", 1)
         node, *path = solo, *key.split(".")

@@ -6,19 +6,33 @@ pastes instances between images (copy-paste, after Ghiasi et al. 2021, "Simple C
 1. weak_sample: resize so the short side is input_size x s (s drawn from scale_jitter; the long side is
    capped at twice that, maskless.data.images.resized_hw), then a horizontal flip with p_flip. Masks follow the
    same geometry (bilinear on 0/1, threshold 0.5); masks that vanish are dropped with their embeddings.
-2. copy_paste: with copy_paste_prob, k (1..copy_paste_max) random instances of another sample of the batch
-   (resized whole to this sample's size, so they keep their relative place and scale) are pasted with their
-   pixels, masks and embeddings. With copy_paste_max_ioy (FreeSOLO's 0.5: engine/trainer.py copy_and_paste),
-   a drawn instance is not pasted when it would cover that share or more of one of the target's instances
-   (IoY: intersection over the target instance's area). The target's masks keep only their visible part; a
-   mask whose visible part falls below min_visible_px pixels is dropped (one 4x4 mask-resolution cell by
-   default). FreeSOLO's copy-paste differs otherwise, not aligned yet: it runs every step with 0..n
-   instances (uniform), its source is the batch in reverse order and its pasted pixels come from the
-   source's weak view onto the target's strong view, pasted instances do not occlude each other, and no
-   occluded mask is dropped.
-3. strong_view: the weak view's pixels (after pasting) with colour jitter, grayscale and Gaussian blur, then
-   (random_erasing) FreeSOLO's three RandomErasing passes: the same geometry, so the same masks and targets
-   serve both views (FreeSOLO keeps the masks of erased pixels too).
+2. copy_paste (Ghiasi et al.'s copy-paste as FreeSOLO's freesolo/engine/trainer.py copy_and_paste and
+   run_step do it, by default; each way maskless did it before issue 15 is a named value, given in brackets):
+   - copy_paste_prob: the share of images that receive instances; FreeSOLO pastes into every image, 1 (0.5).
+   - copy_paste_source: image b of the batch receives from image B-1-b, "reverse" (FreeSOLO's data_k[::-1];
+     the middle image of an odd batch is its own source), or from a random other image, "random".
+   - copy_paste_min, copy_paste_max: the count k is uniform in min..n, n the source's instances capped at max;
+     FreeSOLO draws 0..n (np.random.randint(n + 1)), min 0, max None (1 and 3). k = 0 pastes nothing.
+   - copy_paste_max_ioy: a drawn instance is not pasted when it would cover that share or more of one of the
+     target's instances (IoY: intersection over the target instance's area); FreeSOLO's 0.5 (None: no filter).
+   - copy_paste_view: the source's weak sample (resized whole to the target's size, so its instances keep
+     their relative place and scale) goes with its pixels, masks and embeddings onto the target's strong
+     view after its photometric changes and erasing, "strong" (FreeSOLO pastes into data_q, the strong
+     views; the weak views keep their image and masks, so the two views have masks of their own), or into
+     the weak sample before its strong view is made, "both" (both views carry the paste and share masks).
+   - copy_paste_occlude_pasted: each pasted instance hides what it covers of those pasted before it, True;
+     FreeSOLO keeps every pasted mask whole and pastes the union of their pixels, False. The target's own
+     masks keep only their visible part either way.
+   - copy_paste_min_visible_px: masks with fewer visible pixels are dropped with their embeddings. FreeSOLO
+     drops none; a mask hidden entirely gives it no target (freesolo/modeling/solov2/solov2.py skips empty
+     masks), which 1 reproduces (16: one 4x4 mask-resolution cell).
+   Smaller differences remain: FreeSOLO resizes the source bilinearly and keeps every mask pixel above 0
+   (here INTER_AREA when shrinking and >= 0.5, resize_masks), and draws k before that resize (here after
+   dropping masks that vanish in it).
+3. strong_view: the weak view's pixels (after pasting with copy_paste_view "both") with colour jitter,
+   grayscale and Gaussian blur, then (random_erasing) FreeSOLO's three RandomErasing passes: the same
+   geometry, so the same masks serve both views but for the pasted ones (FreeSOLO keeps the masks of erased
+   pixels too).
 
 How training uses the two views is maskless.solo.train.SoloTrainParams.views (document there). Every
 random draw comes from the numpy Generator passed in, so a step's samples are a function of its seed.
@@ -41,12 +55,23 @@ _CV_CHANNELS = 256  # masks resized this many at a time (cv2 takes at most 512 c
 @dataclass
 class Sample:
     """One training sample: image (H, W, 3) uint8 (the weak view), masks (N, H, W) bool, embeddings (N, E)
-    float32 or None. strong: (H, W, 3) uint8 photometric variant of image, once strong_view has run."""
+    float32 or None. strong: (H, W, 3) uint8 photometric variant of image, once strong_view has run.
+    strong_labels: (masks, embeddings) of the strong view when they differ from the weak view's (copy-paste
+    onto the strong view alone); None: the strong view has the weak view's masks and embeddings."""
 
     image: np.ndarray
     masks: np.ndarray
     embeddings: np.ndarray | None
     strong: np.ndarray | None = None
+    strong_labels: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def view(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(image, masks, embeddings) of view "weak" or "strong"."""
+        if name == "weak":
+            return self.image, self.masks, self.embeddings
+        if name != "strong" or self.strong is None:
+            raise ValueError(f"Sample.view: no view {name!r} (views: weak, and strong once strong_view has run)")
+        return (self.strong, *(self.strong_labels or (self.masks, self.embeddings)))
 
 
 @dataclass(frozen=True)
@@ -59,11 +84,16 @@ class SoloAugmentParams:
     p_gray: float = 0.2
     p_blur: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)  # px at 224, scaled by the image's short side / 224
-    copy_paste_prob: float = 0.5
-    copy_paste_max: int = 3
-    copy_paste_max_ioy: float | None = None  # None: no overlap filter
-    min_visible_px: int = 16
     random_erasing: bool = True
+    # Copy-paste (module docstring); the defaults are FreeSOLO's, the comments give maskless's earlier values.
+    copy_paste_prob: float = 1.0  # earlier 0.5
+    copy_paste_min: int = 0  # earlier 1
+    copy_paste_max: int | None = None  # None: up to all the source's instances; earlier 3
+    copy_paste_max_ioy: float | None = 0.5  # None: no overlap filter (earlier)
+    copy_paste_source: str = "reverse"  # or "random" (earlier)
+    copy_paste_view: str = "strong"  # or "both" (earlier)
+    copy_paste_occlude_pasted: bool = False  # earlier True
+    copy_paste_min_visible_px: int = 1  # earlier 16
 
 
 # FreeSOLO's strong augmentation (freesolo/data/detection_utils.py build_strong_augmentation): three
@@ -127,24 +157,30 @@ def _merge_embeddings(a: np.ndarray | None, na: int, b: np.ndarray | None, nb: i
     return np.concatenate([a, b]).astype(np.float32)
 
 
-def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_instances: int,
-               min_visible_px: int = 16, max_ioy: float | None = None) -> tuple[Sample, int]:
-    """Paste 1..max_instances random instances of `source` onto `target` -> (new sample, number pasted).
+def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, min_instances: int,
+               max_instances: int | None, max_ioy: float | None, occlude_pasted: bool,
+               min_visible_px: int) -> tuple[Sample, int]:
+    """Paste k random instances of `source` onto `target` -> (new sample, number pasted).
 
-    The source is first resized whole to the target's size. With max_ioy, a drawn instance covering at least
-    that share of one of the target's own instances (IoY = |pasted & target| / |target|) is left out (the
-    draws are the same either way). Pasted instances go in their drawn order, each on top of the previous
-    ones. Every mask (the target's and earlier pasted ones) keeps only its visible part; masks with fewer
-    than min_visible_px visible pixels are dropped with their embeddings.
+    The source is first resized whole to the target's size; k is uniform in min_instances..n, n the source's
+    instance count capped at max_instances (None: no cap); k = 0 pastes nothing. With max_ioy, a drawn
+    instance covering at least that share of one of the target's own instances (IoY = |pasted & target| /
+    |target|) is left out (the draws are the same either way). The target's masks keep only their visible
+    part. occlude_pasted: the pasted instances go in their drawn order, each hiding what it covers of the
+    earlier ones; else each pasted mask stays whole (overlapping ones share pixels). Masks with fewer than
+    min_visible_px visible pixels (at least 1) are dropped with their embeddings.
     """
     n_src = len(source.masks)
-    if n_src == 0 or max_instances < 1:
+    if n_src == 0 or (max_instances is not None and max_instances < 1):
         return target, 0
     hw = target.image.shape[:2]
     src = resize_sample(source.image, source.masks, source.embeddings, hw)
     if len(src.masks) == 0:
         return target, 0
-    k = int(rng.integers(1, min(max_instances, len(src.masks)) + 1))
+    hi = len(src.masks) if max_instances is None else min(max_instances, len(src.masks))
+    k = int(rng.integers(min(min_instances, hi), hi + 1))
+    if k == 0:
+        return target, 0
     chosen = np.sort(rng.choice(len(src.masks), size=k, replace=False))
     if max_ioy is not None and len(target.masks):
         chosen = chosen[overlap_ioy(src.masks[chosen], target.masks).max(1) < max_ioy]
@@ -156,10 +192,15 @@ def copy_paste(target: Sample, source: Sample, rng: np.random.Generator, *, max_
     emb = _merge_embeddings(target.embeddings, len(target.masks),
                             None if src.embeddings is None else src.embeddings[chosen], k)
     n_old = len(target.masks)
-    for j in range(k):
-        paste = masks[n_old + j].copy()  # (H, W)
+    if occlude_pasted:
+        for j in range(k):
+            paste = masks[n_old + j].copy()  # (H, W)
+            image[paste] = src.image[paste]
+            masks[: n_old + j] &= ~paste  # everything below this instance loses what it covers
+    else:
+        paste = masks[n_old:].any(0)  # (H, W): the union; the pixels are the source's either way
         image[paste] = src.image[paste]
-        masks[: n_old + j] &= ~paste  # everything below this instance loses what it covers
+        masks[:n_old] &= ~paste
     keep = masks.reshape(len(masks), hw[0] * hw[1]).sum(1) >= max(1, min_visible_px)  # (N + k,)
     return Sample(image, masks[keep], None if emb is None else emb[keep]), k
 
@@ -212,24 +253,55 @@ def random_erasing(image: np.ndarray, rng: np.random.Generator, passes=ERASING) 
 
 def batch_samples(items: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], rng: np.random.Generator,
                   params: SoloAugmentParams) -> tuple[list[Sample], int]:
-    """Weak samples of a batch, copy-paste between them, then strong views -> (samples, instances pasted).
+    """Weak samples of a batch, copy-paste between them and strong views -> (samples, instances pasted).
 
     Copy-paste sources are the weak samples before any pasting, so the result does not depend on the order
-    in which targets are processed (beyond the draws' order).
+    in which targets are processed (beyond the draws' order). copy_paste_view "both": paste into the weak
+    sample, then make the strong view of the result; "strong": make the strong views, then paste the
+    sources' weak pixels onto them, with the strong view's own masks (Sample.strong_labels).
     """
     weak = [weak_sample(img, m, e, rng, params) for img, m, e in items]
-    out, pasted = list(weak), 0
+    onto_strong = params.copy_paste_view == "strong"
+    out = [Sample(s.image, s.masks, s.embeddings) for s in weak]
+    if onto_strong:
+        _add_strong_views(out, rng, params)
+    pasted = 0
     for b in range(len(weak)):
-        if len(weak) > 1 and rng.random() < params.copy_paste_prob:
-            other = (b + 1 + int(rng.integers(len(weak) - 1))) % len(weak)  # any sample but b
-            out[b], k = copy_paste(out[b], weak[other], rng, max_instances=params.copy_paste_max,
-                                   min_visible_px=params.min_visible_px, max_ioy=params.copy_paste_max_ioy)
-            pasted += k
-    for s in out:
+        other = _paste_source(b, len(weak), rng, params)
+        if other is None:
+            continue
+        target = Sample(out[b].strong, out[b].masks, out[b].embeddings) if onto_strong else out[b]
+        new, k = copy_paste(target, weak[other], rng, max_instances=params.copy_paste_max,
+                            min_instances=params.copy_paste_min, min_visible_px=params.copy_paste_min_visible_px,
+                            max_ioy=params.copy_paste_max_ioy, occlude_pasted=params.copy_paste_occlude_pasted)
+        pasted += k
+        if not onto_strong:
+            out[b] = new
+        elif k:
+            out[b].strong, out[b].strong_labels = new.image, (new.masks, new.embeddings)
+    if not onto_strong:
+        _add_strong_views(out, rng, params)
+    return out, pasted
+
+
+def _paste_source(b: int, n: int, rng: np.random.Generator, params: SoloAugmentParams) -> int | None:
+    """Index of the sample whose instances sample b of n receives, or None (no copy-paste for it).
+    "reverse": sample n - 1 - b (FreeSOLO; the middle one of an odd batch is its own source); "random": any
+    sample but b."""
+    if params.copy_paste_source == "random" and n < 2:
+        return None
+    if not rng.random() < params.copy_paste_prob:
+        return None
+    if params.copy_paste_source == "reverse":
+        return n - 1 - b
+    return (b + 1 + int(rng.integers(n - 1))) % n
+
+
+def _add_strong_views(samples: list[Sample], rng: np.random.Generator, params: SoloAugmentParams) -> None:
+    for s in samples:
         s.strong = strong_view(s.image, rng, params)
         if params.random_erasing:
             s.strong = random_erasing(s.strong, rng)
-    return out, pasted
 
 
 def padded_size(samples: list[Sample], multiple: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@
 - SampleSource: each image and its masks resized once to a short side of input_size x max(scale_jitter) and
   kept in memory up to CACHE_LIMIT_BYTES (then re-read: same pixels, slower).
 - make_batch: the batch of 0-based step s from (seed, s) only (weak geometry, copy-paste, strong view,
-  padding to a multiple of 32, assign_targets per image), so a resumed run sees the same batches.
+  padding to a multiple of 32, assign_targets per view's masks), so a resumed run sees the same batches.
 - data_fingerprint: the identity of everything a resume state depends on besides the params.
 """
 
@@ -106,18 +106,28 @@ def make_batch(source: SampleSource, step: int, params: "SoloTrainParams", geome
                      rank)
     rng = np.random.default_rng(dist.rng_key(params.seed, step, 1, rank=rank))
     samples, pasted = batch_samples([source[int(i)] for i in idx], rng, params.augment_params())
-    views = {"strong": ("strong",), "weak": ("image",), "both": ("image", "strong")}[params.views]
+    views = {"strong": ("strong",), "weak": ("weak",), "both": ("weak", "strong")}[params.views]
     hp, wp = padded_size(samples, SIZE_DIVISOR)
     images, targets = [], []
     for s in samples:
         h, w = s.image.shape[:2]
-        masks = np.zeros((len(s.masks), hp, wp), dtype=bool)
-        masks[:, :h, :w] = s.masks
-        tgt = assign_targets(torch.from_numpy(masks), geometry, image_hw=(h, w),
-                             embeddings=None if s.embeddings is None else torch.from_numpy(s.embeddings))
+        labels = {}  # the weak view's targets serve the strong view too, unless copy-paste went onto it alone
         for view in views:
+            image, masks, emb = s.view(view)
+            own = "strong" if view == "strong" and s.strong_labels is not None else "weak"
+            if own not in labels:
+                labels[own] = _targets(masks, emb, (h, w), (hp, wp), geometry)
             img = np.zeros((hp, wp, 3), dtype=np.uint8)
-            img[:h, :w] = getattr(s, view)
+            img[:h, :w] = image
             images.append(torch.from_numpy(img).permute(2, 0, 1))  # (3, H, W)
-            targets.append(tgt)
+            targets.append(labels[own])
     return torch.stack(images), targets, pasted  # (B, 3, H, W)
+
+
+def _targets(masks: np.ndarray, embeddings: np.ndarray | None, hw: tuple[int, int], padded_hw: tuple[int, int],
+             geometry: SoloGeometry):
+    """SoloTargets of (N, h, w) masks placed top-left in a zero (N, H, W) canvas of the padded batch size."""
+    padded = np.zeros((len(masks), *padded_hw), dtype=bool)
+    padded[:, : hw[0], : hw[1]] = masks
+    return assign_targets(torch.from_numpy(padded), geometry, image_hw=hw,
+                          embeddings=None if embeddings is None else torch.from_numpy(embeddings))

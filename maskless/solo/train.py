@@ -5,10 +5,12 @@ Follows maskless.pretrain.train's design:
   images without masks (or absent from the index) are counted, logged and left out (with
   background_images, indexed images with zero masks are kept as all-background samples: they feed only the
   focal loss's negatives). Per step: weak geometry, copy-paste, strong view, padding to a common multiple
-  of 32, assign_targets per image, Lab at mask resolution.
-- Views (`views`): "strong" trains on the strong view only: its geometry and masks are the weak
-  view's, so the coarse masks stay aligned while the colours vary; "weak" on the weak view only; "both"
-  (default, FreeSOLO's) puts both views of each image in the batch (2 x batch_size samples, twice the compute).
+  of 32, assign_targets per view's masks, Lab at mask resolution.
+- Views (`views`): "strong" trains on the strong view only: its geometry is the weak view's, so the coarse
+  masks stay aligned while the colours vary; "weak" on the weak view only; "both" (default, FreeSOLO's) puts
+  both views of each image in the batch (2 x batch_size samples, twice the compute). Copy-paste
+  (maskless.solo.augment) goes onto the strong view alone by default (copy_paste_view "strong", FreeSOLO's),
+  which then has masks of its own; with copy_paste_view "both" the two views share the pasted masks.
 - Schedule: SGD (momentum 0.9, weight decay 1e-4), linear warm-up over warmup_steps from warmup_start x lr
   (detectron2's WarmupMultiStepLR "linear": factor warmup_start (1 - a) + a, a = step / warmup_steps), then
   constant ("constant", FreeSOLO's freesolo_30k.yaml: STEPS empty), cosine to zero ("cosine") or x0.1 at
@@ -53,6 +55,12 @@ STATE_NAME = "solo_last.pt"
 GEOMETRIES = {"small": SoloGeometry.small, "reference": SoloGeometry.reference}
 SCHEDULES = ("constant", "cosine", "step")
 VIEWS = ("strong", "weak", "both")
+PASTE_SOURCES, PASTE_VIEWS = ("reverse", "random"), ("strong", "both")
+# maskless's copy-paste before issue 15, which config.yaml pins: what a run whose resolved params predate a
+# copy_paste_ key did (bench/ scripts that replay a finished run fill the missing keys with these).
+EARLIER_COPY_PASTE = dict(copy_paste_prob=0.5, copy_paste_min=1, copy_paste_max=3, copy_paste_max_ioy=None,
+                          copy_paste_source="random", copy_paste_view="both", copy_paste_occlude_pasted=True,
+                          copy_paste_min_visible_px=16)
 _RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
 LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "mask_fg", "lr")
 # Collapse warning: the positives' masks predicted foreground on at least this share of their pixels for this
@@ -76,9 +84,15 @@ class SoloTrainParams:
     scale_jitter: tuple[float, float] = (0.8, 1.2)
     views: str = "both"  # FreeSOLO: each batch holds the strong and the weak view of every image
     random_erasing: bool = True  # FreeSOLO's three RandomErasing passes on the strong view
-    copy_paste_prob: float = 0.5
-    copy_paste_max: int = 3
+    # Copy-paste: FreeSOLO's by default (maskless.solo.augment; the schema's descriptions cite its code)
+    copy_paste_prob: float = 1.0
+    copy_paste_min: int = 0
+    copy_paste_max: int | None = None  # None: up to all the source's instances
     copy_paste_max_ioy: float | None = 0.5  # FreeSOLO's overlap filter; None: none
+    copy_paste_source: str = "reverse"
+    copy_paste_view: str = "strong"
+    copy_paste_occlude_pasted: bool = False
+    copy_paste_min_visible_px: int = 1
     amp: bool = True  # CUDA only
     checkpoint_every: int = 50
     seed: int = 0
@@ -108,9 +122,10 @@ class SoloTrainParams:
         if self.freeze_at not in range(6):
             raise ValueError(f"{name}.freeze_at must be 0..5 (0 none, 1 stem, 2 stem + res2, ...), got "
                              f"{self.freeze_at!r}")
-        for key in ("warmup_steps", "copy_paste_max", "seed"):
+        for key in ("warmup_steps", "copy_paste_min", "seed"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ValueError(f"{name}.{key} must be an integer >= 0, got {getattr(self, key)!r}")
+        self._check_copy_paste(name)
         for key in ("lr", "momentum", "weight_decay", "grad_clip"):
             if not (math.isfinite(getattr(self, key)) and getattr(self, key) >= 0):
                 raise ValueError(f"{name}.{key} must be a finite number >= 0, got {getattr(self, key)!r}")
@@ -126,7 +141,8 @@ class SoloTrainParams:
             raise ValueError(f"{name}.scale_jitter must be (lo, hi) with 0 < lo <= hi, got {self.scale_jitter}")
         if any(not 0 < x < 1 for x in self.lr_decay_at):
             raise ValueError(f"{name}.lr_decay_at must be fractions in (0, 1), got {self.lr_decay_at}")
-        checked = [("schedule", SCHEDULES), ("views", VIEWS)]
+        checked = [("schedule", SCHEDULES), ("views", VIEWS), ("copy_paste_source", PASTE_SOURCES),
+                   ("copy_paste_view", PASTE_VIEWS)]
         if not isinstance(self.geometry, SoloGeometry):
             checked.append(("geometry", tuple(GEOMETRIES)))
         for key, choices in checked:
@@ -136,13 +152,26 @@ class SoloTrainParams:
             raise ValueError(f"{name}.geometry has grids {self.solo_geometry().grids} but "
                              f"{name}.model.grids is {self.model.grids}; they must be equal")
 
+    def _check_copy_paste(self, name: str) -> None:
+        cap = self.copy_paste_max
+        if cap is not None and (not isinstance(cap, int) or cap < self.copy_paste_min):
+            raise ValueError(f"{name}.copy_paste_max must be null or an integer >= copy_paste_min "
+                             f"({self.copy_paste_min}), got {cap!r}")
+        if not isinstance(self.copy_paste_min_visible_px, int) or self.copy_paste_min_visible_px < 1:
+            raise ValueError(f"{name}.copy_paste_min_visible_px must be an integer >= 1, got "
+                             f"{self.copy_paste_min_visible_px!r}")
+        if self.views == "weak" and self.copy_paste_view == "strong" and self.copy_paste_prob > 0:
+            raise ValueError(f"{name}: views 'weak' with copy_paste_view 'strong' would train on no pasted "
+                             "instance; set copy_paste_view 'both', or copy_paste_prob 0 for no copy-paste")
+
     def solo_geometry(self) -> SoloGeometry:
         return self.geometry if isinstance(self.geometry, SoloGeometry) else GEOMETRIES[self.geometry]()
 
     def augment_params(self) -> SoloAugmentParams:
+        paste = {f.name: getattr(self, f.name) for f in dataclasses.fields(SoloAugmentParams)
+                 if f.name.startswith("copy_paste_")}
         return SoloAugmentParams(input_size=self.input_size, scale_jitter=self.scale_jitter,
-                                 copy_paste_prob=self.copy_paste_prob, copy_paste_max=self.copy_paste_max,
-                                 copy_paste_max_ioy=self.copy_paste_max_ioy, random_erasing=self.random_erasing)
+                                 random_erasing=self.random_erasing, **paste)
 
     def to_dict(self) -> dict:
         """JSON-like values (nested dicts, lists for tuples), for checkpoints and params files."""

@@ -28,6 +28,14 @@ TINY_MODEL = dict(fpn_channels=16, head_convs=1, head_channels=16, kernel_dim=16
 TINY = dict(batch_size=2, input_size=64, lr=0.01, warmup_steps=2, amp=False, model=SoloModelParams(**TINY_MODEL))
 
 
+# copy_paste as maskless did it before issue 15 (config.yaml pins it); a test overrides what it checks.
+EARLIER_PASTE = dict(min_instances=1, max_instances=3, max_ioy=None, occlude_pasted=True, min_visible_px=16)
+
+
+def _paste(target, source, seed=0, **kw):
+    return copy_paste(target, source, np.random.default_rng(seed), **{**EARLIER_PASTE, **kw})
+
+
 def _square(h, w, top, left, size) -> np.ndarray:
     m = np.zeros((h, w), dtype=bool)
     m[top : top + size, left : left + size] = True
@@ -211,7 +219,7 @@ def test_copy_paste_updates_the_occluded_mask_exactly():
     src_mask = _square(12, 12, 5, 5, 4)
     src_img[src_mask] = 255
     source = Sample(src_img, src_mask[None], np.array([[0.5, 0.5]], np.float32))
-    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=3, min_visible_px=5)
+    out, k = _paste(target, source, max_instances=3, min_visible_px=5)
     assert k == 1 and len(out.masks) == 2
     expected = _square(12, 12, 2, 2, 6) & ~src_mask
     assert expected.sum() == 27
@@ -226,11 +234,11 @@ def test_copy_paste_without_embeddings_gives_zero_rows_and_fully_hidden_masks_dr
     the kept rows are the source's."""
     target = Sample(np.zeros((8, 8, 3), np.uint8), _square(8, 8, 2, 2, 2)[None], None)
     source = Sample(np.full((8, 8, 3), 9, np.uint8), _square(8, 8, 1, 1, 4)[None], np.ones((1, 2), np.float32))
-    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=1, min_visible_px=1)
+    out, k = _paste(target, source, max_instances=1, min_visible_px=1)
     assert k == 1 and len(out.masks) == 1 and out.masks[0].sum() == 16
     np.testing.assert_array_equal(out.embeddings, [[1.0, 1.0]])
     empty = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), None)
-    assert copy_paste(target, empty, np.random.default_rng(0), max_instances=2)[1] == 0
+    assert _paste(target, empty, max_instances=2)[1] == 0
 
 
 def test_copy_paste_overlap_filter_by_ioy():
@@ -244,8 +252,7 @@ def test_copy_paste_overlap_filter_by_ioy():
     from maskless.solo.augment import overlap_ioy
 
     np.testing.assert_allclose(overlap_ioy(src_masks, target.masks), [[0.5], [0.0]])
-    runs = {ioy: copy_paste(target, source, np.random.default_rng(0), max_instances=2, min_visible_px=1,
-                            max_ioy=ioy) for ioy in (None, 0.6, 0.5)}
+    runs = {ioy: _paste(target, source, max_instances=2, min_visible_px=1, max_ioy=ioy) for ioy in (None, 0.6, 0.5)}
     assert [runs[i][1] for i in (None, 0.6, 0.5)] == [2, 2, 1]
     out = runs[0.5][0]
     np.testing.assert_array_equal(out.masks[0], _square(12, 12, 2, 2, 4))  # not occluded: A was left out
@@ -286,7 +293,7 @@ def test_resize_masks_edge_cases():
     assert s.image.shape == (4, 6, 3) and s.masks.shape == (0, 4, 6) and s.embeddings.shape == (0, 3)
     target = Sample(np.zeros((8, 8, 3), np.uint8), np.zeros((0, 8, 8), bool), None)
     source = Sample(np.zeros((8, 8, 3), np.uint8), _square(8, 8, 0, 0, 5)[None], None)
-    out, k = copy_paste(target, source, np.random.default_rng(0), max_instances=2)
+    out, k = _paste(target, source, max_instances=2)
     assert k == 1 and out.masks.shape == (1, 8, 8) and out.embeddings is None
     assert not resize_masks(_square(8, 8, 3, 3, 1)[None], (2, 2)).any()
     assert resize_masks(_square(4, 4, 1, 1, 2)[None], (8, 8))[0].sum() == 16
