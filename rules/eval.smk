@@ -1,6 +1,7 @@
 # Class-agnostic COCO evaluation of every instance output, and the experiment's metrics table. The instance
 # outputs are scored on the evaluation set (dataset.eval) when there is one, else on the training images:
-# instance_gt, freemask_scored and solo_scored (rules/common.smk) pick the files.
+# instance_gt, freemask_scored and solo_scored (rules/common.smk) pick the files. The params method, variant,
+# round and seed are the metric rows' columns (maskless/eval/metrics.py).
 
 INSTANCE_OUTPUTS = {"freemask": freemask_scored}
 
@@ -25,8 +26,10 @@ rule eval_instances:
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
+        method=lambda wc: wc.stage,
+        variant="",
         round=0,
-        stage=lambda wc: wc.stage,
+        seed=seed_param,
     script:
         "../stages/eval_instances.py"
 
@@ -49,8 +52,10 @@ rule eval_solo:
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
+        method=lambda wc: solo_row_columns(wc)["method"],
+        variant=lambda wc: solo_row_columns(wc)["variant"],
         round=lambda wc: int(wc.round),
-        stage=lambda wc: wc.variant,
+        seed=seed_param,
     script:
         "../stages/eval_instances.py"
 
