@@ -22,10 +22,10 @@
 #                                                 <mode>/{strong_only,pct,retrain}/model.pt,
 #                                                 <mode>/pseudo/<id>.png (mode plain | ctr)
 #   results/<experiment>/pct/data/                PCT's checked user files (pct.data): manifest, labels.json
-#   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet) and a markdown table: eval/<extractor>,
-#                                                 eval/<variant>/round<r>, eval/stego, eval/pct/<budget>/<mode>;
-#                                                 instance outputs are scored on the `eval` images when there
-#                                                 are some, else on the `train` images
+#   results/<experiment>/eval/<stage>/metrics.*   metric rows (parquet; columns: maskless/eval/metrics.py) and a
+#                                                 markdown table: eval/<extractor>, eval/<variant>/round<r>,
+#                                                 eval/stego, eval/pct/<budget>/<mode>; instance outputs are
+#                                                 scored on the `eval` images when there are some, else `train`
 #   results/<experiment>/eval/masks/<masks>.json  quality of the masks a SOLO round trains on (<extractor>,
 #                                                 <variant>_round<r>); tables/mask_quality.md has them all
 #   results/<experiment>/tables/metrics.md        every metric of the experiment in one table (pct.md: PCT's)

@@ -149,8 +149,8 @@ def _run_step(rule: str, work: Path, n: int, shard_size: int) -> dict:
         _stage("eval_instances.py", _smk(rule, work, input={"gt": p.gt, "predictions": p.results},
                                          output={"metrics": str(work / "metrics.parquet"),
                                                  "table": str(work / "metrics.md")},
-                                         params={"dataset": "scale", "max_dets": 100, "round": 0,
-                                                 "stage": "freemask"},
+                                         params={"dataset": "scale", "max_dets": 100, "method": "freemask",
+                                                 "variant": "", "round": 0, "seed": 0},
                                          wildcards={"experiment": "scale", "stage": "freemask"}))
     elif rule == "kmeans_baseline":
         return _kmeans(n)

@@ -12,7 +12,8 @@ smaller run shows what there is. An input that is named but unreadable is an err
 Figures, in this order (category in brackets; every figure is drawn with maskless.viz):
 
     masks_<id>.png      [masks]      per sampled image: image | ground-truth instances | Free Mask | each SOLO
-                                     variant and round ("freesolo r0", "exemplar_n8 r1"); SOLO masks with
+                                     variant (in the order given: the workflow gives pipeline order) and
+                                     round ("freesolo r0", "exemplar_n8 r1"); SOLO masks with
                                      score >= 0.3, at most 20 (best first); Free Masks: the 20 best. With an
                                      evaluation set (inputs.eval_manifest): its images, ground truth and the
                                      Free Mask and SOLO predictions on them
@@ -24,14 +25,16 @@ Figures, in this order (category in brackets; every figure is drawn with maskles
                                      held-out image of its manifest: image | its label PNG's classes | PCT
                                      retrained map (same model); the semantic_<id> strips then show STEGO only
     loss_<name>.png     [losses]     the "loss" column over step of each training log (log scale when every
-                                     value is positive): pretrain, SOLO (variants in pipeline order, then
+                                     value is positive): pretrain, SOLO (variants in the order given, then
                                      rounds), STEGO, PCT (budget, mode, then strong_only / pct / retrain);
                                      name = the log's folder under results/<experiment>/, "/" -> "_"
-    metrics_instance.png [metrics]   mask (segm) AP, AP50 and AR100 per instance stage and round: one bar
-                                     chart per metric, stacked top to bottom
+    metrics_instance.png [metrics]   mask (segm) AP, AP50 and AR100 per instance stage and round (labelled
+                                     by maskless.eval.metrics.row_label, in pipeline order: row_rank): one
+                                     bar chart per metric, stacked top to bottom
     metrics_semantic.png [metrics]   mIoU per semantic stage (STEGO probes, k-means)
-    metrics_semi.png    [metrics]    mIoU per semi/weakly supervised model ("<model>[+ctr]"): one bar chart
-                                     per label budget (ratios, then counts, by value), stacked top to bottom
+    metrics_semi.png    [metrics]    mIoU per semi/weakly supervised model ("<model>[+ctr]": the rows'
+                                     variant and mode): one bar chart per label budget (ratios, then
+                                     counts, by value), stacked top to bottom
     exemplars_n<k>.png  [exemplars]  each exemplar pool's crops with their masks, captioned with the source
                                      image id
 
@@ -57,7 +60,9 @@ import numpy as np
 
 from maskless import viz
 from maskless.data.images import load_record
+from maskless.eval.metrics import model_rank, read_metrics, row_label, row_rank
 from maskless.io import atomic_dir, write_json_atomic
+from maskless.pct.budget import budget_text
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +225,8 @@ def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | 
 
 
 def _mask_stores(inputs: ReportInputs) -> list[tuple[str, str, str, bool]]:
-    """[(panel title, short name, index parquet, is SOLO)]: Free Mask, then SOLO variants (pipeline order)
+    """[(panel title, short name, index parquet, is SOLO)]: Free Mask, then SOLO variants (in the order given)
     and rounds."""
-    from maskless.eval.metrics import stage_rank
-
     out = []
     if inputs.freemask is not None:
         out.append(("free mask", "Free Mask", inputs.freemask, False))
@@ -231,9 +234,16 @@ def _mask_stores(inputs: ReportInputs) -> list[tuple[str, str, str, bool]]:
         log.info("report: no Free Mask index given")
     if not inputs.solo:
         log.info("report: no SOLO predictions given")
-    for _, rnd, variant, path in sorted((stage_rank(v), int(r), v, p) for v, r, p in inputs.solo):
+    order = _first_seen([v for v, _, _ in inputs.solo])
+    for _, rnd, variant, path in sorted((order[v], int(r), v, p) for v, r, p in inputs.solo):
         out.append((f"{variant} r{rnd}", f"{variant} r{rnd}", path, True))
     return out
+
+
+def _first_seen(variants: list[str]) -> dict[str, int]:
+    """{SOLO variant: its place in the order given}: the workflow gives the variants in pipeline order
+    (solo_variants in rules/common.smk), so the report keeps it rather than reading it from their names."""
+    return {v: i for i, v in enumerate(dict.fromkeys(variants))}
 
 
 def _store_masks(store, image_id: int, hw: tuple[int, int], min_score: float | None) -> np.ndarray | None:
@@ -358,16 +368,12 @@ def _budget_kind(budget: str) -> str:
 
 def _budget_words(budget: str) -> str:
     """"label ratio 0.125" of ratio0.125, "label count 92" of count92."""
-    from maskless.pct.budget import budget_text
-
     return f"label {_budget_kind(budget)} {budget_text(budget)}"
 
 
 def _pct_model(inputs: ReportInputs):
     """(title, budget words, mode, path) of the first PCT retrained model given (label budget by _budget_key,
     then mode), or None."""
-    from maskless.pct.budget import budget_text
-
     if not inputs.pct:
         log.info("report: no PCT retrained model given")
         return None
@@ -487,12 +493,11 @@ def _pct_data_figures(inputs: ReportInputs, n_images: int, device: str, add) -> 
 
 def _loss_logs(inputs: ReportInputs) -> list[tuple[str, str]]:
     """[(name, loss.csv)] of the training logs given, name the log's folder under results/<experiment>/:
-    pretrain, SOLO (variants in pipeline order, then rounds), STEGO, PCT (by label budget: ratios, then
+    pretrain, SOLO (variants in the order given, then rounds), STEGO, PCT (by label budget: ratios, then
     counts; mode: plain, then ctr; then strong_only / pct / retrain)."""
-    from maskless.eval.metrics import stage_rank
-
+    order = _first_seen([v for v, _, _ in inputs.solo_losses])
     found = [(0, (), "pretrain", inputs.pretrain_loss)]
-    found += [(1, (stage_rank(v), int(r)), f"solo/{v}/round{int(r)}", p) for v, r, p in inputs.solo_losses]
+    found += [(1, (order[v], int(r)), f"solo/{v}/round{int(r)}", p) for v, r, p in inputs.solo_losses]
     found.append((2, (), "stego", inputs.stego_loss))
     for budget, mode, run, p in inputs.pct_losses:
         if run not in PCT_RUNS:
@@ -535,13 +540,18 @@ def _stack(charts: list[np.ndarray]) -> np.ndarray:
 
 
 def _metric_figures(inputs: ReportInputs, add) -> None:
-    from maskless.eval.metrics import RATIO_MODELS, read_metrics, split_ratio_stage, stage_rank
-
     if not inputs.metrics and not inputs.pct_metrics:
         log.info("report: no metrics given")
         return
-    # each PCT row with the label budget of its file (the budget wildcard: a ratio or a count)
-    pct_rows = [(budget, row) for budget, _, path in inputs.pct_metrics for row in read_metrics([path])]
+    # each PCT row with the label budget wildcard of its file (a ratio or a count), which must name the
+    # row's budget column
+    pct_rows = []
+    for budget, _, path in inputs.pct_metrics:
+        for row in read_metrics([path]):
+            if row["budget"] != budget_text(budget):
+                raise ValueError(f"metrics file {path} of PCT label budget {budget}: a row has budget "
+                                 f"{row['budget']!r}, expected {budget_text(budget)!r}")
+            pct_rows.append((budget, row))
     rows = (read_metrics(list(inputs.metrics)) if inputs.metrics else []) + [row for _, row in pct_rows]
 
     def suffixer(group: list[dict]):
@@ -550,17 +560,17 @@ def _metric_figures(inputs: ReportInputs, add) -> None:
         several = len({r["dataset"] for r in group}) > 1
         return lambda row: f" ({row['dataset']})" if several else ""
 
-    # instance: mask AP, AP50, AR100 per stage and round, pipeline order
-    inst = [r for r in rows if r["iou_type"] == "segm" and r["metric"] in INSTANCE_METRICS
-            and split_ratio_stage(r["stage"]) is None]
+    # instance: mask AP, AP50, AR100 per method and round, pipeline order
+    inst = [r for r in rows if r["iou_type"] == "segm" and r["metric"] in INSTANCE_METRICS and r["method"] != "pct"]
     if inst:
-        keys = sorted({(r["stage"], int(r["round"]), r["dataset"]) for r in inst},
-                      key=lambda k: (stage_rank(k[0]), k[1], k[2]))
+        ranks = {(row_label(r), int(r["round"]), r["dataset"]): (row_rank(r), int(r["round"]), r["dataset"])
+                 for r in inst}
+        keys = sorted(ranks, key=ranks.get)
+        rounds = {(row_label(r), int(r["round"]), r["dataset"]): r["method"] != "freemask" for r in inst}
         several = len({k[2] for k in keys}) > 1
-        label = {k: k[0] + ("" if k[0] == "freemask" else f" r{k[1]}") + (f" ({k[2]})" if several else "")
-                 for k in keys}
+        label = {k: k[0] + (f" r{k[1]}" if rounds[k] else "") + (f" ({k[2]})" if several else "") for k in keys}
         size = (_chart_width(list(label.values())), CHART_SIZE[1])
-        value = {(r["stage"], int(r["round"]), r["dataset"], r["metric"]): r["value"] for r in inst}
+        value = {(row_label(r), int(r["round"]), r["dataset"], r["metric"]): r["value"] for r in inst}
         charts = [viz.bar_chart({label[k]: value.get((*k, m), math.nan) for k in keys},
                                 title=f"mask {m} (%)", ylabel=m, size=size) for m in INSTANCE_METRICS]
         add("metrics_instance.png", "metrics",
@@ -569,13 +579,12 @@ def _metric_figures(inputs: ReportInputs, add) -> None:
     else:
         log.info("report: no instance (segm) metrics")
 
-    # semantic: mIoU per stage
-    sem = sorted((r for r in rows if r["iou_type"] == "semantic" and r["metric"] == "mIoU"
-                  and split_ratio_stage(r["stage"]) is None),
-                 key=lambda r: (stage_rank(r["stage"]), int(r["round"]), r["dataset"]))
+    # semantic: mIoU per method (STEGO probes, baselines)
+    sem = sorted((r for r in rows if r["iou_type"] == "semantic" and r["metric"] == "mIoU" and r["method"] != "pct"),
+                 key=lambda r: (row_rank(r), int(r["round"]), r["dataset"]))
     if sem:
         suffix = suffixer(sem)
-        values = {r["stage"] + (f" r{r['round']}" if int(r["round"]) else "") + suffix(r): r["value"] for r in sem}
+        values = {row_label(r) + (f" r{r['round']}" if int(r["round"]) else "") + suffix(r): r["value"] for r in sem}
         img = viz.bar_chart(values, title="mIoU (%) per semantic stage", ylabel="mIoU",
                             size=(_chart_width(list(values)), CHART_SIZE[1]))
         add("metrics_semantic.png", "metrics", f"Semantic mIoU (%) of {len(values)} unsupervised stages and probes.",
@@ -585,21 +594,15 @@ def _metric_figures(inputs: ReportInputs, add) -> None:
 
     # semi/weak: mIoU per model, one chart per label budget (the same order as the per-ratio tables: ratios,
     # then counts, each by value)
-    semi = [(split_ratio_stage(r["stage"]), r, budget) for budget, r in pct_rows
-            if r["iou_type"] == "semantic" and r["metric"] == "mIoU"]
-    semi = [(p, r, budget) for p, r, budget in semi if p is not None]
+    semi = [(r, budget) for budget, r in pct_rows
+            if r["method"] == "pct" and r["iou_type"] == "semantic" and r["metric"] == "mIoU"]
     if semi:
-        from maskless.pct.budget import budget_text
-
-        def rank(model: str) -> tuple:
-            return (RATIO_MODELS.index(model), "") if model in RATIO_MODELS else (len(RATIO_MODELS), model)
-
-        suffix = suffixer([r for _, r, _ in semi])
-        budgets = sorted({budget for _, _, budget in semi}, key=_budget_key)
+        suffix = suffixer([r for r, _ in semi])
+        budgets = sorted({budget for _, budget in semi}, key=_budget_key)
         kinds = {budget: _budget_kind(budget) for budget in budgets}
-        ordered = sorted(semi, key=lambda prb: (prb[0][1], rank(prb[0][0]), prb[1]["dataset"]))
-        per_budget = [{p[0] + ("+ctr" if p[1] else "") + suffix(r): r["value"] for p, r, b in ordered if b == budget}
-                      for budget in budgets]
+        ordered = sorted(semi, key=lambda rb: (rb[0]["mode"] == "ctr", model_rank(rb[0]["variant"]), rb[0]["dataset"]))
+        per_budget = [{r["variant"] + ("+ctr" if r["mode"] == "ctr" else "") + suffix(r): r["value"]
+                       for r, b in ordered if b == budget} for budget in budgets]
         size = (_chart_width([k for d in per_budget for k in d]), CHART_SIZE[1])
         charts = [viz.bar_chart(values, title=f"mIoU (%) at {_budget_words(budget)}", ylabel="mIoU", size=size)
                   for budget, values in zip(budgets, per_budget)]

@@ -172,11 +172,25 @@ def relabel_inputs(wildcards):
 
 
 def solo_variants():
-    """FreeSOLO, Exemplar-FreeSOLO per exemplar count, and the oracle (SOLO on the ground truth) if asked."""
+    """FreeSOLO, Exemplar-FreeSOLO per exemplar count (by value), and the oracle (SOLO on the ground truth) if
+    asked: the pipeline order the report draws them in."""
     oracle = ["oracle"] if config["oracles"] else []
-    return (
-        ["freesolo"] + [f"exemplar_n{n}" for n in config["exemplar"]["counts"]] + oracle
-    )
+    counts = sorted(config["exemplar"]["counts"])
+    return ["freesolo"] + [f"exemplar_n{n}" for n in counts] + oracle
+
+
+def solo_row_columns(wildcards):
+    """The metric-row method and variant (maskless/eval/metrics.py) of a SOLO variant of solo_variants()."""
+    columns = {"freesolo": ("freesolo", ""), "oracle": ("oracle", "")}
+    columns |= {
+        f"exemplar_n{n}": ("exemplar", str(n)) for n in config["exemplar"]["counts"]
+    }
+    if wildcards.variant not in columns:
+        raise ValueError(
+            f"SOLO variant {wildcards.variant!r} is not one of this config's: {sorted(columns)}"
+        )
+    method, variant = columns[wildcards.variant]
+    return {"method": method, "variant": variant}
 
 
 def variant_rounds(variant):
@@ -436,7 +450,7 @@ def report_keys(wildcards):
 
 
 def pct_budget_texts():
-    """The PCT budgets as the metric rows write them after "@" (0.125, 92)."""
+    """The PCT budgets as the metric rows' budget column holds them (0.125, 92)."""
     from maskless.pct.budget import budget_text
 
     return (
@@ -459,7 +473,7 @@ def pct_oracle_on():
 
 
 def pct_oracle_text():
-    """The budget text of the oracle's metric rows ("strong_only@1"), None when there is no oracle."""
+    """The budget column of the oracle's metric rows ("1"), None when there is no oracle."""
     from maskless.pct.budget import budget_text
 
     return budget_text(PCT_ORACLE_BUDGET) if pct_oracle_on() else None

@@ -1,6 +1,7 @@
 # Class-agnostic COCO evaluation of every instance output (each extractor's coarse masks, each SOLO variant
 # and round), and the experiment's metrics table. The instance outputs are scored on the image set SCORED
-# (rules/common.smk): the evaluation set (dataset.eval) when there is one, else the training images.
+# (rules/common.smk): the evaluation set (dataset.eval) when there is one, else the training images. The
+# params method, variant, round and seed are the metric rows' columns (maskless/eval/metrics.py).
 
 
 rule eval_instances:
@@ -21,8 +22,10 @@ rule eval_instances:
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
+        method=lambda wc: wc.extractor,
+        variant="",
         round=0,
-        stage=lambda wc: wc.extractor,
+        seed=seed_param,
     script:
         "../stages/eval_instances.py"
 
@@ -45,8 +48,10 @@ rule eval_solo:
     params:
         dataset=evalset.eval_dataset_name(config),
         max_dets=config["eval"]["max_dets"],
+        method=lambda wc: solo_row_columns(wc)["method"],
+        variant=lambda wc: solo_row_columns(wc)["variant"],
         round=lambda wc: int(wc.round),
-        stage=lambda wc: wc.variant,
+        seed=seed_param,
     script:
         "../stages/eval_instances.py"
 

@@ -167,6 +167,7 @@ rule pct_eval:
     params:
         budget=lambda wc: wc.budget,
         mode=lambda wc: wc.mode,
+        seed=seed_param,
         input_size=config["pct"]["train"]["input_size"],
         pseudo=config["pct"]["pseudo"],
         dataset=config["dataset"]["name"],
@@ -176,7 +177,8 @@ rule pct_eval:
 
 
 # PCT's oracle (config `oracles`): the strong-only net trained with every training image labelled (budget
-# ratio1, plain mode), scored on the same held-out images; its rows are "strong_only@1".
+# ratio1, plain mode), scored on the same held-out images; its rows are method pct, variant strong_only,
+# budget "1", mode plain.
 
 
 use rule pct_eval as pct_eval_oracle with:

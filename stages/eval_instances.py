@@ -1,4 +1,4 @@
-"""Rule eval_instances: class-agnostic COCO AP/AR (segm and bbox) of one stage's predictions."""
+"""Rule eval_instances / eval_solo: class-agnostic COCO AP/AR (segm and bbox) of one stage's predictions."""
 
 from maskless.eval.coco import run_eval
 from maskless.stage_utils import begin
@@ -11,8 +11,10 @@ run_eval(
     out_metrics=smk.output.metrics,
     out_table=smk.output.table,
     experiment=smk.wildcards.experiment,
-    stage=params["stage"],
+    method=params["method"],
+    variant=params["variant"],
     round=params["round"],
     dataset=params["dataset"],
+    seed=params["seed"],
     max_dets=params["max_dets"],
 )

@@ -10,6 +10,7 @@ params = begin(smk)
 run_pct_eval(split_path=smk.input.split, manifest=smk.input.manifest, gt=smk.input.gt,
              models={k: smk.input[k] for k in ("strong_only", "pct", "retrain") if k in smk.input.keys()},
              pseudo=smk.input.get("pseudo"), out_metrics=smk.output.metrics, out_table=smk.output.table,
-             experiment=smk.wildcards.experiment, dataset=params["dataset"], ratio=budget_text(params["budget"]),
-             mode=params["mode"], input_size=params["input_size"], scales=params["pseudo"]["scales"],
-             flip=params["pseudo"]["flip"], device=params["device"], threads=smk.threads)
+             experiment=smk.wildcards.experiment, dataset=params["dataset"], budget=budget_text(params["budget"]),
+             mode=params["mode"], seed=params["seed"], input_size=params["input_size"],
+             scales=params["pseudo"]["scales"], flip=params["pseudo"]["flip"], device=params["device"],
+             threads=smk.threads)

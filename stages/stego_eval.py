@@ -17,7 +17,7 @@ run_stego_eval(
     params=StegoStageParams(**params["stage"]),
     crf={} if params["crf"] else None,
     flip=params["flip"],
-    kmeans_seed=params["seed"],
+    seed=params["seed"],
     device=params["device"],
     threads=smk.threads,
 )

@@ -106,19 +106,20 @@ def build_results(root: Path) -> Path:
     _loss(root / "solo" / "freesolo" / "round0" / "loss.csv", [3.0, 2.5, 2.0])
     _loss(root / "stego" / "loss.csv", [0.5, -0.1, -0.3])  # STEGO's loss goes negative: linear scale
     inst = metric_rows({"segm": {"AP": 10.0, "AP50": 20.0, "AR100": 30.0}, "bbox": {"AP": 11.0}},
-                       experiment="t", stage="freemask", round=0, dataset="d")
+                       experiment="t", method="freemask", round=0, dataset="d", seed=0)
     inst += metric_rows({"segm": {"AP": 12.0, "AP50": 25.0, "AR100": 33.0}},
-                        experiment="t", stage="freesolo", round=0, dataset="d")
+                        experiment="t", method="freesolo", round=0, dataset="d", seed=0)
     write_metrics(root / "eval" / "freemask" / "metrics.parquet", inst[:4])
     write_metrics(root / "eval" / "freesolo" / "round0" / "metrics.parquet", inst[4:])
     write_metrics(root / "eval" / "stego" / "metrics.parquet",
-                  metric_rows({"semantic": {"mIoU": 19.0, "Acc": 60.0}}, experiment="t", stage="stego_cluster",
-                              round=0, dataset="d"))
+                  metric_rows({"semantic": {"mIoU": 19.0, "Acc": 60.0}}, experiment="t", method="stego",
+                              variant="cluster", mode="plain", dataset="d", seed=0))
     for ratio in ("0.25", "0.5"):
-        for mode, model in (("plain", "strong_only"), ("ctr", "pct_retrain+ctr")):
+        for mode, model in (("plain", "strong_only"), ("ctr", "pct_retrain")):
             write_metrics(root / "eval" / "pct" / f"ratio{ratio}" / mode / "metrics.parquet",
-                          metric_rows({"semantic": {"mIoU": 30.0 + len(model)}}, experiment="t",
-                                      stage=f"{model}@{ratio}", round=0, dataset="d"))
+                          metric_rows({"semantic": {"mIoU": 30.0 + len(model) + 4 * (mode == "ctr")}},
+                                      experiment="t", method="pct", variant=model, budget=ratio, mode=mode,
+                                      dataset="d", seed=0))
     crops = np.stack([_image(1)[:32, :32], _image(2)[:32, :32]])
     masks = np.stack([_blob(20, 20, 8)[:32, :32]] * 2)
     ExemplarPool(crops, masks, [2, 7], [[0, 0, 32, 32]] * 2, ["grabcut", "solo"], [0.5, 0.6]).save(
@@ -406,8 +407,8 @@ def test_count_budgets_found_ordered_and_labelled(results, tmp_path):
     count_metrics = [("count92", "plain", str(root / "eval" / "pct" / "count92" / "plain" / "metrics.parquet"))]
     write_metrics(count_metrics[0][2],
                   [row for model in ("strong_only", "pct_retrain")
-                   for row in metric_rows({"semantic": {"mIoU": 40.0}}, experiment="t", stage=f"{model}@92",
-                                          round=0, dataset="d")])
+                   for row in metric_rows({"semantic": {"mIoU": 40.0}}, experiment="t", method="pct", variant=model,
+                                          budget="92", mode="plain", dataset="d", seed=0)])
     base = inputs_of(results, stego=None, stego_loss=None, pools=(), metrics=inputs_of(results).metrics[:2])
     inputs = dataclasses.replace(base, pct=[*counts, *base.pct], pct_losses=losses,
                                  pct_metrics=[*count_metrics, *base.pct_metrics])
@@ -470,3 +471,20 @@ def test_pct_data_strips_use_its_images_and_labels(results, tmp_path):
     figures = build_report_figures(base, str(tmp_path / "figures"), n_images=4)
     assert [f["file"] for f in figures if f["category"] == "semantic"] == [f"semantic_{i}.png" for i in sorted(IDS)]
     assert "(label count 5, ctr)" in {f["file"]: f["caption"] for f in figures}["semantic_2.png"]
+
+
+def test_semi_chart_reads_the_rows_columns_and_checks_the_budget(tmp_path):
+    """The semi chart labels its bars by the rows' variant and mode, one chart per file's budget; a file whose
+    rows' budget column is not its label budget's is an error naming the file."""
+    from maskless.eval.metrics import metric_rows, write_metrics
+
+    path = tmp_path / "eval" / "pct" / "count92" / "ctr" / "metrics.parquet"
+    write_metrics(path, metric_rows({"semantic": {"mIoU": 40.0}}, experiment="t", method="pct",
+                                    variant="pct_retrain", budget="92", mode="ctr", dataset="d", seed=0))
+    figures = build_report_figures(ReportInputs(pct_metrics=[("count92", "ctr", str(path))]), str(tmp_path / "ok"))
+    assert [f["file"] for f in figures] == ["metrics_semi.png"]
+    wrong = tmp_path / "eval" / "pct" / "count93" / "ctr" / "metrics.parquet"
+    shutil.copytree(path.parent, wrong.parent)
+    with pytest.raises(ValueError, match=r"count93/ctr/metrics.parquet of PCT label budget count93: a row has "
+                                         r"budget '92', expected '93'"):
+        build_report_figures(ReportInputs(pct_metrics=[("count93", "ctr", str(wrong))]), str(tmp_path / "bad"))

@@ -13,8 +13,9 @@ standard error se = std(d) / sqrt(n), and a verdict:
 Pairing by seed removes what the methods share within a run (the backbone, the data split). Two more
 columns put the pair in context where the pipeline measures them: an oracle bound (the same model with the
 answer: SOLO trained on the ground truth, STEGO's supervised linear probe, PCT with every label) and a
-trivial baseline (a constant prediction). Rows come from maskless.eval.metrics (one parquet row per
-experiment, stage, round, dataset, iou_type, metric); the experiment column tells the seeds apart.
+trivial baseline (a constant prediction). Rows come from maskless.eval.metrics; a Ref picks its rows by
+their columns (method, variant, round, budget, mode, iou_type, metric), and the experiment column tells the
+seeds' runs apart.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from maskless.eval.metrics import fmt_value
+from maskless.eval.metrics import fmt_value, stage_label
 
 MIN_SEEDS = 3
 NOISE_SE = 2.0  # |mean difference| must exceed this many standard errors for a verdict either way
@@ -32,15 +33,23 @@ NOISE_SE = 2.0  # |mean difference| must exceed this many standard errors for a 
 
 @dataclass(frozen=True)
 class Ref:
-    """One metric of one stage: the stage's rows are (stage, round); iou_type and metric pick the value."""
+    """One metric of what a run scored: the rows whose columns equal these (maskless.eval.metrics)."""
 
-    stage: str
-    round: int
+    method: str
     iou_type: str
     metric: str
+    variant: str = ""
+    round: int = 0
+    budget: str = ""
+    mode: str = ""
+
+    def matches(self, row: dict) -> bool:
+        return all(row[k] == getattr(self, k) for k in ("method", "variant", "round", "budget", "mode",
+                                                        "iou_type", "metric"))
 
     def label(self) -> str:
-        return self.stage + (f" r{self.round}" if self.round else "")
+        label = stage_label(self.method, self.variant, self.budget, self.mode)
+        return label + (f" r{self.round}" if self.round else "")
 
 
 @dataclass(frozen=True)
@@ -54,8 +63,8 @@ class Claim:
 
 def instance_claims(*, exemplar_counts: list[int], rounds: int, oracle: bool) -> list[Claim]:
     """FreeSOLO's and Exemplar-FreeSOLO's claims on class-agnostic mask AP / AR100."""
-    def ref(stage, metric, round=0):
-        return Ref(stage, round, "segm", metric)
+    def ref(method, metric, round=0, variant=""):
+        return Ref(method, "segm", metric, variant=variant, round=round)
 
     orc = (lambda metric: ref("oracle", metric)) if oracle else (lambda metric: None)
     claims = [Claim("FreeSOLO: SOLO beats its own coarse masks (Free Mask)", ref("freesolo", "AP"),
@@ -63,32 +72,28 @@ def instance_claims(*, exemplar_counts: list[int], rounds: int, oracle: bool) ->
     if rounds >= 1:
         claims.append(Claim("FreeSOLO: self-training round 1 beats round 0", ref("freesolo", "AP", 1),
                             ref("freesolo", "AP"), orc("AP")))
-    claims += [Claim(f"Exemplar-FreeSOLO ({n} exemplars) beats FreeSOLO on recall", ref(f"exemplar_n{n}", "AR100"),
-                     ref("freesolo", "AR100"), orc("AR100")) for n in exemplar_counts]
+    claims += [Claim(f"Exemplar-FreeSOLO ({n} exemplars) beats FreeSOLO on recall",
+                     ref("exemplar", "AR100", variant=str(n)), ref("freesolo", "AR100"), orc("AR100"))
+               for n in exemplar_counts]
     return claims
 
 
 def stego_claims() -> list[Claim]:
     """STEGO's claims: its cluster probe beats k-means on the raw features and a constant map (mIoU over all
     pixels and over object pixels only)."""
-    def ref(stage, metric):
-        return Ref(stage, 0, "semantic", metric)
+    def ref(method, metric, variant=""):
+        return Ref(method, "semantic", metric, variant=variant, mode="plain" if method == "stego" else "")
 
-    return [Claim(f"STEGO beats {name} ({metric})", ref("stego_cluster", metric), ref(other, metric),
-                  ref("stego_linear", metric), ref("constant", metric) if metric == "mIoU" else None)
+    return [Claim(f"STEGO beats {name} ({metric})", ref("stego", metric, "cluster"), ref(other, metric),
+                  ref("stego", metric, "linear"), ref("constant", metric) if metric == "mIoU" else None)
             for metric in ("mIoU", "obj_mIoU") for other, name in (("kmeans", "k-means"), ("constant", "a constant map"))
             if not (other == "constant" and metric == "obj_mIoU")]
 
 
-def pct_stage(name: str, mode: str, budget: str) -> str:
-    """The metric-row stage of a PCT model (maskless/pct: "<name>[+ctr]@<budget>")."""
-    return f"{name}{'+ctr' if mode == 'ctr' else ''}@{budget}"
-
-
 def pct_claims(*, budgets: list[str], modes: list[str], oracle_budget: str | None) -> list[Claim]:
-    """PCT's claims per label budget (its text after "@" in the metric rows) and mode (plain | ctr)."""
-    def ref(name, mode, budget):
-        return Ref(pct_stage(name, mode, budget), 0, "semantic", "mIoU")
+    """PCT's claims per label budget (the rows' budget column) and mode (plain | ctr)."""
+    def ref(model, mode, budget):
+        return Ref("pct", "semantic", "mIoU", variant=model, budget=budget, mode=mode)
 
     orc = ref("strong_only", "plain", oracle_budget) if oracle_budget else None
     claims = []
@@ -109,7 +114,7 @@ def values_by_run(rows: list[dict], ref: Ref) -> dict[str, float]:
     """{experiment: value} of `ref` over the rows (NaN values left out)."""
     out = {}
     for r in rows:
-        if (r["stage"], r["round"], r["iou_type"], r["metric"]) == (ref.stage, ref.round, ref.iou_type, ref.metric):
+        if ref.matches(r):
             if r["experiment"] in out:
                 raise ValueError(f"claims: two rows of {ref.label()} {ref.metric} in run {r['experiment']}")
             if not math.isnan(r["value"]):
@@ -143,7 +148,7 @@ def _mean_std(values: list[float]) -> str:
 
 def evaluate_claims(rows: list[dict], claims: list[Claim]) -> list[dict]:
     """One result per claim whose A and B rows exist in some run: the pair's values per seed, the summary and
-    the verdict. Claims with no rows (a stage the config did not run) are left out."""
+    the verdict. Claims with no rows (something the config did not run) are left out."""
     out = []
     for c in claims:
         a, b = values_by_run(rows, c.a), values_by_run(rows, c.b)

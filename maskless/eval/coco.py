@@ -282,14 +282,18 @@ def run_eval(
     out_metrics: str,
     out_table: str,
     experiment: str,
-    stage: str,
+    method: str,
+    variant: str,
     round: int,
     dataset: str,
+    seed: int,
     max_dets: int = 100,
 ) -> list[dict]:
-    """Evaluate `predictions` against `gt`; write the metrics parquet and its markdown table; return rows."""
+    """Evaluate `predictions` against `gt`; write the metrics parquet and its markdown table; return rows.
+    method, variant, round, dataset, seed: the rows' columns (maskless.eval.metrics)."""
     results = evaluate_instances(gt, predictions, max_dets=max_dets)
-    rows = metric_rows(results, experiment=experiment, stage=stage, round=round, dataset=dataset)
+    rows = metric_rows(results, experiment=experiment, method=method, variant=variant, round=round,
+                       dataset=dataset, seed=seed)
     write_metrics(out_metrics, rows)
     columns = INSTANCE_METRICS[:-1] + (f"AR{max_dets}",)
     write_text_atomic(out_table, metrics_markdown(rows, metrics=columns))

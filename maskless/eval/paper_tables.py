@@ -5,17 +5,17 @@ Tables (named as in the output files):
                                    method, round, then the COCO summary metrics (INSTANCE_METRICS).
     semantic                       unsupervised semantic segmentation (constant, k-means, STEGO probes): method,
                                    mIoU, Acc (and obj_mIoU, obj_Acc where the rows have them).
-    semi                           semi/weakly supervised (stages "<model>[+ctr]@<ratio>"): one line per model
-                                   and Contextrast yes/no, one column of mIoU per label ratio.
+    semi                           semi/weakly supervised (method "pct"): one line per model (variant) and
+                                   Contextrast yes/no (mode), one column of mIoU per label budget.
 
 Layout rules:
     * Experiment and dataset columns come first, only when the table's rows hold more than one experiment
       or more than one dataset; lines are then grouped by experiment, then dataset.
     * The semantic and semi tables get a round column only when their rows hold more than one round (the
       instance tables always have one), so that no two lines are indistinguishable.
-    * Methods with a label (METHOD_LABELS, exemplar_n<count>, MODEL_LABELS) come in pipeline order
-      (stage_rank, then round; models in RATIO_MODELS order, each without then with Contextrast); stages
-      without a label show their raw name and come after the known ones.
+    * Lines are labelled from the rows' columns (method_label, model_label) and come in pipeline order
+      (maskless.eval.metrics.row_rank, then round; models in RATIO_MODELS order, each without then with
+      Contextrast).
     * Values with one decimal (`fmt_value`); NaN (undefined) or absent values are "-" in markdown and LaTeX and
       empty in CSV. Rows whose metric is not a column of their table are left out (counted in the log).
 
@@ -35,11 +35,11 @@ from maskless.eval.metrics import (
     INSTANCE_METRICS,
     SEMANTIC_METRICS,
     _check_rows,
+    budget_columns,
     fmt_value,
-    _model_rank,
+    model_rank,
+    row_rank,
     semantic_columns,
-    split_ratio_stage,
-    stage_rank,
 )
 from maskless.io import write_text_atomic
 
@@ -48,21 +48,20 @@ log = logging.getLogger(__name__)
 TABLES = ("instance_segm", "instance_bbox", "semantic", "semi")
 FORMATS = ("md", "csv", "tex")
 
-# Method labels of the unsupervised stages; exemplar_n<count> is labelled by `method_label`.
+# Labels of the unsupervised methods by (method, variant, mode) (maskless.eval.metrics); exemplar's by count.
 METHOD_LABELS = {
-    "freemask": "Free Mask",
-    "freesolo": "FreeSOLO",
-    "oracle": "SOLO on the ground truth (oracle)",
-    "constant": "Background everywhere (trivial)",
-    "kmeans": "k-means (raw features)",
-    "stego_cluster": "STEGO cluster probe",
-    "stego_cluster_crf": "STEGO cluster probe + CRF",
-    "stego_linear": "STEGO linear probe",
-    "stego_linear_crf": "STEGO linear probe + CRF",
+    ("freemask", "", ""): "Free Mask",
+    ("freesolo", "", ""): "FreeSOLO",
+    ("oracle", "", ""): "SOLO on the ground truth (oracle)",
+    ("constant", "", ""): "Background everywhere (trivial)",
+    ("kmeans", "", ""): "k-means (raw features)",
+    ("stego", "cluster", "plain"): "STEGO cluster probe",
+    ("stego", "cluster", "crf"): "STEGO cluster probe + CRF",
+    ("stego", "linear", "plain"): "STEGO linear probe",
+    ("stego", "linear", "crf"): "STEGO linear probe + CRF",
 }
-_EXEMPLAR = re.compile(r"exemplar_n(\d+)")
 
-# Semi/weak models (RATIO_MODELS) and the suffix of their Contextrast variant.
+# Semi/weak models (RATIO_MODELS, the variants of method "pct") and the suffix of their Contextrast mode.
 MODEL_LABELS = {
     "strong_only": "Strong only",
     "pct_hybrid": "PCT Hybrid-Net",
@@ -74,20 +73,17 @@ CONTEXTRAST = " + Contextrast"
 SEMI_METRIC = "mIoU"
 
 
-def method_label(stage: str) -> str | None:
-    """Paper label of an unsupervised stage, None for a stage without one."""
-    if stage in METHOD_LABELS:
-        return METHOD_LABELS[stage]
-    match = _EXEMPLAR.fullmatch(stage)
-    if match:
-        count = int(match.group(1))
+def method_label(row: dict) -> str:
+    """Paper label of an unsupervised method's row."""
+    if row["method"] == "exemplar":
+        count = int(row["variant"])
         return f"Exemplar-FreeSOLO ({count} exemplar{'' if count == 1 else 's'})"
-    return None
+    return METHOD_LABELS[(row["method"], row["variant"], row["mode"])]
 
 
 def model_label(model: str, ctr: bool) -> str:
-    """Paper label of a semi/weak model (raw name when unknown), with " + Contextrast" when ctr."""
-    return MODEL_LABELS.get(model, model) + (CONTEXTRAST if ctr else "")
+    """Paper label of a semi/weak model, with " + Contextrast" when ctr."""
+    return MODEL_LABELS[model] + (CONTEXTRAST if ctr else "")
 
 
 # A table before formatting: header, how many leading (left-aligned) text columns, body lines whose cells
@@ -113,30 +109,25 @@ def _grid(lines: dict[tuple, tuple[str, tuple, dict]], columns: list[str], *, al
     return header, (3 if wide else 1), body
 
 
-def _stage_lines(rows: list[dict]) -> dict[tuple, tuple[str, tuple, dict]]:
+def _method_lines(rows: list[dict]) -> dict[tuple, tuple[str, tuple, dict]]:
     lines: dict[tuple, tuple[str, tuple, dict]] = {}
     for row in rows:
-        stage = str(row["stage"])
-        key = (row["experiment"], row["dataset"], stage, int(row["round"]))
+        key = (row["experiment"], row["dataset"], (row["method"], row["variant"], row["mode"]), int(row["round"]))
         if key not in lines:
-            label = method_label(stage)
-            lines[key] = (stage if label is None else label, (label is None, stage_rank(stage)), {})
+            lines[key] = (method_label(row), row_rank(row), {})
         lines[key][2][row["metric"]] = row["value"]
     return lines
 
 
 def _semi_grid(rows: list[dict]) -> _Grid:
     lines: dict[tuple, tuple[str, tuple, dict]] = {}
-    ratios: dict[str, float] = {}
     for row in rows:
-        model, ctr, value, text = split_ratio_stage(row["stage"])
-        ratios[text] = value
+        model, ctr = row["variant"], row["mode"] == "ctr"
         key = (row["experiment"], row["dataset"], (model, ctr), int(row["round"]))
         if key not in lines:
-            lines[key] = (model_label(model, ctr), (_model_rank(model), ctr), {})
-        lines[key][2][text] = row["value"]
-    columns = sorted(ratios, key=lambda t: (ratios[t], t))
-    return _grid(lines, columns, always_round=False)
+            lines[key] = (model_label(model, ctr), (model_rank(model), ctr), {})
+        lines[key][2][row["budget"]] = row["value"]
+    return _grid(lines, budget_columns(rows), always_round=False)
 
 
 def _split(rows: list[dict]) -> dict[str, list[dict]]:
@@ -146,7 +137,7 @@ def _split(rows: list[dict]) -> dict[str, list[dict]]:
         iou_type, metric = row["iou_type"], row["metric"]
         if iou_type in ("segm", "bbox"):
             name = f"instance_{iou_type}" if metric in INSTANCE_METRICS else None
-        elif split_ratio_stage(str(row["stage"])) is not None:
+        elif row["method"] == "pct":
             name = "semi" if metric == SEMI_METRIC else None
         else:
             name = "semantic" if metric in SEMANTIC_METRICS else None
@@ -229,7 +220,7 @@ def paper_tables(rows: list[dict]) -> dict[str, dict[str, str]]:
             grids[name] = _semi_grid(parts[name])
         else:
             columns = list(semantic_columns(parts[name]) if name == "semantic" else INSTANCE_METRICS)
-            grids[name] = _grid(_stage_lines(parts[name]), columns, always_round=name != "semantic")
+            grids[name] = _grid(_method_lines(parts[name]), columns, always_round=name != "semantic")
     return {name: {"md": _markdown(g), "csv": _csv(g), "tex": _latex(g)} for name, g in grids.items()}
 
 

@@ -34,7 +34,8 @@ Models, per (budget, mode); mode "plain" or "ctr" (Contextrast on the supervised
   pseudo/       Pseudo-Net's labels of the weak images, restricted to their tags (multi-scale, flip), PNGs
   retrain       a fresh network on strong labels + weak pseudo labels
 
-Evaluation rows (iou_type "semantic", metrics mIoU and Acc; stage "<name>[+ctr]@<r or n>"):
+Evaluation rows (iou_type "semantic", metrics mIoU and Acc; columns method "pct", variant the name below,
+budget the ratio or count as a number ("0.125", "92"), mode plain | ctr: maskless.eval.metrics):
   strong_only   held-out images, no tags
   pct_hybrid    Hybrid-Net on the held-out images, no tags
   pct_pseudo    Pseudo-Net on the held-out images WITH their tags (multi-scale, flip), as in the paper
@@ -261,22 +262,16 @@ def run_pct_pseudo(*, split_path: str, manifest: str, model: str, out_dir: str, 
     return len(weak)
 
 
-def stage_name(name: str, mode: str, ratio: str) -> str:
-    """Row stage of a PCT model: "<name>[+ctr]@<ratio>" (maskless.eval.metrics renders the per-ratio table)."""
-    if mode not in MODES:
-        raise ValueError(f"PCT mode {mode!r} unknown; choices: {list(MODES)}")
-    return f"{name}{'+ctr' if mode == 'ctr' else ''}@{ratio}"
-
-
 def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, str], pseudo: str | None,
-                 out_metrics: str, out_table: str, experiment: str, dataset: str, ratio: str, mode: str,
-                 input_size: int, scales: Sequence[float], flip: bool = True, device: str = "auto",
+                 out_metrics: str, out_table: str, experiment: str, dataset: str, budget: str, mode: str,
+                 seed: int, input_size: int, scales: Sequence[float], flip: bool = True, device: str = "auto",
                  threads: int | None = None) -> list[dict]:
     """Score the family's models (module doc); models maps "strong_only" / "pct" / "retrain" to checkpoints;
-    `ratio` is the label budget as written in the rows ("0.125", or "92" for a count: budget_text).
+    `budget` is the label budget as the rows' budget column holds it ("0.125", or "92" for a count:
+    maskless.pct.budget.budget_text), `mode` plain | ctr, `seed` the run's training seed.
     Streams the images: one image at a time through every model, confusion matrices summed. The oracle gives
     "strong_only" alone and no pseudo labels: only its row is written."""
-    from maskless.eval.metrics import metric_rows, metrics_markdown, write_metrics
+    from maskless.eval.metrics import metric_rows, metrics_markdown, row_label, write_metrics
     from maskless.eval.semantic import confusion_matrix, scores
     from maskless.pct.model import load_segnet
     from maskless.pct.pseudo import predict, pseudo_label
@@ -322,10 +317,11 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     for name in names:
         s = scores(confusion[name])
         res = {"semantic": {"mIoU": s["mIoU"], "Acc": s["Acc"]}}
-        rows += metric_rows(res, experiment=experiment, stage=stage_name(name, mode, ratio), round=0,
-                            dataset=dataset)
+        new = metric_rows(res, experiment=experiment, method="pct", variant=name, budget=budget, mode=mode,
+                          dataset=dataset, seed=seed)
+        rows += new
         what = f" (pseudo labels of the {len(weak)} weak images)" if name == "pct_labels" else ""
-        log.info("%s%s: %s", stage_name(name, mode, ratio), what, res["semantic"])
+        log.info("%s%s: %s", row_label(new[0]), what, res["semantic"])
     write_metrics(out_metrics, rows)
     write_text_atomic(out_table, metrics_markdown(rows))
     return rows

@@ -6,15 +6,15 @@ so the frozen features of every image stack into one tensor; the ground truth ge
 (thing classes 1..C, background 0, crowd 255): for the synthetic data these are the generator's own objects.
 
 Evaluation rows (iou_type "semantic", metrics mIoU and Acc, and obj_mIoU and obj_Acc on the object pixels
-alone: maskless.eval.semantic), one stage name each:
-  constant           background everywhere: the trivial baseline (on mostly-background data it beats a weak
-                     clustering on mIoU and Acc, never on the object-pixel scores)
-  kmeans             k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat): the
-                     same backbone and layer as STEGO's (stego.backbone, stego.layer)
-  stego_cluster      the cluster probe (Hungarian-matched to the classes over the whole dataset)
-  stego_cluster_crf  the same after the dense CRF
-  stego_linear       the linear probe (trained on the labels: an evaluation probe, not unsupervised)
-  stego_linear_crf   the same after the dense CRF
+alone: maskless.eval.semantic), by their (method, variant, mode) columns (maskless.eval.metrics):
+  constant                 background everywhere: the trivial baseline (on mostly-background data it beats a
+                           weak clustering on mIoU and Acc, never on the object-pixel scores)
+  kmeans                   k-means on the raw frozen features, K = n_clusters (the baseline STEGO must beat):
+                           the same backbone and layer as STEGO's (stego.backbone, stego.layer)
+  stego, cluster, plain    the cluster probe (Hungarian-matched to the classes over the whole dataset)
+  stego, cluster, crf      the same after the dense CRF
+  stego, linear, plain     the linear probe (trained on the labels: an evaluation probe, not unsupervised)
+  stego, linear, crf       the same after the dense CRF
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: st
 
 
 def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_metrics: str, out_table: str,
-                   experiment: str, dataset: str, params: StegoStageParams, crf: dict | None, flip: bool = True,
-                   kmeans_seed: int = 0, device: str = "auto", threads: int | None = None) -> list[dict]:
-    """Score the STEGO probes (with and without CRF) and the k-means baseline; write the rows and a table."""
-    from maskless.eval.metrics import metric_rows, metrics_markdown, write_metrics
+                   experiment: str, dataset: str, seed: int, params: StegoStageParams, crf: dict | None,
+                   flip: bool = True, device: str = "auto", threads: int | None = None) -> list[dict]:
+    """Score the STEGO probes (with and without CRF) and the k-means baseline; write the rows and a table.
+    seed: the run's training seed, k-means' seed and the rows' seed column."""
+    from maskless.eval.metrics import metric_rows, metrics_markdown, row_label, write_metrics
     from maskless.eval.semantic import semantic_results
     from maskless.stego.baseline import KMeansParams, kmeans_baseline
     from maskless.stego.crf import CrfParams
@@ -111,10 +112,11 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
     net = load_frozen(backbone, dev, params.layer)
     feats = extract_all(net, list(images), layer=params.layer, batch_size=params.batch_size)  # (N, C, h, w)
     size = (params.input_size, params.input_size)
-    preds = {"constant": torch.full_like(gts, BACKGROUND),
-             "kmeans": kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=kmeans_seed))}
-    variants = [("", None)] + ([("_crf", CrfParams(**crf))] if crf is not None else [])
-    for suffix, crf_params in variants:
+    # (method, variant, mode) of the rows -> predicted maps (N, S, S)
+    preds = {("constant", "", ""): torch.full_like(gts, BACKGROUND),
+             ("kmeans", "", ""): kmeans_baseline(feats, size, KMeansParams(n_clusters=k, seed=seed))}
+    modes = [("plain", None)] + ([("crf", CrfParams(**crf))] if crf is not None else [])
+    for mode, crf_params in modes:
         t0 = time.perf_counter()
         maps = {"cluster": [], "linear": []}
         for start in range(0, len(images), params.batch_size):
@@ -123,19 +125,21 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
             for key in maps:
                 if out[key] is not None:
                     maps[key].append(out[key])
-        preds[f"stego_cluster{suffix}"] = torch.cat(maps["cluster"])
+        preds[("stego", "cluster", mode)] = torch.cat(maps["cluster"])
         if maps["linear"]:
-            preds[f"stego_linear{suffix}"] = torch.cat(maps["linear"])
+            preds[("stego", "linear", mode)] = torch.cat(maps["linear"])
         log.info("STEGO maps%s of %d images in %.1f s", " with CRF" if crf_params else "", len(images),
                  time.perf_counter() - t0)
     rows = []
-    for stage, pred in preds.items():
-        classes = stage.startswith("stego_linear") or stage == "constant"  # class ids, not cluster ids
+    for (method, variant, mode), pred in preds.items():
+        classes = variant == "linear" or method == "constant"  # class ids, not cluster ids
         res = semantic_results(list(pred.numpy()), list(gts.numpy()), num_pred=n_classes if classes else k,
                                num_classes=n_classes, match="identity" if classes else "hungarian",
                                background=BACKGROUND)
-        rows += metric_rows(res, experiment=experiment, stage=stage, round=0, dataset=dataset)
-        log.info("%s: %s", stage, res["semantic"])
+        new = metric_rows(res, experiment=experiment, method=method, variant=variant, mode=mode, dataset=dataset,
+                          seed=seed)
+        rows += new
+        log.info("%s: %s", row_label(new[0]), res["semantic"])
     write_metrics(out_metrics, rows)
     write_text_atomic(out_table, metrics_markdown(rows))
     return rows

@@ -270,7 +270,7 @@ def test_run_eval_writes_metrics_and_table(gt_json, tmp_path):
     out_metrics, out_table = tmp_path / "m" / "metrics.parquet", tmp_path / "m" / "table.md"
     rows = run_eval(
         gt=gt_json, predictions=str(preds_path), out_metrics=str(out_metrics), out_table=str(out_table),
-        experiment="exp", stage="freemask", round=0, dataset="synthetic",
+        experiment="exp", method="freemask", variant="", round=0, dataset="synthetic", seed=0,
     )
     assert len(rows) == 18
     assert [r["value"] for r in rows] == pytest.approx(([100.0] * 6 + [50.0, 100.0, 100.0]) * 2)

@@ -12,24 +12,28 @@ from maskless.eval.paper_tables import MODEL_LABELS, paper_tables, write_paper_t
 
 
 def _rows() -> list[dict]:
-    """One experiment, one dataset: instance stages x rounds (segm, one bbox line, a NaN), two semantic
-    stages, semi rows at two ratios (a ctr line with a missing cell, an Acc row that no table shows)."""
+    """One experiment, one dataset: instance methods x rounds (segm, one bbox line, a NaN), two semantic
+    methods, semi rows at two budgets (a ctr line with a missing cell, an Acc row that no table shows)."""
     rows = []
 
-    def add(stage, rnd, results):
-        rows.extend(metric_rows(results, experiment="exp", stage=stage, round=rnd, dataset="coco"))
+    def add(method, rnd, results, **columns):
+        rows.extend(metric_rows(results, experiment="exp", method=method, round=rnd, dataset="coco", seed=0,
+                                **columns))
+
+    def pct(model, budget, mode, results):
+        add("pct", 0, results, variant=model, budget=budget, mode=mode)
 
     add("freesolo", 1, {"segm": {"AP": 10.04, "AP50": 20.26, "APs": math.nan}, "bbox": {"AP": 11.0, "AR100": 30.01}})
-    add("exemplar_n8", 1, {"segm": {"AP": 12.5, "AP50": 25.0}})
+    add("exemplar", 1, {"segm": {"AP": 12.5, "AP50": 25.0}}, variant="8")
     add("freesolo", 0, {"segm": {"AP": 8.0, "AP50": 15.0}})
     add("freemask", 0, {"segm": {"AP": 3.14, "AP50": 7.56}})
-    add("stego_cluster_crf", 0, {"semantic": {"mIoU": 28.2, "Acc": 61.0}})
+    add("stego", 0, {"semantic": {"mIoU": 28.2, "Acc": 61.0}}, variant="cluster", mode="crf")
     add("kmeans", 0, {"semantic": {"mIoU": 11.11}})
-    add("pct_hybrid@0.5", 0, {"semantic": {"mIoU": 45.56}})
-    add("pct_hybrid@0.125", 0, {"semantic": {"mIoU": 35.0}})
-    add("strong_only+ctr@0.125", 0, {"semantic": {"mIoU": 32.46}})
-    add("strong_only@0.5", 0, {"semantic": {"mIoU": 40.0}})
-    add("strong_only@0.125", 0, {"semantic": {"mIoU": 30.0, "Acc": 70.0}})
+    pct("pct_hybrid", "0.5", "plain", {"semantic": {"mIoU": 45.56}})
+    pct("pct_hybrid", "0.125", "plain", {"semantic": {"mIoU": 35.0}})
+    pct("strong_only", "0.125", "ctr", {"semantic": {"mIoU": 32.46}})
+    pct("strong_only", "0.5", "plain", {"semantic": {"mIoU": 40.0}})
+    pct("strong_only", "0.125", "plain", {"semantic": {"mIoU": 30.0, "Acc": 70.0}})
     return rows
 
 
@@ -130,31 +134,30 @@ def test_same_bytes_for_any_row_order():
 
 
 def test_only_tables_with_rows():
-    semantic = [r for r in _rows() if r["stage"] == "kmeans"]
+    semantic = [r for r in _rows() if r["method"] == "kmeans"]
     assert list(paper_tables(semantic)) == ["semantic"]
     assert paper_tables([]) == {}
     # a row whose metric is no column of its table makes no table
-    assert paper_tables(metric_rows({"semantic": {"Acc": 1.0}}, experiment="e", stage="strong_only@0.5",
-                                    round=0, dataset="d")) == {}
+    assert paper_tables(metric_rows({"semantic": {"Acc": 1.0}}, experiment="e", method="pct", variant="strong_only",
+                                    budget="0.5", mode="plain", dataset="d", seed=0)) == {}
 
 
-def test_unknown_stage_is_escaped_in_latex_and_sorts_last():
-    """An unknown stage keeps its raw name (escaped in LaTeX only) and comes after the known ones, although
-    "a_50%" sorts first by name."""
-    rows = _rows() + metric_rows({"segm": {"AP": 1.0}}, experiment="exp", stage="a_50%", round=0, dataset="coco")
+def test_text_cells_are_escaped_in_latex_only():
+    """A dataset name with LaTeX's special characters (shown with a second dataset; "a..." sorts before
+    "coco") is escaped in LaTeX, in one pass."""
+    rows = _rows() + metric_rows({"segm": {"AP": 1.0}}, experiment="exp", method="freemask", dataset="a_50%#&",
+                                 seed=0)
     table = paper_tables(rows)["instance_segm"]
-    assert table["tex"].splitlines()[-3] == "a\\_50\\% & 0 & 1.0 & - & - & - & - & - & - & - & - \\\\"
-    assert table["md"].splitlines()[-1] == "| a_50% | 0 | 1.0 | - | - | - | - | - | - | - | - |"
-    assert table["csv"].splitlines()[-1] == "a_50%,0,1.0,,,,,,,,"
-    rows += metric_rows({"semantic": {"mIoU": 2.0}}, experiment="exp", stage="x#1&y", round=0, dataset="coco")
-    assert paper_tables(rows)["semantic"]["tex"].splitlines()[-3] == "x\\#1\\&y & 2.0 & - \\\\"
+    assert table["tex"].splitlines()[4] == ("exp & a\\_50\\%\\#\\& & Free Mask & 0 & 1.0 & "
+                                           "- & - & - & - & - & - & - & - \\\\")
+    assert table["md"].splitlines()[2] == "| exp | a_50%#& | Free Mask | 0 | 1.0 | - | - | - | - | - | - | - | - |"
+    assert table["csv"].splitlines()[1] == "exp,a_50%#&,Free Mask,0,1.0,,,,,,,,"
 
 
 def test_experiment_and_dataset_columns_only_with_several():
     """A second experiment adds Experiment and Dataset columns (first, left-aligned; lines grouped by
     experiment) to the tables that hold both, not to the others."""
-    rows = _rows() + metric_rows({"segm": {"AP": 5.0}}, experiment="exp2", stage="freemask", round=0,
-                                 dataset="coco")
+    rows = _rows() + metric_rows({"segm": {"AP": 5.0}}, experiment="exp2", method="freemask", dataset="coco", seed=1)
     tables = paper_tables(rows)
     segm = tables["instance_segm"]
     assert segm["md"].splitlines()[:2] == [
@@ -168,8 +171,8 @@ def test_experiment_and_dataset_columns_only_with_several():
     for name in ("instance_bbox", "semantic", "semi"):
         assert tables[name] == paper_tables(_rows())[name]
     # a second dataset does the same
-    rows = _rows() + metric_rows({"semantic": {"mIoU": 1.0}}, experiment="exp", stage="kmeans", round=0,
-                                 dataset="cocostuff")
+    rows = _rows() + metric_rows({"semantic": {"mIoU": 1.0}}, experiment="exp", method="kmeans", dataset="cocostuff",
+                                 seed=0)
     assert paper_tables(rows)["semantic"]["csv"] == (
         "Experiment,Dataset,Method,mIoU,Acc\n"
         "exp,coco,k-means (raw features),11.1,\n"
@@ -179,28 +182,45 @@ def test_experiment_and_dataset_columns_only_with_several():
 
 
 def test_semantic_methods_in_pipeline_order_and_round_column_when_rounds_differ():
-    stages = ["zz_other", "stego_linear_crf", "stego_linear", "stego_cluster_crf", "stego_cluster", "kmeans"]
     rows = []
-    for stage in stages:
-        rows += metric_rows({"semantic": {"mIoU": 1.0}}, experiment="e", stage=stage, round=0, dataset="d")
+    for method, variant, mode in [("stego", "linear", "crf"), ("stego", "linear", "plain"), ("stego", "cluster", "crf"),
+                                  ("stego", "cluster", "plain"), ("kmeans", "", ""), ("constant", "", "")]:
+        rows += metric_rows({"semantic": {"mIoU": 1.0}}, experiment="e", method=method, variant=variant, mode=mode,
+                            dataset="d", seed=0)
     methods = [line.split(",")[0] for line in paper_tables(rows)["semantic"]["csv"].splitlines()[1:]]
-    assert methods == ["k-means (raw features)", "STEGO cluster probe", "STEGO cluster probe + CRF",
-                       "STEGO linear probe", "STEGO linear probe + CRF", "zz_other"]
-    rows += metric_rows({"semantic": {"mIoU": 2.0}}, experiment="e", stage="kmeans", round=1, dataset="d")
-    assert paper_tables(rows)["semantic"]["csv"].splitlines()[:3] == [
-        "Method,Round,mIoU,Acc", "k-means (raw features),0,1.0,", "k-means (raw features),1,2.0,"]
+    assert methods == ["Background everywhere (trivial)", "k-means (raw features)", "STEGO cluster probe",
+                       "STEGO cluster probe + CRF", "STEGO linear probe", "STEGO linear probe + CRF"]
+    rows += metric_rows({"semantic": {"mIoU": 2.0}}, experiment="e", method="kmeans", round=1, dataset="d", seed=0)
+    assert paper_tables(rows)["semantic"]["csv"].splitlines()[2:4] == [
+        "k-means (raw features),0,1.0,", "k-means (raw features),1,2.0,"]
+    assert paper_tables(rows)["semantic"]["csv"].splitlines()[0] == "Method,Round,mIoU,Acc"
 
 
-def test_semi_ratios_sort_numerically_and_models_follow_ratio_models():
+def test_instance_methods_in_pipeline_order():
+    """Exemplar counts by value (2 before 10, though "10" < "2" as text), the oracle after them."""
+    rows = []
+    for method, variant in [("oracle", ""), ("exemplar", "10"), ("exemplar", "2"), ("exemplar", "1"),
+                            ("freemask", "")]:
+        rows += metric_rows({"segm": {"AP": 1.0}}, experiment="e", method=method, variant=variant, dataset="d", seed=0)
+    assert [line.split(",")[0] for line in paper_tables(rows)["instance_segm"]["csv"].splitlines()[1:]] == [
+        "Free Mask", "Exemplar-FreeSOLO (1 exemplar)", "Exemplar-FreeSOLO (2 exemplars)",
+        "Exemplar-FreeSOLO (10 exemplars)", "SOLO on the ground truth (oracle)"]
+
+
+def test_semi_budgets_sort_numerically_and_models_follow_ratio_models():
     assert list(MODEL_LABELS) == list(RATIO_MODELS)
     rows = []
-    for stage in ["strong_only@0.5", "strong_only@0.0625", "strong_only@1e-05", "mystery+ctr@0.5"]:
-        rows += metric_rows({"semantic": {"mIoU": 1.0}}, experiment="e", stage=stage, round=0, dataset="d")
+    for model, budget, mode in [("strong_only", "0.5", "plain"), ("strong_only", "0.0625", "plain"),
+                                ("strong_only", "1e-05", "plain"), ("pct_retrain", "0.5", "ctr"),
+                                ("pct_labels", "0.5", "plain")]:
+        rows += metric_rows({"semantic": {"mIoU": 1.0}}, experiment="e", method="pct", variant=model, budget=budget,
+                            mode=mode, dataset="d", seed=0)
     assert paper_tables(rows)["semi"]["md"] == (
         "| Method | 1e-05 | 0.0625 | 0.5 |\n"  # by value; by name 1e-05 would come last
         "|:--|--:|--:|--:|\n"
         "| Strong only | 1.0 | 1.0 | 1.0 |\n"
-        "| mystery + Contextrast | - | - | 1.0 |\n"
+        "| PCT pseudo labels (weak images) | - | - | 1.0 |\n"
+        "| PCT retrained + Contextrast | - | - | 1.0 |\n"
     )
 
 

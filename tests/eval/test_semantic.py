@@ -112,7 +112,8 @@ def test_bad_image_is_named_and_options_checked():
 def test_results_fit_metric_rows(tmp_path):
     gt = np.array([[0, 1], [1, 1]])
     res = semantic_results([gt], [gt], num_pred=2, num_classes=2, prefix="cluster_")
-    rows = metric_rows(res, experiment="e", stage="stego", round=0, dataset="synthetic")
+    rows = metric_rows(res, experiment="e", method="stego", variant="cluster", mode="plain", dataset="synthetic",
+                       seed=0)
     write_metrics(tmp_path / "m.parquet", rows)
     assert [(r["iou_type"], r["metric"], r["value"]) for r in rows] == [
         ("semantic", "cluster_mIoU", 100.0), ("semantic", "cluster_Acc", 100.0)]

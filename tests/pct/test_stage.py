@@ -1,5 +1,5 @@
-"""The PCT workflow stages (maskless.pct.stage): split, config -> params, pseudo labels on disk, row names,
-and the per-ratio table (maskless.eval.metrics.ratio_table)."""
+"""The PCT workflow stages (maskless.pct.stage): split, config -> params, pseudo labels on disk, and the
+per-ratio table of PCT's rows (maskless.eval.metrics.ratio_table)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from maskless.config import load_config
-from maskless.eval.metrics import metric_rows, metrics_markdown, split_ratio_stage
+from maskless.eval.metrics import metric_rows, metrics_markdown
 from maskless.pct.budget import ratio_name
 from maskless.pct.labels import read_pseudo
-from maskless.pct.stage import SplitParams, make_split, read_split, stage_name, train_params
+from maskless.pct.stage import SplitParams, make_split, read_split, train_params
 from maskless.pct.train import PCTParams, SegTrainParams
 
 TAGS = {i: frozenset({1 + i % 3}) for i in range(1, 41)}  # 40 images, classes 1, 2, 3
@@ -84,12 +84,8 @@ def test_read_pseudo_names_a_missing_file(tmp_path):
         read_pseudo(str(tmp_path), [3, 7])
 
 
-def test_stage_names_round_trip():
+def test_ratio_names():
     assert ratio_name(0.125) == "0.125" and ratio_name(1) == "1"
-    assert stage_name("pct_hybrid", "ctr", "0.125") == "pct_hybrid+ctr@0.125"
-    assert split_ratio_stage("pct_hybrid+ctr@0.125") == ("pct_hybrid", True, 0.125, "0.125")
-    assert split_ratio_stage("strong_only@0.5") == ("strong_only", False, 0.5, "0.5")
-    assert split_ratio_stage("stego_cluster") is None and split_ratio_stage("x@y") is None
 
 
 RATIO_GOLDEN = """\
@@ -105,10 +101,10 @@ RATIO_GOLDEN = """\
 
 def test_ratio_table_golden():
     rows = []
-    for stage, miou in (("pct_hybrid+ctr@0.05", 21.0), ("strong_only@0.25", 30.0), ("pct_hybrid@0.05", 20.0),
-                        ("strong_only@0.05", 10.0)):
-        rows += metric_rows({"semantic": {"mIoU": miou, "Acc": 90.0}}, experiment="e", stage=stage, round=0,
-                            dataset="d")
+    for model, mode, budget, miou in (("pct_hybrid", "ctr", "0.05", 21.0), ("strong_only", "plain", "0.25", 30.0),
+                                      ("pct_hybrid", "plain", "0.05", 20.0), ("strong_only", "plain", "0.05", 10.0)):
+        rows += metric_rows({"semantic": {"mIoU": miou, "Acc": 90.0}}, experiment="e", method="pct", variant=model,
+                            budget=budget, mode=mode, dataset="d", seed=0)
     text = metrics_markdown(rows)
     assert text.split("\n### semi/weak Acc")[0] == RATIO_GOLDEN
     assert "### semantic" not in text  # per-ratio rows are not repeated in the plain table

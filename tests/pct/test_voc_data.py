@@ -277,10 +277,10 @@ def test_stages_end_to_end_on_a_fake_voc_tree(tmp_path):
                       pseudo=str(base / "pseudo") if kind == "retrain" else None, device="cpu", threads=1)
     rows = run_pct_eval(split_path=split_path, manifest=manifest, gt=labels, models=models, pseudo=str(base / "pseudo"),
                         out_metrics=str(tmp_path / "metrics.parquet"), out_table=str(tmp_path / "metrics.md"),
-                        experiment="voc", dataset="fake-voc", ratio=budget_text("count2"), mode="plain",
+                        experiment="voc", dataset="fake-voc", budget=budget_text("count2"), mode="plain", seed=0,
                         input_size=32, scales=[1.0], flip=False, device="cpu", threads=1)
-    assert {r["stage"] for r in rows} == {f"{m}@2" for m in ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels",
-                                                              "pct_retrain")}
+    assert {(r["method"], r["variant"], r["budget"], r["mode"], r["seed"]) for r in rows} == {
+        ("pct", m, "2", "plain", 0) for m in ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels", "pct_retrain")}
     assert all(0.0 <= r["value"] <= 100.0 for r in rows if r["value"] == r["value"])
     assert "### semi/weak mIoU per label ratio" in (tmp_path / "metrics.md").read_text()
     assert json.loads((tmp_path / "pct" / "labels.json").read_text())["val"] == split["eval"]
@@ -288,8 +288,8 @@ def test_stages_end_to_end_on_a_fake_voc_tree(tmp_path):
     # the same value as the family's strong-only row.
     alone = run_pct_eval(split_path=split_path, manifest=manifest, gt=labels, models={"strong_only": models["strong_only"]},
                          pseudo=None, out_metrics=str(tmp_path / "oracle.parquet"), out_table=str(tmp_path / "o.md"),
-                         experiment="voc", dataset="fake-voc", ratio="1", mode="plain", input_size=32, scales=[1.0],
-                         flip=False, device="cpu", threads=1)
-    assert {r["stage"] for r in alone} == {"strong_only@1"}
-    family = {r["metric"]: r["value"] for r in rows if r["stage"] == "strong_only@2"}
+                         experiment="voc", dataset="fake-voc", budget="1", mode="plain", seed=0, input_size=32,
+                         scales=[1.0], flip=False, device="cpu", threads=1)
+    assert {(r["variant"], r["budget"], r["mode"]) for r in alone} == {("strong_only", "1", "plain")}
+    family = {r["metric"]: r["value"] for r in rows if r["variant"] == "strong_only"}
     np.testing.assert_equal({r["metric"]: r["value"] for r in alone}, family)  # NaN-aware

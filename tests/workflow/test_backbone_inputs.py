@@ -55,5 +55,5 @@ def test_a_backbone_path_is_the_rules_input(workflow_dir):
     ckpt = torch.load(res / "stego" / "model.pt", map_location="cpu", weights_only=True)
     assert ckpt["params"]["features"]["layer"] == "tokens" and ckpt["params"]["steps"] == 3
     rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
-    assert {"kmeans", "stego_cluster"} <= {r["stage"] for r in rows}
+    assert {("kmeans", ""), ("stego", "cluster")} <= {(r["method"], r["variant"]) for r in rows}
     assert (res / "freemask" / "train" / "shards" / "0.zarr").is_dir() and not (res / "pretrain").exists()

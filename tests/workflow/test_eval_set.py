@@ -78,9 +78,9 @@ def test_eval_set_predicts_and_scores_on_its_own_images(workflow_dir):
     assert sorted(p.name for p in solo.iterdir()) == ["eval"]
 
     # Every instance metric row names the evaluation set; the tables exist though the training set has no GT.
-    for path, stage in (("freemask", "freemask"), ("freesolo/round0", "freesolo")):
+    for path, method in (("freemask", "freemask"), ("freesolo/round0", "freesolo")):
         rows = pq.read_table(res / "eval" / path / "metrics.parquet").to_pylist()
-        assert rows and {(x["stage"], x["round"], x["dataset"]) for x in rows} == {(stage, 0, "tiny-val")}
+        assert rows and {(x["method"], x["round"], x["dataset"]) for x in rows} == {(method, 0, "tiny-val")}
         assert {(x["iou_type"], x["metric"]) for x in rows} >= {("segm", "AP"), ("bbox", "AR100")}
     table = (res / "tables" / "metrics.md").read_text()
     for line in ("| tiny-eval | freemask | 0 | tiny-val |", "| tiny-eval | freesolo | 0 | tiny-val |"):

@@ -38,7 +38,8 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     for iou in ("segm", "bbox"):
         for m in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100"):
             assert (iou, m) in got
-    assert {r["stage"] for r in rows} == {"freemask"}
+    assert {(r["method"], r["variant"], r["round"], r["budget"], r["mode"], r["seed"]) for r in rows} == {
+        ("freemask", "", 0, "", "", 0)}
     assert "freemask" in (res / "tables" / "metrics.md").read_text()
 
     # SOLO round 0 on the Free Mask masks, then one self-training round on its relabelled predictions, for
@@ -49,7 +50,8 @@ def test_whole_dag_runs_and_caches(workflow_dir):
             assert (solo / "model.pt").exists() and (solo / "loss.csv").exists()
             assert sorted(p.name for p in (solo / "pred" / "train" / "shards").iterdir()) == ["0.zarr", "1.zarr"]
             rows = pq.read_table(res / "eval" / variant / f"round{r}" / "metrics.parquet").to_pylist()
-            assert {(x["stage"], x["round"]) for x in rows} == {(variant, r)}
+            want = ("freesolo", "") if variant == "freesolo" else ("exemplar", "2")
+            assert {(x["method"], x["variant"], x["round"]) for x in rows} == {(*want, r)}
         labels = res / "solo" / variant / "round1" / "labels"
         assert sorted(p.name for p in labels.iterdir()) == ["0.zarr", "1.zarr"]
         assert not (res / "solo" / variant / "round0" / "labels").exists()  # round 0: the Free Mask masks
@@ -58,11 +60,12 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     assert (res / "exemplar" / "n2" / "pool" / "exemplars.parquet").exists()
     # STEGO: the probes with and without CRF and the k-means baseline, as semantic rows.
     rows = pq.read_table(res / "eval" / "stego" / "metrics.parquet").to_pylist()
-    assert {(x["stage"], x["metric"]) for x in rows} == {
-        (s, m) for s in ("constant", "kmeans", "stego_cluster", "stego_cluster_crf", "stego_linear",
-                         "stego_linear_crf") for m in ("mIoU", "Acc", "obj_mIoU", "obj_Acc")}
+    assert {(x["method"], x["variant"], x["mode"], x["metric"]) for x in rows} == {
+        (*s, m) for s in (("constant", "", ""), ("kmeans", "", ""), ("stego", "cluster", "plain"),
+                          ("stego", "cluster", "crf"), ("stego", "linear", "plain"), ("stego", "linear", "crf"))
+        for m in ("mIoU", "Acc", "obj_mIoU", "obj_Acc")}
     assert all(0.0 <= x["value"] <= 100.0 for x in rows)
-    assert {x["metric"]: x["value"] for x in rows if x["stage"] == "constant"}["obj_mIoU"] == 0.0
+    assert {x["metric"]: x["value"] for x in rows if x["method"] == "constant"}["obj_mIoU"] == 0.0
     # The quality of the masks each round trains on: Free Mask's and each relabel round's.
     quality = (res / "tables" / "mask_quality.md").read_text()
     assert [line.split(" | ")[0] for line in quality.splitlines()[2:]] == [
@@ -78,14 +81,14 @@ def test_whole_dag_runs_and_caches(workflow_dir):
     # images (8 images: 2 held out, 3 strong, 3 weak), the retrain, and one row per model in the ratio table.
     split = json.loads((res / "pct" / "ratio0.5" / "split.json").read_text())
     assert [len(split[k]) for k in ("eval", "strong", "weak")] == [2, 3, 3]
-    for mode, suffix in (("plain", ""), ("ctr", "+ctr")):
+    for mode in ("plain", "ctr"):
         base = res / "pct" / "ratio0.5" / mode
         assert sorted(p.name for p in (base / "pseudo").glob("*.png")) == sorted(f"{i}.png" for i in split["weak"])
         assert ("ctr_nce" in (base / "retrain" / "loss.csv").read_text().splitlines()[0]) == (mode == "ctr")
         rows = pq.read_table(res / "eval" / "pct" / "ratio0.5" / mode / "metrics.parquet").to_pylist()
-        assert {x["stage"] for x in rows} == {f"{m}{suffix}@0.5" for m in
-                                              ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels", "pct_retrain")}
-        assert f"| tiny | pct_retrain | {'yes' if suffix else 'no'} | synthetic-tiny |" in table
+        assert {(x["method"], x["variant"], x["budget"], x["mode"]) for x in rows} == {
+            ("pct", m, "0.5", mode) for m in ("strong_only", "pct_hybrid", "pct_pseudo", "pct_labels", "pct_retrain")}
+        assert f"| tiny | pct_retrain | {'yes' if mode == 'ctr' else 'no'} | synthetic-tiny |" in table
     assert "### semi/weak mIoU per label ratio" in table
     paper = res / "tables" / "paper"
     assert sorted(p.name for p in paper.glob("*.*") if not p.name.startswith(".")) == sorted(
