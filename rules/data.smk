@@ -1,6 +1,9 @@
 # Datasets: the synthetic generator and the ingest of any dataset into the image manifest.
 
 
+include: "inputs/data.smk"
+
+
 rule synthetic:
     output:
         instances="data/synthetic/{experiment}/instances.json",

@@ -4,6 +4,9 @@
 # params method, variant, round and seed are the metric rows' columns (maskless/eval/metrics.py).
 
 
+include: "inputs/eval.smk"
+
+
 rule eval_instances:
     input:
         gt=instance_gt,

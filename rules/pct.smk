@@ -6,6 +6,9 @@
 # (pct_data_inputs in common.smk says which files the PCT rules read; pct_split_params which params).
 
 
+include: "inputs/pct.smk"
+
+
 rule pct_data:
     output:
         manifest="results/{experiment}/pct/data/manifest.parquet",

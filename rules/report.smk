@@ -2,6 +2,9 @@
 # semantic colour maps, loss curves, metric charts and the exemplar gallery (maskless/report.py).
 
 
+include: "inputs/report.smk"
+
+
 rule report_figures:
     input:
         # the files the figures draw, named (maskless.report.ReportInputs), and the rest of the run ("after")

@@ -7,6 +7,9 @@
 # the sharding of freemask.shard_size.
 
 
+include: "inputs/solo.smk"
+
+
 rule solo_train:
     input:
         unpack(solo_train_inputs),

@@ -4,6 +4,9 @@
 # k-means baseline against the instances' thing classes.
 
 
+include: "inputs/stego.smk"
+
+
 rule stego_train:
     input:
         unpack(stego_train_inputs),

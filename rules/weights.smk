@@ -2,6 +2,10 @@
 # weights) stands for <weights.cache>/<file>, which rule fetch_weights downloads, hash checked and renamed
 # into place. Without network the workflow stops while it is parsed (weights_file, rules/common.smk).
 
+
+include: "inputs/weights.smk"
+
+
 # file name -> entry (file names are unique in the registry; a user entry replaces one of the same file)
 FETCHABLE_WEIGHTS = {
     e["file"]: e for e in registry_entries(config["weights"]["extra"]).values()
