@@ -34,7 +34,8 @@ def _image(seed: int) -> np.ndarray:
 
 
 def _store(folder: Path, per_image: dict[int, list[tuple[np.ndarray, float]]]) -> None:
-    from maskless.store import ImageMasks, build_index, write_shard
+    from maskless.store import ImageMasks, build_index
+    from maskless.store_writer import write_shard
 
     images = [ImageMasks(i, H, W, np.array([m for m, _ in ms], bool).reshape(-1, H, W), [s for _, s in ms])
               for i, ms in per_image.items()]
