@@ -443,7 +443,9 @@ def pct_pair(s: Setup) -> Workload:
     from maskless.pct.losses import DynamicEvaluation
     from maskless.pct.model import build_segnet
     from maskless.pct.stage import train_params
-    from maskless.pct.train import StepBatches, batch_to, check_outputs, pct_losses
+    from maskless.pct.terms import pct_losses
+    from maskless.pct.train import batch_to, check_outputs
+    from maskless.pct.train_data import StepBatches
 
     d = _pct_data(s)
     params = train_params(s.cfg["pct"], kind="pct", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"], seed=0)
@@ -478,7 +480,9 @@ def pct_retrain(s: Setup) -> Workload:
     from maskless.models.resnet import normalize
     from maskless.pct.model import build_segnet
     from maskless.pct.stage import train_params
-    from maskless.pct.train import StepBatches, batch_to, check_outputs, supervised_losses
+    from maskless.pct.terms import supervised_losses
+    from maskless.pct.train import batch_to, check_outputs
+    from maskless.pct.train_data import StepBatches
 
     d = _pct_data(s)
     params = train_params(s.cfg["pct"], kind="retrain", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"],

@@ -39,7 +39,8 @@ def _decode(seg, h: int, w: int) -> np.ndarray:
 def coarse_masks_from_gt(instances: str, manifest: str, out_dir: Path, emb_dim: int) -> str:
     """The ground-truth masks of every image as one mask store (random unit embeddings) -> index path."""
     from maskless.data.manifest import read_manifest
-    from maskless.store import ImageMasks, build_index, write_shard
+    from maskless.store import ImageMasks, build_index
+    from maskless.store_writer import write_shard
 
     gt = json.loads(Path(instances).read_text())
     by_image: dict[int, list] = {}

@@ -31,7 +31,8 @@ import numpy as np
 
 from maskless.data.manifest import write_manifest
 from maskless.coco_export import export_coco
-from maskless.store import ImageMasks, MaskStore, build_index, read_image, write_shard
+from maskless.store import ImageMasks, MaskStore, build_index, read_image
+from maskless.store_writer import write_shard
 
 EMB_DIM = 128
 

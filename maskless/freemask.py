@@ -280,7 +280,8 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     from maskless.data.manifest import read_manifest, shard_records
     from maskless.models.resnet import normalize
     from maskless.models.backbones import load_any_backbone, require_level
-    from maskless.store import ImageMasks, ShardWriter
+    from maskless.store import ImageMasks
+    from maskless.store_writer import ShardWriter
 
     t0 = time.perf_counter()
     set_threads(threads)

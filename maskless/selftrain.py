@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from maskless.ops.masks import boxes_xywh, mask_iou
-from maskless.store import ImageMasks, ShardReader, ShardWriter
+from maskless.store import ImageMasks, ShardReader
+from maskless.store_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskless import viz
+from maskless import figure_layout, viz
 from maskless.report import CATEGORIES, STRIP_HEIGHT, ReportInputs, build_report_figures
 
 H, W = 48, 64  # every synthetic image (non-square, so the STEGO square crop differs from the image)
@@ -34,7 +34,8 @@ def _image(seed: int) -> np.ndarray:
 
 
 def _store(folder: Path, per_image: dict[int, list[tuple[np.ndarray, float]]]) -> None:
-    from maskless.store import ImageMasks, build_index, write_shard
+    from maskless.store import ImageMasks, build_index
+    from maskless.store_writer import write_shard
 
     images = [ImageMasks(i, H, W, np.array([m for m, _ in ms], bool).reshape(-1, H, W), [s for _, s in ms])
               for i, ms in per_image.items()]
@@ -171,7 +172,7 @@ def _panels(strip: np.ndarray, widths: list[int]) -> list[np.ndarray]:
     """The image areas (under the titles) of a side_by_side strip whose columns have these widths."""
     out, x = [], PAD
     for w in widths:
-        out.append(strip[PAD + viz.TITLE_HEIGHT:PAD + viz.TITLE_HEIGHT + STRIP_HEIGHT, x:x + w])
+        out.append(strip[PAD + figure_layout.TITLE_HEIGHT:PAD + figure_layout.TITLE_HEIGHT + STRIP_HEIGHT, x:x + w])
         x += w + PAD
     return out
 
@@ -205,7 +206,7 @@ def test_masks_strip_panels_show_the_masks(full):
     cols = ["image", "ground truth", "free mask", "freesolo r0"]
     strips = {i: _png(out / f"masks_{i}.png") for i in (2, 5, 7)}
     for strip in strips.values():
-        assert strip.shape == (2 * PAD + viz.TITLE_HEIGHT + STRIP_HEIGHT, len(cols) * (w + PAD) + PAD, 3)
+        assert strip.shape == (2 * PAD + figure_layout.TITLE_HEIGHT + STRIP_HEIGHT, len(cols) * (w + PAD) + PAD, 3)
     p2, p5, p7 = (dict(zip(cols, _panels(strips[i], [w] * len(cols)))) for i in (2, 5, 7))
     assert np.array_equal(p2["image"], _panels(viz.side_by_side([("image", _image(2))], height=STRIP_HEIGHT),
                                                [w])[0])  # the photo itself
@@ -228,7 +229,7 @@ def test_chart_and_grid_layouts(full):
     assert _png(out / "metrics_instance.png").shape[0] == 3 * 320 + 4 * PAD  # AP, AP50, AR100 charts
     assert _png(out / "metrics_semi.png").shape[0] == 2 * 320 + 3 * PAD  # one chart per label ratio
     assert _png(out / "metrics_semantic.png").shape[:2] == (320, 480)
-    assert _png(out / "exemplars_n2.png").shape[:2] == (128 + viz.CAPTION_HEIGHT + 2 * PAD, 2 * 128 + 3 * PAD)
+    assert _png(out / "exemplars_n2.png").shape[:2] == (128 + figure_layout.CAPTION_HEIGHT + 2 * PAD, 2 * 128 + 3 * PAD)
     w, s = round(W * STRIP_HEIGHT / H), STRIP_HEIGHT
     # image | ground truth | stego input | stego ground truth | stego clusters | pct retrain
     assert _png(out / "semantic_2.png").shape[1] == 3 * w + 3 * s + 7 * PAD

@@ -5,7 +5,8 @@ import pytest
 
 from maskless.ops.masks import mask_iou
 from maskless.selftrain import RelabelParams, relabel_image, relabel_shard, select_predictions
-from maskless.store import ImageMasks, ShardReader, write_shard
+from maskless.store import ImageMasks, ShardReader
+from maskless.store_writer import write_shard
 
 H, W = 10, 20
 

@@ -13,6 +13,7 @@ import pytest
 from zarr.storage import LocalStore, WrapperStore
 
 import maskless.store as store_mod
+import maskless.store_writer as writer_mod
 from maskless.coco_export import export_coco, export_coco_files
 from maskless.data.manifest import write_manifest
 from maskless.ops.masks import boxes_xywh, encode_rles
@@ -22,8 +23,8 @@ from maskless.store import (
     ShardReader,
     build_index,
     read_image,
-    write_shard,
 )
+from maskless.store_writer import write_shard
 
 
 def blob_masks(rng, n, h, w) -> np.ndarray:
@@ -107,7 +108,7 @@ def test_atomic_write(tmp_path, monkeypatch):
     """A failure halfway through leaves no store (and no temp folder); a failed rewrite keeps the old store;
     a successful rewrite replaces it."""
     path = tmp_path / "s.zarr"
-    real, calls = store_mod._create, []
+    real, calls = writer_mod._create, []
 
     def failing(group, name, *args):
         calls.append(name)
@@ -115,18 +116,18 @@ def test_atomic_write(tmp_path, monkeypatch):
             raise OSError("disk full (simulated)")
         return real(group, name, *args)
 
-    monkeypatch.setattr(store_mod, "_create", failing)
+    monkeypatch.setattr(writer_mod, "_create", failing)
     with pytest.raises(OSError, match="simulated"):
         write_shard(str(path), sample_images(), embedding_dim=4)
     assert not path.exists() and os.listdir(tmp_path) == []
-    monkeypatch.setattr(store_mod, "_create", real)
+    monkeypatch.setattr(writer_mod, "_create", real)
     write_shard(str(path), sample_images(), embedding_dim=4)
     calls.clear()
-    monkeypatch.setattr(store_mod, "_create", failing)
+    monkeypatch.setattr(writer_mod, "_create", failing)
     with pytest.raises(OSError):
         write_shard(str(path), sample_images()[:1], embedding_dim=4)
     assert read_image(str(path), 9).masks.shape == (2, 12, 8)  # the old store is intact
-    monkeypatch.setattr(store_mod, "_create", real)
+    monkeypatch.setattr(writer_mod, "_create", real)
     write_shard(str(path), sample_images()[:1], embedding_dim=4)
     assert ShardReader(str(path)).image_ids().tolist() == [5] and os.listdir(tmp_path) == ["s.zarr"]
 
@@ -161,8 +162,8 @@ def test_random_access_reads_only_its_chunks(tmp_path, monkeypatch):
     """300 images x 4 masks with small chunks (16 embedding rows, 512 bytes of bits): after the reader has
     opened (metadata and the small per-mask arrays), reading one image touches only `bits` and `embeddings`,
     and of those a small fraction of the bytes (its chunks plus the zarr shard index); timing is printed."""
-    monkeypatch.setattr(store_mod, "EMB_ROWS", 16)
-    monkeypatch.setattr(store_mod, "BITS_CHUNK", 512)
+    monkeypatch.setattr(writer_mod, "EMB_ROWS", 16)
+    monkeypatch.setattr(writer_mod, "BITS_CHUNK", 512)
     rng = np.random.default_rng(1)
     images = [ImageMasks(i, 48, 48, blob_masks(rng, 4, 48, 48), rng.random(4), rng.random((4, 32)))
               for i in range(300)]

@@ -1,4 +1,5 @@
-"""Report figures (maskless.viz): pixel colours at known places, sizes, determinism, PNG round trip."""
+"""Report figures (maskless.viz, maskless.figure_layout): pixel colours at known places, sizes, determinism,
+PNG round trip."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from maskless import viz
+from maskless import figure_layout, viz
 
 DARK = 128  # text is drawn dark on white: a channel below this marks text/axes
 
@@ -229,7 +230,8 @@ def test_charts_ignore_and_keep_the_callers_matplotlib_settings(tmp_path):
         assert np.array_equal(viz.bar_chart({"a": 1.0}, title="t", ylabel="y"), ref_bar)
         assert matplotlib.rcParams["font.size"] == 20  # the caller's settings are back afterwards
     # same input, same PNG bytes
-    a, b = viz.save_png(tmp_path / "a.png", ref_line), viz.save_png(tmp_path / "b.png", viz.line_plot(series, **kw))
+    a = figure_layout.save_png(tmp_path / "a.png", ref_line)
+    b = figure_layout.save_png(tmp_path / "b.png", viz.line_plot(series, **kw))
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -241,10 +243,10 @@ def test_grid_size_letterbox_and_captions():
     blue = np.zeros((48, 64, 3), np.uint8)
     blue[..., 2] = 255  # same aspect as the cell: fills it exactly
     images = [red, _image(), _image(20, 8), np.ones((5, 5), bool), blue]
-    out = viz.grid(images, columns=2, cell=(64, 48), captions=["a", "b", "c", "d", "e"], pad=4)
+    out = figure_layout.grid(images, columns=2, cell=(64, 48), captions=["a", "b", "c", "d", "e"], pad=4)
     # rows = ceil(5 / 2) = 3, columns = 2, caption band 16 px:
     # height = 3 * (48 + 16) + (3 + 1) * 4 = 208, width = 2 * 64 + (2 + 1) * 4 = 140
-    assert viz.CAPTION_HEIGHT == 16 and out.shape == (208, 140, 3)
+    assert figure_layout.CAPTION_HEIGHT == 16 and out.shape == (208, 140, 3)
     assert (out[:4] == 255).all() and (out[:, :4] == 255).all()  # outer padding is white
     assert np.array_equal(out[4 + 24, 4 + 32], [255, 0, 0])  # cell (0, 0) centre: red
     assert np.array_equal(out[4 + 8, 4], [255, 0, 0]) and np.array_equal(out[4 + 39, 4 + 63], [255, 0, 0])
@@ -252,27 +254,27 @@ def test_grid_size_letterbox_and_captions():
     y5 = 4 + 2 * (48 + 16 + 4)  # row 2, column 0
     assert (out[y5:y5 + 48, 4:68] == [0, 0, 255]).all()
     assert (out[y5 + 48:y5 + 64, 4:68] < DARK).any()  # caption "e" under it
-    assert np.array_equal(out, viz.grid(images, columns=2, cell=(64, 48), captions=list("abcde"), pad=4))
-    no_captions = viz.grid(images, columns=2, cell=(64, 48), pad=4)
+    assert np.array_equal(out, figure_layout.grid(images, columns=2, cell=(64, 48), captions=list("abcde"), pad=4))
+    no_captions = figure_layout.grid(images, columns=2, cell=(64, 48), pad=4)
     assert no_captions.shape == (3 * 48 + 4 * 4, 140, 3)
-    empty = viz.grid([], columns=3)
+    empty = figure_layout.grid([], columns=3)
     assert empty.ndim == 3 and (empty < DARK).any() and (empty == 255).mean() > 0.8
     with pytest.raises(ValueError):
-        viz.grid(images, columns=2, captions=["only one"])
+        figure_layout.grid(images, columns=2, captions=["only one"])
 
 
 def test_side_by_side_common_height_and_titles():
     tall = np.zeros((20, 10, 3), np.uint8)
     tall[..., 1] = 255
     square = np.zeros((10, 10), np.uint8)
-    out = viz.side_by_side([("a", tall), ("b", square)], height=40, pad=4)
+    out = figure_layout.side_by_side([("a", tall), ("b", square)], height=40, pad=4)
     # widths 20 and 40; height pad + title + 40 + pad; width 20 + 40 + 3 pads
-    assert out.shape == (4 + viz.TITLE_HEIGHT + 40 + 4, 20 + 40 + 3 * 4, 3)
-    top = 4 + viz.TITLE_HEIGHT
+    assert out.shape == (4 + figure_layout.TITLE_HEIGHT + 40 + 4, 20 + 40 + 3 * 4, 3)
+    top = 4 + figure_layout.TITLE_HEIGHT
     assert (out[top:top + 40, 4:24] == [0, 255, 0]).all()
     assert (out[top:top + 40, 28:68] == 0).all()
     assert (out[4:top, 4:24] < DARK).any() and (out[4:top, 28:68] < DARK).any()  # titles
-    assert viz.side_by_side([]).ndim == 3
+    assert figure_layout.side_by_side([]).ndim == 3
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -281,12 +283,12 @@ def test_save_png_round_trip(tmp_path):
     rgb = np.zeros((7, 9, 3), np.uint8)
     rgb[..., 0] = 200  # red in RGB: a BGR/RGB mix-up would show up as blue
     rgb[2:5, 3:6] = [10, 120, 250]
-    path = viz.save_png(tmp_path / "sub" / "fig.png", rgb)
+    path = figure_layout.save_png(tmp_path / "sub" / "fig.png", rgb)
     back = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     assert np.array_equal(back, rgb)
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["fig.png"]  # no temp file left behind
     with pytest.raises(ValueError):
-        viz.save_png(tmp_path / "bad.png", rgb.astype(np.float32))
+        figure_layout.save_png(tmp_path / "bad.png", rgb.astype(np.float32))
 
 
 def test_read_loss_csv_feeds_line_plot(tmp_path):

@@ -14,7 +14,8 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from maskless.data.manifest import read_manifest, shard_records
-from maskless.store import ImageMasks, ShardWriter
+from maskless.store import ImageMasks
+from maskless.store_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
 """PCT training (METHODS.md "PCT") and a single supervised network (strong-only baseline and retrain on pseudo
-labels), both on the shared training loop (maskless.train, through `_fit`).
+labels), both on the shared training loop (maskless.train, through `_fit`). The data side (batches,
+augmentation, start-up checks, fingerprint) is maskless.pct.train_data, a step's loss terms maskless.pct.terms.
 
 Data (sequences indexed 0..N-1, lists or lazy): images, uint8 (H, W, 3) RGB; labels, uint8/int (H, W) label
 maps with 0 = background, 1..K-1 the classes, 255 = ignore, or None for a weak image (PCT only); tags, per
@@ -44,39 +45,33 @@ image an iterable of foreground class ids (PCT; a strong image's tags must equal
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import math
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Sequence
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from maskless import dist
 from maskless.io import pick_device, set_threads, torch_save_atomic
-from maskless.models.resnet import IMAGENET_MEAN, normalize
-from maskless.pct.contextrast import ContextrastParams, contextrast_losses
-from maskless.pct.losses import (IGNORE, DynamicEvaluation, cce, confusion_counts, h2p_loss, mlsm_loss, p2h_loss,
-                                 restricted_argmax)
+from maskless.models.resnet import normalize
+from maskless.pct.contextrast import ContextrastParams
+from maskless.pct.losses import DynamicEvaluation
 from maskless.pct.model import SegNet, SegNetParams, build_segnet
-from maskless.pct.split import tag_matrix, tags_from_label_map, validate_tags
-from maskless.data.batches import batch_indices
+from maskless.pct.split import tag_matrix, validate_tags
+from maskless.pct.terms import PCTPair, pct_losses, supervised_losses, term_names
+from maskless.pct.train_data import (Batch, StepBatches, check_images, check_labels, data_fingerprint,
+                                     has_label_map)
 from maskless.resume import resume_key
 from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, step_batches, use_amp
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("sgd", "adamw")
-PCT_TERMS = ("h_cce", "h_mlsm", "p_cce", "h2p", "p2h")
 _RESUME_IGNORED = ("checkpoint_every", "num_workers")  # they do not change the result
-_PAD_RGB = tuple(round(255 * m) for m in IMAGENET_MEAN)  # normalises to zero
-_WEAK_SEED_OFFSET = 1_000_003  # the weak half's epoch permutations differ from the strong half's
 
 
 @dataclass
@@ -170,286 +165,6 @@ def lr_at(step: int, params: SegTrainParams) -> float:
     return schedule(params)(step)
 
 
-# ---------------------------------------------------------------- data
-
-
-def augment(image: np.ndarray, label: np.ndarray | None, rng: np.random.Generator, params: SegTrainParams
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One sample -> (image (S, S, 3) uint8, label (S, S) uint8 (255 where unlabelled or padded),
-    valid (S, S) bool (False on padding)); S = input_size (module doc)."""
-    h, w = image.shape[:2]
-    size = params.input_size
-    scale = size / min(h, w) * rng.uniform(*params.scale_range)
-    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
-    img = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)  # (nh, nw, 3)
-    lab = (np.full((nh, nw), IGNORE, np.uint8) if label is None
-           else cv2.resize(label.astype(np.uint8), (nw, nh), interpolation=cv2.INTER_NEAREST))  # (nh, nw)
-    if params.flip and rng.random() < 0.5:
-        img, lab = img[:, ::-1], lab[:, ::-1]
-    ph, pw = max(size, nh), max(size, nw)
-    canvas = np.empty((ph, pw, 3), np.uint8)
-    canvas[:] = _PAD_RGB
-    canvas[:nh, :nw] = img
-    lab_c = np.full((ph, pw), IGNORE, np.uint8)
-    lab_c[:nh, :nw] = lab
-    valid = np.zeros((ph, pw), bool)
-    valid[:nh, :nw] = True
-    y0, x0 = int(rng.integers(0, ph - size + 1)), int(rng.integers(0, pw - size + 1))
-    crop = (slice(y0, y0 + size), slice(x0, x0 + size))
-    return canvas[crop], lab_c[crop], valid[crop]
-
-
-@dataclass
-class Batch:
-    images: Tensor  # (B, 3, S, S) uint8
-    labels: Tensor  # (B, S, S) int64, 255 = ignore (all 255 on weak images)
-    valid: Tensor  # (B, S, S) bool
-    present: Tensor  # (B, K) bool, background column set
-    n_strong: int  # the first n_strong samples are strong
-
-    def pin_memory(self) -> "Batch":
-        """Page-locked copies (the DataLoader calls this with pin_memory=True)."""
-        return dataclasses.replace(self, images=self.images.pin_memory(), labels=self.labels.pin_memory(),
-                                   valid=self.valid.pin_memory(), present=self.present.pin_memory())
-
-
-def _check_image(i: int, img) -> None:
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"image {i} must be uint8 (H, W, 3), got {img.dtype} {img.shape}")
-
-
-def _check_label_shape(i: int, label, image_shape: tuple[int, ...], where: str = "") -> None:
-    if label.shape != image_shape:
-        raise ValueError(f"label map of image {i}{where} is {label.shape} but the image is {image_shape}")
-
-
-def make_batch(images, labels, present: np.ndarray, strong: Sequence[int], weak: Sequence[int],
-               rng: np.random.Generator, params: SegTrainParams) -> Batch:
-    """Augment the samples `strong` (with labels) then `weak` (labels ignored) into one Batch. Each image
-    (uint8 (H, W, 3)) and label map (the image's size) is checked as it is read."""
-    imgs, labs, valids = [], [], []
-    for i, with_label in [(i, True) for i in strong] + [(i, False) for i in weak]:
-        image, label = images[i], labels[i] if with_label else None
-        _check_image(i, image)
-        if label is not None:
-            _check_label_shape(i, label, image.shape[:2])
-        img, lab, valid = augment(image, label, rng, params)
-        imgs.append(np.ascontiguousarray(img.transpose(2, 0, 1)))
-        labs.append(lab)
-        valids.append(valid)
-    return Batch(images=torch.from_numpy(np.stack(imgs)), labels=torch.from_numpy(np.stack(labs)).long(),
-                 valid=torch.from_numpy(np.stack(valids)), n_strong=len(strong),
-                 present=torch.from_numpy(present[list(strong) + list(weak)]))
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item `step` (0-based) -> this rank's share of that step's Batch: `strong_per_step` of the `strong`
-    indices then `weak_per_step` of the `weak` ones, each drawn epoch-wise (batch_indices), augmented with a
-    generator seeded from (seed, step[, rank]). A pure function of the step: DataLoader workers (num_workers)
-    make the same batches as the training process, and a resume repeats the lost steps exactly. The rank is
-    captured at construction (workers run outside the process group)."""
-
-    def __init__(self, images: Sequence, labels: Sequence, present: np.ndarray, strong: Sequence[int],
-                 weak: Sequence[int], strong_per_step: int, weak_per_step: int, params: SegTrainParams,
-                 rank: dist.Rank | None = None):
-        self.images, self.labels, self.present = images, labels, present
-        self.strong, self.weak = list(strong), list(weak)
-        self.strong_per_step, self.weak_per_step = strong_per_step, weak_per_step
-        self.params = params
-        self.rank = rank or dist.current()
-
-    def __len__(self) -> int:
-        return self.params.steps
-
-    def __getitem__(self, step: int) -> Batch:
-        p, r = self.params, self.rank
-        s_idx = dist.shard(batch_indices(step, n_images=len(self.strong), batch_size=self.strong_per_step,
-                                         seed=p.seed), r) if self.strong_per_step else []
-        w_idx = dist.shard(batch_indices(step, n_images=len(self.weak), batch_size=self.weak_per_step,
-                                         seed=p.seed + _WEAK_SEED_OFFSET), r) if self.weak_per_step else []
-        rng = np.random.default_rng(dist.rng_key(p.seed, step, 2, rank=r))
-        return make_batch(self.images, self.labels, self.present, [self.strong[i] for i in s_idx],
-                          [self.weak[i] for i in w_idx], rng, p)
-
-
-# ---------------------------------------------------------------- data checks and fingerprint
-
-
-def _described(seq, method: str):
-    """seq.<method>() of a sequence that describes its items (module doc, "Lazy data"), else None."""
-    fn = getattr(seq, method, None)
-    return fn() if callable(fn) else None
-
-
-def data_fingerprint(images, labels, tags, backbone: str | None) -> str:
-    """Identity of the pixels, labels, tags and initial backbone file. A sequence with content keys
-    (module doc, "Lazy data") enters by its keys, its items never read; any other by the bytes of its items
-    (in-memory data: the same digest as before keys existed, so older resume states still match)."""
-    from maskless.data.images import sha256_file
-
-    image_keys = _described(images, "content_keys")
-    label_keys = _described(labels, "content_keys") if labels is not None else None
-    h = hashlib.sha256()
-    for i in range(len(images)):
-        if image_keys is not None:
-            h.update(f"{i} src {image_keys[i]} ".encode())
-        else:
-            img = images[i]
-            h.update(f"{i} {img.shape} ".encode())
-            h.update(np.ascontiguousarray(img).tobytes())
-            del img  # one item alive at a time
-        if label_keys is not None:
-            h.update(b"none" if label_keys[i] is None else f"src {label_keys[i]}".encode())
-        else:
-            lab = labels[i] if labels is not None else None
-            h.update(b"none" if lab is None else np.ascontiguousarray(lab).astype(np.uint8).tobytes())
-            del lab
-        if tags is not None:
-            h.update(f"tags {sorted(int(c) for c in tags[i])}".encode())
-    h.update(f"backbone {sha256_file(backbone) if backbone else 'random'}".encode())
-    return h.hexdigest()
-
-
-def _has_label(labels) -> list[bool]:
-    """Per image whether it has a label map: from present_items() without reading them when the sequence
-    has it, else by reading each (none kept)."""
-    known = _described(labels, "present_items")
-    return list(known) if known is not None else [lab is not None for lab in labels]
-
-
-def _check_images(images, labels) -> list[tuple[int, ...]]:
-    """Every image's (H, W): from known_shapes() without reading the images when the sequence has them (each
-    image is then checked when a batch reads it), else by reading each image once, checking it is uint8
-    (H, W, 3) and keeping only its size."""
-    if len(images) == 0:
-        raise ValueError("no training images")
-    if len(labels) != len(images):
-        raise ValueError(f"labels has {len(labels)} entries but images has {len(images)}")
-    known = _described(images, "known_shapes")
-    if known is not None:
-        return [tuple(int(x) for x in shape) for shape in known]
-    shapes = []
-    for i in range(len(images)):
-        img = images[i]
-        _check_image(i, img)
-        shapes.append(img.shape[:2])
-        del img  # one image alive at a time
-    return shapes
-
-
-def _ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator:
-    """fn over items in order, on up to `workers` threads with at most 2 x workers items in flight (results
-    are not piled up); the first error in item order is raised."""
-    if workers <= 1:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque = deque()
-        for x in items:
-            pending.append(pool.submit(fn, x))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _check_labels(labels, used: Sequence[int], image_shapes: Sequence[tuple[int, ...]], k: int,
-                  tags: Sequence[Iterable[int]] | None, *, tag_file: str, threads: int) -> None:
-    """Each label map of `used` read once and checked (its image's size; validate_tags: values, agreement with
-    tags[i], or with no tags the map's own classes), one at a time (`threads` at once); none is kept. Errors
-    name the image and the label's file (`labels[i]`, or the path the sequence reads it from). uint8 maps are
-    checked with a histogram first; validate_tags runs (and words the error) only on a map that fails it."""
-    paths = _described(labels, "source_paths") or [None] * len(labels)
-    fine = set(range(k)) | {IGNORE}
-
-    def check(i: int) -> None:
-        label = labels[i]
-        _check_label_shape(i, label, image_shapes[i], f" ({paths[i]})" if paths[i] else "")
-        if isinstance(label, np.ndarray) and label.dtype == np.uint8:
-            values = set(np.flatnonzero(np.bincount(label.ravel(), minlength=256)).tolist())
-            wanted = values - {0, IGNORE} if tags is None else {int(c) for c in tags[i]}
-            if values <= fine and values - {0, IGNORE} == wanted and all(1 <= c < k for c in wanted):
-                return
-        # the label map's own classes are its tags; those outside 1..K-1 are left to the value check (names the file)
-        cats = tags[i] if tags is not None else {c for c in tags_from_label_map(label) if c < k}
-        validate_tags({i: cats}, k, labels={i: label}, tag_file=tag_file, label_files={i: paths[i] or f"labels[{i}]"})
-
-    for _ in _ordered_map(check, used, threads):
-        pass
-
-
-# ---------------------------------------------------------------- loss steps
-
-
-class PCTPair(nn.Module):
-    """Hybrid-Net, Pseudo-Net and the dynamic evaluation: one state dict, one optimiser."""
-
-    def __init__(self, hybrid: SegNet, pseudo: SegNet, dyn: DynamicEvaluation):
-        super().__init__()
-        self.hybrid, self.pseudo, self.dyn = hybrid, pseudo, dyn
-
-
-def _ctr_terms(prefix: str, out: dict, logits: Tensor, labels: Tensor, params: SegTrainParams,
-               stats: dict) -> dict[str, Tensor]:
-    s = labels.shape[0]
-    ctr_stats: dict = {}
-    terms = contextrast_losses([e[:s].float() for e in out["embeddings"]], labels, logits.argmax(dim=1),
-                               params.model.num_classes, params.contextrast, stats=ctr_stats)
-    stats[f"{prefix}bane_negatives"] = float(ctr_stats["bane_negatives"])
-    return {f"{prefix}{k}": v for k, v in terms.items()}
-
-
-def pct_losses(hybrid_out: dict, pseudo_out: dict, batch: Batch, dyn: DynamicEvaluation,
-               params: PCTParams) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """Weighted PCT terms (module doc) and stats (mean P2H weight, Pseudo-Net's EMA mIoU on strong images).
-
-    hybrid_out / pseudo_out: SegNet outputs on batch.images ("embeddings" needed with use_contextrast).
-    """
-    s = batch.n_strong
-    hl, pl = hybrid_out["logits"].float(), pseudo_out["logits"].float()  # (B, K, S, S)
-    gt, present, valid = batch.labels[:s], batch.present, batch.valid
-    if s:  # counts summed over the ranks, so every rank keeps the same EMA (and weights)
-        counts = confusion_counts(restricted_argmax(pl[:s], present[:s]), gt, dyn.num_classes)
-        dyn.update_counts([dist.all_sum_(c) for c in counts])
-    w = dyn.weights(present[s:])  # (B_weak,)
-    terms = {
-        "h_cce": cce(hl[:s], gt, present[:s]),
-        "h_mlsm": params.mlsm_weight * mlsm_loss(hl[s:], present[s:], valid=valid[s:]),
-        "p_cce": params.pseudo_gt_weight * cce(pl[:s], gt, present[:s]),
-        "h2p": params.h2p_weight * h2p_loss(pl[s:], hl[s:], present[s:], valid=valid[s:]),
-        "p2h": params.p2h_weight * p2h_loss(hl[s:], pl[s:], present[s:], w, valid=valid[s:]),
-    }
-    iou = dyn.iou()
-    seen = (dyn.gt + dyn.pred) > 0
-    stats = {"p2h_weight": float(w.mean()) if w.numel() else 0.0,
-             "p_ema_miou": float(iou[seen].mean()) if seen.any() else 0.0}
-    if params.use_contextrast:
-        terms.update(_ctr_terms("h_", hybrid_out, hl[:s], gt, params, stats))
-        terms.update(_ctr_terms("p_", pseudo_out, pl[:s], gt, params, stats))
-    return terms, stats
-
-
-def supervised_losses(out: dict, batch: Batch, params: SegTrainParams) -> tuple[dict[str, Tensor], dict]:
-    """Plain cross entropy (CCE with every class present; 0 when every pixel is ignored) + Contextrast."""
-    logits = out["logits"].float()  # (B, K, S, S)
-    everything = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
-    terms = {"ce": cce(logits, batch.labels, everything)}
-    stats: dict = {}
-    if params.use_contextrast:
-        terms.update(_ctr_terms("", out, logits, batch.labels, params, stats))
-    return terms, stats
-
-
-def term_names(kind: str, params: SegTrainParams) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(loss term names, stat names) logged for a run of `kind` ("pct" or "segnet")."""
-    if kind == "pct":
-        ctr = ("h_ctr_nce", "h_ctr_pa", "p_ctr_nce", "p_ctr_pa") if params.use_contextrast else ()
-        return PCT_TERMS + ctr, ("p2h_weight", "p_ema_miou") + (
-            ("h_bane_negatives", "p_bane_negatives") if params.use_contextrast else ())
-    ctr = ("ctr_nce", "ctr_pa") if params.use_contextrast else ()
-    return ("ce",) + ctr, ("bane_negatives",) if params.use_contextrast else ()
-
-
 # ---------------------------------------------------------------- the shared loop
 
 
@@ -539,18 +254,18 @@ def train_pct(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarray | Non
     set_threads(threads)
     dev = dist.device(pick_device(device))
     dist.check_batch(params.batch_size // 2, "pct.train.batch_size (half of it, the strong or weak share)")
-    image_shapes = _check_images(images, labels)
+    image_shapes = check_images(images, labels)
     if len(tags) != len(images):
         raise ValueError(f"tags has {len(tags)} entries but images has {len(images)}")
     k = params.model.num_classes
-    has_label = _has_label(labels)
+    has_label = has_label_map(labels)
     strong = [i for i, has in enumerate(has_label) if has]
     weak = [i for i, has in enumerate(has_label) if not has]
     if not strong or not weak:
         raise ValueError(f"PCT needs strong and weak images, got {len(strong)} strong and {len(weak)} weak; "
                          "with no weak images train the strong-only network with train_supervised")
     validate_tags(dict(enumerate(tags)), k, tag_file="tags argument")  # class ids of every image's tags
-    _check_labels(labels, strong, image_shapes, k, tags, tag_file="tags argument", threads=threads or 1)
+    check_labels(labels, strong, image_shapes, k, tags, tag_file="tags argument", threads=threads or 1)
     present = tag_matrix(tags, k)
     fingerprint = data_fingerprint(images, labels, tags, backbone)
     torch.manual_seed(params.seed)
@@ -592,15 +307,15 @@ def train_supervised(*, images: Sequence[np.ndarray], labels: Sequence[np.ndarra
     set_threads(threads)
     dev = dist.device(pick_device(device))
     dist.check_batch(params.batch_size, "pct.train.batch_size")
-    image_shapes = _check_images(images, labels)
+    image_shapes = check_images(images, labels)
     k = params.model.num_classes
-    used = [i for i, has in enumerate(_has_label(labels)) if has]
+    used = [i for i, has in enumerate(has_label_map(labels)) if has]
     if not used:
         raise ValueError("train_supervised: no image has a label map")
     if len(used) < len(images):
         log.info("supervised: %d of %d images have no label map and are left out", len(images) - len(used),
                  len(images))
-    _check_labels(labels, used, image_shapes, k, None, tag_file="<tags>", threads=threads or 1)
+    check_labels(labels, used, image_shapes, k, None, tag_file="<tags>", threads=threads or 1)
     fingerprint = data_fingerprint(images, labels, None, backbone)
     torch.manual_seed(params.seed)
     net = build_segnet(params.model, backbone).to(dev)

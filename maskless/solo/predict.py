@@ -52,7 +52,8 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
     """
     from maskless.data.manifest import read_manifest, shard_records
     from maskless.models.resnet import normalize
-    from maskless.store import ImageMasks, ShardWriter
+    from maskless.store import ImageMasks
+    from maskless.store_writer import ShardWriter
 
     if input_size < 1:
         raise ValueError(f"predict_shard: input_size must be >= 1, got {input_size}")

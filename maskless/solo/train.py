@@ -43,7 +43,8 @@ from maskless.resume import resume_key
 from maskless.solo.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams
 from maskless.solo.data import SampleSource, data_fingerprint, make_batch, mask_counts, select_images  # noqa: F401
-from maskless.solo.losses import TERMS, SoloLossWeights, lab_at_mask_resolution, solo_losses
+from maskless.solo.losses import TERMS, SoloLossWeights, solo_losses
+from maskless.solo.pairwise import lab_at_mask_resolution
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry

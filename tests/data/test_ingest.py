@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
+from maskless.data.coco_json import IngestError
 from maskless.data.images import sha256_file
-from maskless.data.ingest import IngestError, ingest
+from maskless.data.ingest import ingest
 from maskless.data.manifest import read_manifest
 from maskless.data.synthetic import SyntheticParams, generate
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from maskless.config import ConfigError, check_image_count, image_count_checks, validate_config
-from maskless.data.ingest import IngestError, ingest, input_fingerprint
+from maskless.data.coco_json import IngestError
+from maskless.data.ingest import ingest, input_fingerprint
 
 
 def _png(path, array):

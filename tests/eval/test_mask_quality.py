@@ -10,7 +10,8 @@ import pytest
 
 from maskless.eval.mask_quality import image_quality, mask_quality, quality_markdown, summarize
 from maskless.ops.masks import components, largest_component
-from maskless.store import ImageMasks, build_index, write_shard
+from maskless.store import ImageMasks, build_index
+from maskless.store_writer import write_shard
 
 
 def _box(h, w, y0, y1, x0, x1):

@@ -10,7 +10,8 @@ from maskless.exemplar.pool import PoolParams, build_pool
 from maskless.solo.exemplar_pool import ExemplarPool, cluster_pivots
 from maskless.exemplar.refine import Exemplar
 from maskless.solo.inference import SoloInferenceParams
-from maskless.store import ImageMasks, build_index, write_shard
+from maskless.store import ImageMasks, build_index
+from maskless.store_writer import write_shard
 
 
 def _pool(n=4, side=8, seed=0, embeddings=True) -> ExemplarPool:

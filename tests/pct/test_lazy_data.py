@@ -22,7 +22,8 @@ from maskless.pct import train as train_mod
 from maskless.data.voc import run_pct_data
 from maskless.pct.labels import LazyMaps
 from maskless.pct.stage import SplitParams, run_pct_split, run_pct_train, train_params
-from maskless.pct.train import PCTParams, SegTrainParams, StepBatches, data_fingerprint, train_pct, train_supervised
+from maskless.pct.train import PCTParams, SegTrainParams, train_pct, train_supervised
+from maskless.pct.train_data import StepBatches, data_fingerprint
 from maskless.train import identity
 
 MODEL = dict(num_classes=3, aspp_channels=8, low_channels=8, decoder_channels=8, embed_dim=8)
@@ -34,7 +35,7 @@ _spec.loader.exec_module(fake_voc)
 
 
 def _fingerprint_before_keys(images, labels, tags, backbone) -> str:
-    """maskless.pct.train.data_fingerprint as it was before lazy sequences could describe their items."""
+    """maskless.pct.train_data.data_fingerprint as it was before lazy sequences could describe their items."""
     h = hashlib.sha256()
     for i, img in enumerate(images):
         h.update(f"{i} {img.shape} ".encode())

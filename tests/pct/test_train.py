@@ -14,8 +14,9 @@ from maskless.pct import train as train_mod
 from maskless.pct.contextrast import TERMS as CTR_TERMS
 from maskless.pct.losses import DynamicEvaluation
 from maskless.pct.model import load_segnet
-from maskless.pct.train import (PCT_TERMS, Batch, PCTParams, SegTrainParams, augment, lr_at, pct_losses,
-                                supervised_losses, train_pct, train_supervised)
+from maskless.pct.terms import PCT_TERMS, pct_losses, supervised_losses
+from maskless.pct.train import PCTParams, SegTrainParams, lr_at, train_pct, train_supervised
+from maskless.pct.train_data import Batch, augment
 
 MODEL = dict(num_classes=3, aspp_channels=8, low_channels=8, decoder_channels=8, embed_dim=8)
 TINY = dict(batch_size=4, input_size=32, amp=False, model=MODEL)

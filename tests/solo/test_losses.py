@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from maskless.solo.losses import (TERMS, SoloLossWeights, box_masks_from_targets, dice_loss, embedding_loss,
-                                  foreground_fraction, gather_positives, lab_at_mask_resolution, pairwise_affinity_loss,
-                                  projection_losses, reduce_mask_terms, rgb_to_lab, sigmoid_focal_loss,
-                                  solo_losses, warmup_factor)
+                                  foreground_fraction, gather_positives, projection_losses, reduce_mask_terms,
+                                  sigmoid_focal_loss, solo_losses)
+from maskless.solo.pairwise import lab_at_mask_resolution, pairwise_affinity_loss, rgb_to_lab, warmup_factor
 from maskless.solo.targets import SoloGeometry, assign_targets
 
 

@@ -21,7 +21,8 @@ from maskless.solo.augment import (Sample, SoloAugmentParams, batch_samples, cop
 from maskless.solo.losses import TERMS
 from maskless.solo.model import SoloModelParams
 from maskless.solo.train import LOSS_COLUMNS, SoloTrainParams, lr_at, train_solo
-from maskless.store import ImageMasks, build_index, write_shard
+from maskless.store import ImageMasks, build_index
+from maskless.store_writer import write_shard
 
 TINY_MODEL = dict(fpn_channels=16, head_convs=1, head_channels=16, kernel_dim=16, mask_branch_channels=16,
                   emb_dim=8, gn_groups=8)

@@ -13,7 +13,8 @@ import numpy as np
 from maskless.data.images import load_record
 from maskless.data.manifest import read_manifest, shard_records
 from maskless.stage_utils import begin
-from maskless.store import ImageMasks, ShardWriter
+from maskless.store import ImageMasks
+from maskless.store_writer import ShardWriter
 
 
 def color_components(image: np.ndarray, levels: int = 4, min_area: int = 16,
