@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.distributed as tdist
+from maskless.io import setup_logging
 
 log = logging.getLogger(__name__)
 _DDP_ARGS = frozenset(inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters)
@@ -203,7 +204,6 @@ def init_group(*, rank: int, world_size: int, backend: str, addr: str = "127.0.0
 
 def _quiet_other_ranks(log_file: str | None) -> None:
     """Rank 0 appends to the rule's log; the others log warnings and errors only (to stderr)."""
-    from maskless.io import setup_logging
 
     r = current()
     if r.is_main:

@@ -30,6 +30,11 @@ from maskless.io import pick_device, set_threads
 from maskless.models.backbones import LEVELS as BACKBONE_LEVELS
 from maskless.ops.masks import boxes_xywh, largest_component
 from maskless.ops.matrix_nms import KERNELS, matrix_nms_top_k
+from maskless.data.manifest import read_manifest, shard_records
+from maskless.models.resnet import normalize
+from maskless.models.backbones import load_any_backbone, require_level
+from maskless.store import ImageMasks
+from maskless.store_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -277,11 +282,6 @@ def run_freemask_shard(*, manifest: str, weights: str, shard: int, shard_size: i
     resized as in maskless.data.images.resized_hw; masks come back at each image's original size. Returns
     a summary dict: shard, images, masks, filtered (counts per REASONS), seconds.
     """
-    from maskless.data.manifest import read_manifest, shard_records
-    from maskless.models.resnet import normalize
-    from maskless.models.backbones import load_any_backbone, require_level
-    from maskless.store import ImageMasks
-    from maskless.store_writer import ShardWriter
 
     t0 = time.perf_counter()
     set_threads(threads)

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import torch
+from maskless.io import torch_save_atomic
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,6 @@ def try_resume(state_path: Path, *, key: dict, fingerprint: str, what: str) -> d
 def save_state(state_path: Path, *, key: dict, fingerprint: str, step: int, model: torch.nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss_rows: list) -> None:
     """Write everything a resume needs, atomically (a kill mid-write leaves the previous state)."""
-    from maskless.io import torch_save_atomic
 
     torch_save_atomic({"resume_key": key, "data": fingerprint, "step": step, "model": model.state_dict(),
                        "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

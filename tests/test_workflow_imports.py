@@ -13,8 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _workflow_modules() -> set[str]:
-    """Every maskless module the Snakefile and rules/*.smk import, at top level or inside a function."""
-    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *sorted((REPO / "rules").glob("*.smk"))])
+    """Every maskless module the Snakefile and rules/**/*.smk import, at top level or inside a function."""
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *sorted((REPO / "rules").rglob("*.smk"))])
     return set(re.findall(r"^\s*(?:from|import) (maskless[\w.]*)", text, re.M))
 
 

@@ -31,6 +31,11 @@ from maskless.exemplar.grabcut import Foreground
 from maskless.ops.masks import boxes_xywh
 from maskless.solo.exemplar_pool import METHODS as REFINE_METHODS  # which mask an exemplar keeps
 from maskless.solo.inference import SoloInferenceParams
+from maskless.ops.masks import mask_iou as iou_matrix
+from maskless.data.images import resized_hw
+from maskless.models.resnet import normalize
+from maskless.solo.inference import instance_strides, predict
+from maskless.solo.model import pad_to_multiple
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +98,6 @@ def crop_box(mask: np.ndarray, *, margin: float, square: bool) -> tuple[int, int
 
 def mask_iou(masks: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """IoU (N,) float64 of each of masks (N, H, W) with ref (H, W); 0 where the union is empty."""
-    from maskless.ops.masks import mask_iou as iou_matrix
 
     return iou_matrix(np.asarray(masks, dtype=bool), np.asarray(ref, dtype=bool)[None])[:, 0]
 
@@ -113,10 +117,6 @@ def solo_masks(model: torch.nn.Module, crop: np.ndarray, *, input_size: int, par
                device: str | torch.device = "cpu") -> np.ndarray:
     """SOLO's masks bool (N, h, w) for crop uint8 (h, w, 3), sorted by score; the model is used in eval mode
     (its mode is restored)."""
-    from maskless.data.images import resized_hw
-    from maskless.models.resnet import normalize
-    from maskless.solo.inference import instance_strides, predict
-    from maskless.solo.model import pad_to_multiple
 
     h, w = crop.shape[:2]
     rh, rw = resized_hw(h, w, input_size)

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from maskless.data.images import resized_batches
+from maskless.models.resnet import normalize
+from maskless.ops.kmeans import KMeansParams, fit_kmeans
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,6 @@ def pooled_features(records: list[dict], backbone: torch.nn.Module, *, input_siz
     with images of the same size, so a row does not depend on its batch. The backbone runs in eval mode
     (BatchNorm running statistics untouched); its mode is restored afterwards.
     """
-    from maskless.data.images import resized_batches
-    from maskless.models.resnet import normalize
 
     was_training = backbone.training
     backbone.eval()
@@ -98,7 +99,6 @@ def select_diverse(features: np.ndarray, count: int, *, seed: int, iterations: i
 
     features: (N, C), any scale (rows are L2-normalised here). NaN/inf is a ValueError.
     """
-    from maskless.ops.kmeans import KMeansParams, fit_kmeans
 
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maskless.models.resnet import ARCHS, LEVELS, NORMS, ResNet, build_resnet
+from maskless.models.weights import load_backbone
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,6 @@ class SegNet(nn.Module):
     @classmethod
     def from_backbone_weights(cls, path: str, params: SegNetParams) -> SegNet:
         """Backbone from a pretrain-stage (or torchvision/MoCo/DenseCL) checkpoint; decoder random."""
-        from maskless.models.weights import load_backbone
 
         backbone = load_backbone(str(path), params.arch, norm=params.backbone_norm)
         log.info("SegNet: backbone %s initialised from %s; decoder randomly initialised", params.arch, path)

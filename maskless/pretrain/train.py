@@ -38,6 +38,8 @@ from maskless.pretrain.augment import AugmentParams, two_views
 from maskless.pretrain.densecl import DenseCL, DenseCLParams
 from maskless.resume import resume_key
 from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, step_batches, use_amp
+from maskless.data.images import load_rgb
+from maskless.data.images import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ class ImageSource:
                      "disk at every step", len(rows), est / 1e9, short, cache_limit / 1e9)
 
     def _load(self, i: int) -> np.ndarray:
-        from maskless.data.images import load_rgb
 
         return _resize_short(load_rgb(self.paths[i]), self.short)
 
@@ -182,7 +183,6 @@ def train_densecl(*, manifest: str, out_weights: str, state_dir: str, params: De
 def use_given_weights(*, src: str, out_weights: str, arch: str) -> None:
     """The `pretrain.weights` option: check a user checkpoint fits `arch`, then write it in our format."""
     model = load_backbone(src, arch)
-    from maskless.data.images import sha256_file
 
     save_backbone(out_weights, model, arch,
                   {"method": "given", "source": os.path.abspath(src), "source_sha256": sha256_file(src)})

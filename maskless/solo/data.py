@@ -24,6 +24,9 @@ from maskless.data.manifest import rows_digest
 from maskless.solo.augment import batch_samples, padded_size, resize_sample
 from maskless.solo.model import SIZE_DIVISOR
 from maskless.solo.targets import SoloGeometry, assign_targets
+from maskless.data.images import load_rgb
+from maskless.store import MaskStore
+from maskless.data.images import sha256_file
 
 if TYPE_CHECKING:
     from maskless.solo.train import SoloTrainParams
@@ -43,7 +46,6 @@ class SampleSource:
         return len(self.rows)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        from maskless.data.images import load_rgb
 
         row = self.rows[i]
         image, masks = load_rgb(row["path"]), self.store.get(int(row["id"]))
@@ -65,7 +67,6 @@ class SampleSource:
 
 def mask_counts(masks_index: str) -> dict[int, int]:
     """Masks per image id, from the index's per-image table."""
-    from maskless.store import MaskStore
 
     return MaskStore(masks_index).mask_counts()
 
@@ -86,7 +87,6 @@ def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_wei
                      exemplar_pool: str | None = None) -> str:
     """Identity of images, coarse masks (the index file's bytes), the initial backbone and SOLO weights, and
     the exemplar pool's files."""
-    from maskless.data.images import sha256_file
 
     h = rows_digest(rows)
     h.update(f"masks {sha256_file(masks_index)} backbone {sha256_file(backbone)}".encode())

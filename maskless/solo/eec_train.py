@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from maskless.solo.eec import EECHead, EECParams, eec_term, pool_embeddings
 from maskless.solo.losses import gather_positives, mask_logits
 from maskless.solo.targets import SoloTargets
+from maskless.models.freeze import freeze_bn
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,6 @@ class EECState(nn.Module):
         return self.params.refresh_due(step - 1)
 
     def refresh(self, model: nn.Module, *, freeze_backbone_bn: bool) -> None:
-        from maskless.solo.train import freeze_bn
 
         dev = self.pool_emb.device
         self.pool_emb.copy_(pool_embeddings(model, self.head, self.crops.to(dev), self.masks.to(dev)))

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from maskless.ops.kmeans import KMeansParams, fit_kmeans
+from maskless.io import atomic_dir
 
 if TYPE_CHECKING:
     from maskless.exemplar.refine import Exemplar
@@ -43,7 +45,6 @@ def cluster_pivots(embeddings: np.ndarray, k: int, *, seed: int = 0, iterations:
                    ) -> tuple[np.ndarray, np.ndarray]:
     """(centres float32 (k, D) unit rows, labels int64 (N,)) of spherical k-means on embeddings (N, D).
     k > N is a ValueError naming both."""
-    from maskless.ops.kmeans import KMeansParams, fit_kmeans
 
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.ndim != 2 or not 1 <= k <= len(emb):
@@ -135,7 +136,6 @@ class ExemplarPool:
         import pyarrow.parquet as pq
         import zarr
 
-        from maskless.io import atomic_dir
 
         if len(self) == 0:
             raise ValueError(f"exemplar pool {path} would be empty: no exemplar to save")

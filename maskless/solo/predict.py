@@ -20,6 +20,10 @@ from maskless.data.images import resized_batches
 from maskless.io import pick_device, set_threads
 from maskless.solo.inference import SoloInferenceParams, instance_strides, predict
 from maskless.solo.model import SOLOv2, SoloModelParams, pad_to_multiple
+from maskless.data.manifest import read_manifest, shard_records
+from maskless.models.resnet import normalize
+from maskless.store import ImageMasks
+from maskless.store_writer import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +54,6 @@ def predict_shard(*, manifest: str, weights: str, shard: int, shard_size: int, o
 
     Returns a summary: shard, images, masks, empty (images with no prediction), seconds.
     """
-    from maskless.data.manifest import read_manifest, shard_records
-    from maskless.models.resnet import normalize
-    from maskless.store import ImageMasks
-    from maskless.store_writer import ShardWriter
 
     if input_size < 1:
         raise ValueError(f"predict_shard: input_size must be >= 1, got {input_size}")

@@ -49,6 +49,10 @@ from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry
 from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, use_amp
+from maskless.models.freeze import freeze_bn, freeze_stages
+from maskless.solo.predict import load_solo
+from maskless.store import MaskStore
+from maskless.solo.exemplar_pool import ExemplarPool
 
 log = logging.getLogger(__name__)
 
@@ -216,32 +220,6 @@ def lr_at(step: int, params: SoloTrainParams) -> float:
     return schedule(params)(step)
 
 
-def freeze_bn(module: torch.nn.Module) -> int:
-    """Put every BatchNorm of `module` in eval mode with frozen affine parameters; returns how many."""
-    n = 0
-    for m in module.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad_(False)
-            n += 1
-    return n
-
-
-def freeze_stages(backbone: torch.nn.Module, freeze_at: int) -> int:
-    """Stop the gradient of the stem (freeze_at >= 1) and of res2.. res<freeze_at> (detectron2's FREEZE_AT);
-    returns the number of parameters frozen. Their BatchNorm is frozen by freeze_bn in any case."""
-    parts = [[backbone.conv1, backbone.bn1]] if freeze_at >= 1 else []
-    parts += [[getattr(backbone, f"layer{i}")] for i in range(1, freeze_at)]
-    n = 0
-    for part in parts:
-        for module in part:
-            for p in module.parameters():
-                p.requires_grad_(False)
-                n += p.numel()
-    return n
-
-
 def loss_columns(params: SoloTrainParams) -> tuple[str, ...]:
     """Columns of the loss log: loss_dice after the terms with the supervised mask loss (loss.mask "dice");
     the EEC term and its counts before lr when EEC is on."""
@@ -256,7 +234,6 @@ def _init_model(backbone: str, params: SoloTrainParams, init_weights: str | None
     """A fresh SOLOv2 on the pretrained backbone, or (fine-tuning) every weight of an earlier SOLO checkpoint."""
     if not init_weights:
         return SOLOv2.from_backbone_weights(backbone, params.model)
-    from maskless.solo.predict import load_solo
 
     model, init_params = load_solo(init_weights)
     if init_params["model"] != params.model.to_dict():
@@ -327,7 +304,6 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
     stop_after: testing hook; stop once that many steps are done, writing neither out_weights nor loss_log,
     as a kill would. Returns a summary dict.
     """
-    from maskless.store import MaskStore
 
     set_threads(threads)
     rank = dist.current()
@@ -346,7 +322,6 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
                          f"(eec {'on' if params.eec else 'off'}, exemplar_pool {exemplar_pool!r})")
     pool = None
     if exemplar_pool is not None:
-        from maskless.solo.exemplar_pool import ExemplarPool
 
         pool = ExemplarPool.load(exemplar_pool)
         log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))

@@ -31,6 +31,15 @@ from maskless.data.images import load_rgb
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, write_text_atomic
 from maskless.stego.features import extract_all, square_image
+from maskless.data.semantic import coco_labels, num_classes, square_labels
+from maskless.models.backbones import load_any_backbone, require_level
+from maskless.stego.knn import compute_knn, pool_features, save_knn
+from maskless.stego.train import train_stego
+from maskless.eval.metrics import metric_rows, metrics_markdown, row_label, write_metrics
+from maskless.eval.semantic import semantic_results
+from maskless.stego.baseline import KMeansParams, kmeans_baseline
+from maskless.stego.crf import CrfParams
+from maskless.stego.predict import load_stego, predict
 
 log = logging.getLogger(__name__)
 BACKGROUND = 0  # the class id of background in the ground truth (maskless.data.semantic)
@@ -52,7 +61,6 @@ def _images(manifest: str, size: int) -> tuple[list[int], np.ndarray]:
 
 def square_ground_truth(gt: str, ids: list[int], size: int) -> tuple[torch.Tensor, int]:
     """(N, S, S) int64 labels of the images in ids, and the class count (background included)."""
-    from maskless.data.semantic import coco_labels, num_classes, square_labels
 
     labels = [square_labels(lab, size) for lab in coco_labels(gt, ids)]
     return torch.from_numpy(np.stack(labels).astype(np.int64)), num_classes(gt)
@@ -61,7 +69,6 @@ def square_ground_truth(gt: str, ids: list[int], size: int) -> tuple[torch.Tenso
 def load_frozen(backbone_path: str, device, layer: str | None = None) -> torch.nn.Module:
     """The frozen backbone (any of maskless.models.backbones.BACKBONES, recognised from the file) in eval
     mode on device; with `layer`, checked to have that level (an error names config key stego.layer)."""
-    from maskless.models.backbones import load_any_backbone, require_level
 
     net = load_any_backbone(backbone_path)
     if layer is not None:
@@ -73,8 +80,6 @@ def run_stego_train(*, manifest: str, backbone: str, out_model: str, out_knn: st
                     params: StegoStageParams, train_params, gt: str | None = None, loss_log: str | None = None,
                     device: str = "auto", threads: int | None = None) -> dict:
     """Features of the frozen backbone, their kNN (saved to out_knn), then train_stego -> out_model."""
-    from maskless.stego.knn import compute_knn, pool_features, save_knn
-    from maskless.stego.train import train_stego
 
     set_threads(threads)
     dev = pick_device(device)
@@ -97,11 +102,6 @@ def run_stego_eval(*, manifest: str, backbone: str, model: str, gt: str, out_met
                    flip: bool = True, device: str = "auto", threads: int | None = None) -> list[dict]:
     """Score the STEGO probes (with and without CRF) and the k-means baseline; write the rows and a table.
     seed: the run's training seed, k-means' seed and the rows' seed column."""
-    from maskless.eval.metrics import metric_rows, metrics_markdown, row_label, write_metrics
-    from maskless.eval.semantic import semantic_results
-    from maskless.stego.baseline import KMeansParams, kmeans_baseline
-    from maskless.stego.crf import CrfParams
-    from maskless.stego.predict import load_stego, predict
 
     set_threads(threads)
     dev = pick_device(device)

@@ -103,6 +103,7 @@ def test_solo_masks_at_crop_size_and_mode_restored(make_solo):
 def test_solo_masks_pass_the_instance_strides(make_solo, monkeypatch):
     """The exemplar refinement filters masks by area as solo_predict does: predict gets the model's levels'
     instance strides (the reference's `sum_masks > strides`)."""
+    import maskless.exemplar.refine as refine
     import maskless.solo.inference as inference
 
     seen = {}
@@ -111,7 +112,7 @@ def test_solo_masks_pass_the_instance_strides(make_solo, monkeypatch):
         seen["strides"] = strides
         return [{"masks": np.zeros((0, *out_hw), dtype=bool)}]
 
-    monkeypatch.setattr(inference, "predict", spy)
+    monkeypatch.setattr(refine, "predict", spy)  # the name refine calls
     model = make_solo()
     solo_masks(model, np.zeros((20, 20, 3), dtype=np.uint8), input_size=32, params=WHOLE_CROP)
     assert seen["strides"] == inference.instance_strides(model.params.levels) and all(seen["strides"])

@@ -322,7 +322,7 @@ def test_finetune_starts_from_every_weight_of_the_init_checkpoint(tmp_path, data
 
 def test_freeze_at_two_stops_stem_and_res2_only():
     """detectron2's FREEZE_AT = 2: conv1/bn1 and layer1 get no gradient, layer2 does; 0 freezes nothing."""
-    from maskless.solo.train import freeze_stages
+    from maskless.models.freeze import freeze_stages
 
     net = build_resnet("resnet18")
     n = freeze_stages(net, 2)
