@@ -15,7 +15,9 @@ Tensor]`, the named values of one step. Everything else is written here once:
   parameters (plus the process count, maskless.dist) and the data match; a resumed run is bit-identical on
   CPU; the state is removed once the method's output is written;
 - data parallel (maskless.dist): the method calls its networks through dist.wrap; rank 0 alone writes
-  checkpoints, the output and the loss log; every summary carries the digest of the trained parameters.
+  checkpoints, the output and the loss log; every summary carries the digest of the trained parameters;
+- `prefetch`: a method whose batches are a function of the step alone has the next one made in a thread
+  while the current step computes (the same batches, in the same order).
 
 The order of a step never changes: batch, learning rate, step, finite check, backward, clip, optimizer step.
 Nothing here draws random numbers, so LoopParams has no seed: each method seeds its initialisation and its
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +120,54 @@ def step_batches(data: torch.utils.data.Dataset, start: int, num_workers: int, p
                                          num_workers=num_workers, collate_fn=identity, pin_memory=pin_memory,
                                          generator=torch.Generator().manual_seed(0))
     return iter(loader)
+
+
+_DONE = object()
+
+
+def prefetch(items: Iterable, depth: int = 1) -> Iterator:
+    """The items of `items`, in order, each made in a background thread up to `depth` ahead of the one the
+    caller works on: batch building (numpy, OpenCV and torch release the GIL for their heavy work) overlaps
+    the training step instead of adding to it. The items are the ones a plain loop would give, so a method
+    whose batch is a function of (seed, step) stays bit-identical; its random draws must not come from a
+    generator the step also draws from. An exception raised while making an item is raised here, at that
+    item. When the caller stops early (a resume test's stop, an error in the step) and drops the iterator,
+    the thread stops too.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_DONE, e))
+            return
+        put((_DONE, None))
+
+    thread = threading.Thread(target=produce, name="maskless-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 @dataclass

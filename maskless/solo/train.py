@@ -48,7 +48,7 @@ from maskless.solo.pairwise import lab_at_mask_resolution
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry
-from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, use_amp
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, prefetch, use_amp
 from maskless.models.freeze import freeze_bn, freeze_stages
 from maskless.solo.predict import load_solo
 from maskless.store import MaskStore
@@ -340,8 +340,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
              ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
     seen = {"pasted": 0, "saturated": 0}
 
-    def batches(start: int):
-        return (make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
+    def batches(start: int):  # the next batch is made while a step computes (a function of the step alone)
+        return prefetch(make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
 
     def step(batch, step: int) -> dict[str, torch.Tensor]:
         images, targets, pasted = batch
