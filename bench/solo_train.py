@@ -2,14 +2,17 @@
 
     .venv/bin/python bench/solo_train.py [--steps 30] [--images 64] [--device cpu|cuda] [--threads 2]
                                          [--config config.yaml] [--coco ../shared/data/coco-tiny]
+                                         [--compare-prefetch]
 
 Trains with the config's `solo` section (the demo's settings: batch, input size, model widths) for --steps
 steps on a synthetic dataset generated at the config's image size (or coco-tiny's photographs), with the
 ground-truth instance masks standing in for the coarse masks: the cost of a step depends on the image size
 and the number of instances, not on where the masks came from. Random-initialised backbone. Data time is
 everything before the forward pass (reading, caching, augmentation, copy-paste, target assignment); the
-target is under 10% of step time. On CUDA the peak GPU memory is printed too. Prints figures and the
-command; not a test.
+target is under 10% of step time (issue 14: 5%). On CUDA the peak GPU memory is printed too.
+--compare-prefetch trains twice more on the same data, alternating batches made in the loop (prefetch off)
+and made one step ahead in a thread (maskless.train.prefetch, the default), and prints each run's figures:
+the ratio comes from one process. Prints figures and the command; not a test.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--config", default="config.yaml")
     ap.add_argument("--coco", default=None, help="coco-tiny folder instead of synthetic images")
+    ap.add_argument("--compare-prefetch", action="store_true",
+                    help="runs without, with, without, with the batch prefetch thread")
     args = ap.parse_args()
 
     from maskless.config import load_config
@@ -77,6 +82,7 @@ def main() -> int:
     from maskless.io import setup_logging
     from maskless.models.resnet import build_resnet
     from maskless.models.weights import save_backbone
+    import maskless.solo.train as solo_train
     from maskless.solo.train import params_from_config, train_solo
 
     setup_logging(None)
@@ -98,19 +104,26 @@ def main() -> int:
                max_images=args.images)
         index = coarse_masks_from_gt(ann, manifest, tmp, emb_dim)
         save_backbone(str(tmp / "backbone.pt"), build_resnet(params.model.arch), params.model.arch, {})
-        if args.device.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
-        s = train_solo(manifest=manifest, masks_index=index, backbone=str(tmp / "backbone.pt"),
-                       out_weights=str(tmp / "solo.pt"), state_dir=str(tmp / "state"), params=params,
-                       device=args.device, threads=args.threads, log_every=10)
-    batch = params.batch_size * (2 if params.views == "both" else 1)
-    figures = {"device": s["device"], "steps": s["steps_done"], "batch": batch, "input_size": params.input_size,
-               "images_per_s": round(s["steps_done"] * batch / s["seconds"], 2),
-               "data_fraction_pct": round(100 * s["data_fraction"], 1),
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
-    if args.device.startswith("cuda"):
-        figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
-    print(json.dumps(figures))
+        prefetch = solo_train.prefetch
+        runs = [("prefetch", prefetch)] if not args.compare_prefetch else [
+            ("plain", lambda items, depth=1: iter(items)), ("prefetch", prefetch)] * 2
+        for i, (name, fn) in enumerate(runs):
+            solo_train.prefetch = fn
+            if args.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            s = train_solo(manifest=manifest, masks_index=index, backbone=str(tmp / "backbone.pt"),
+                           out_weights=str(tmp / f"solo{i}.pt"), state_dir=str(tmp / f"state{i}"), params=params,
+                           device=args.device, threads=args.threads, log_every=10)
+            batch = params.batch_size * (2 if params.views == "both" else 1)
+            figures = {"batches": name, "device": s["device"], "steps": s["steps_done"], "batch": batch,
+                       "input_size": params.input_size,
+                       "images_per_s": round(s["steps_done"] * batch / s["seconds"], 2),
+                       "data_fraction_pct": round(100 * s["data_fraction"], 1),
+                       "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            if args.device.startswith("cuda"):
+                figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
+            print(json.dumps(figures))
+        solo_train.prefetch = prefetch
     print("command:", " ".join([".venv/bin/python", *sys.argv]))
     return 0
 
