@@ -59,6 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from maskless import viz
+from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, write_json_atomic
 from maskless.report.charts import loss_figures, metric_figures
 from maskless.report.exemplars import exemplar_figures
@@ -123,8 +124,6 @@ def build_report_figures(inputs: ReportInputs, out_dir: str, *, n_images: int = 
 
 def _sample(path: str | None, n_images: int) -> list[dict]:
     """The first n_images rows (sorted by id) of the manifest at path; [] without one."""
-    from maskless.data.manifest import read_manifest
-
     if path is None:
         log.info("report: no manifest given: no figures of its images")
         return []

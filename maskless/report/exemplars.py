@@ -6,6 +6,7 @@ import logging
 
 from maskless import viz
 from maskless.report.inputs import ReportInputs
+from maskless.solo.exemplar_pool import ExemplarPool
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +16,6 @@ EXEMPLAR_CELL = (128, 128)
 
 def exemplar_figures(inputs: ReportInputs, add) -> None:
     """Add (with add(name, category, caption, rgb)) an exemplars_n<k> grid of each exemplar pool, by k."""
-    from maskless.solo.exemplar_pool import ExemplarPool
-
     if not inputs.pools:
         log.info("report: no exemplar pools given")
     for n, path in sorted((int(n), path) for n, path in inputs.pools):

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from maskless.pct.budget import budget_text
+from maskless.pct.budget import budget_text, parse_budget
+from maskless.pct.stage import MODES
 
 __all__ = ["ReportInputs", "PCT_RUNS", "STRIP_HEIGHT", "first_seen", "budget_key", "mode_key", "budget_kind",
            "budget_words"]
@@ -82,16 +83,12 @@ def first_seen(variants: list[str]) -> dict[str, int]:
 def budget_key(budget: str) -> tuple:
     """Sort key of a PCT label budget ("ratio0.125", "count92": the budget wildcard,
     maskless.pct.budget.parse_budget): ratios before counts, each by value."""
-    from maskless.pct.budget import parse_budget
-
     ratio, count = parse_budget(budget)
     return (0, ratio, budget) if ratio is not None else (1, float(count), budget)
 
 
 def mode_key(mode: str) -> tuple:
     """PCT modes in pipeline order (plain, then ctr), others after by name."""
-    from maskless.pct.stage import MODES
-
     return (MODES.index(mode), "") if mode in MODES else (len(MODES), mode)
 
 

@@ -9,7 +9,9 @@ import numpy as np
 
 from maskless import viz
 from maskless.data.images import load_record
+from maskless.data.semantic import instance_mask
 from maskless.report.inputs import STRIP_HEIGHT, ReportInputs, first_seen
+from maskless.store import MaskStore
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +22,6 @@ MAX_MASKS = 20  # ... and at most this many per image (Free Masks too), best fir
 def _gt_instances(gt: dict, image_id: int, hw: tuple[int, int]) -> np.ndarray | None:
     """bool (N, H, W) non-crowd ground-truth instances of an image, largest first (the smaller, usually
     occluding, drawn over them); None when the image is not in the ground truth."""
-    from maskless.data.semantic import instance_mask
-
     images = {int(im["id"]): im for im in gt.get("images", [])}
     if image_id not in images:
         log.warning("report: image %d is not in the ground truth", image_id)
@@ -72,8 +72,6 @@ def _store_masks(store, image_id: int, hw: tuple[int, int], min_score: float | N
 def mask_figures(inputs: ReportInputs, records: list[dict], gt: dict | None, on_eval: bool, add) -> None:
     """Add (with add(name, category, caption, rgb)) a masks_<id> strip of each record: the image, its
     ground-truth instances (gt given) and the masks of each store of _mask_stores, on_eval: of the evaluation set."""
-    from maskless.store import MaskStore
-
     stores = [(title, short, MaskStore(path), is_solo) for title, short, path, is_solo in _mask_stores(inputs)]
     if not records or (gt is None and not stores):
         log.info("report: no mask figures (%s)", "no sampled images" if not records else

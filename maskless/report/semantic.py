@@ -6,11 +6,22 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from maskless import viz
 from maskless.data.images import load_record
+from maskless.data.manifest import read_manifest
+from maskless.data.semantic import coco_labels, num_classes, square_labels
+from maskless.eval.semantic import hungarian_match, semantic_confusion
+from maskless.io import pick_device
+from maskless.pct import pseudo as pct_pseudo
 from maskless.pct.budget import budget_text
+from maskless.pct.labels import label_maps, read_label_source
+from maskless.pct.model import load_segnet
 from maskless.report.inputs import STRIP_HEIGHT, ReportInputs, budget_key, budget_words, mode_key
+from maskless.stego import predict as stego_predict
+from maskless.stego.features import square_image
+from maskless.stego.stage import load_frozen
 
 log = logging.getLogger(__name__)
 
@@ -35,25 +46,18 @@ def _stego_geometry(model_path: str, params: dict, backbone) -> tuple[int, str]:
 def _stego_maps(inputs: ReportInputs, images: list[np.ndarray], gt: dict | None, ids: list[int], dev):
     """(square images, square gt maps or None, display maps, input size) of the sampled images, or None
     when STEGO's model or backbone is not given."""
-    import torch
-
-    from maskless.data.semantic import coco_labels, num_classes, square_labels
-    from maskless.eval.semantic import hungarian_match, semantic_confusion
-    from maskless.stego.features import square_image
-    from maskless.stego.predict import load_stego, predict
-    from maskless.stego.stage import load_frozen
-
     model_path, backbone_path = inputs.stego, inputs.backbone
     if model_path is None or backbone_path is None:
         log.info("report: no STEGO panels (no %s given)", " and ".join(
             name for name, p in (("STEGO model", model_path), ("backbone", backbone_path)) if p is None))
         return None
-    stego = load_stego(model_path, dev)
+    stego = stego_predict.load_stego(model_path, dev)
     net = load_frozen(backbone_path, dev)
     size, layer = _stego_geometry(model_path, stego["params"], net)
     squares = [square_image(img, size) for img in images]
     batch = torch.from_numpy(np.stack(squares)).permute(0, 3, 1, 2)  # (B, 3, S, S) uint8
-    maps = predict(net, stego, batch.to(dev), layer=layer, flip=True, crf=None)["cluster"].numpy()  # (B, S, S)
+    maps = stego_predict.predict(net, stego, batch.to(dev), layer=layer, flip=True,
+                                 crf=None)["cluster"].numpy()  # (B, S, S)
     k = int(stego["params"]["n_clusters"])
     if gt is None:
         return squares, None, [viz.colorize_labels(m + 1, k + 1) for m in maps], size
@@ -79,18 +83,13 @@ def _pct_model(inputs: ReportInputs):
 def _pct_maps(inputs: ReportInputs, images: list[np.ndarray], dev, found=None):
     """(title, budget words, mode, label maps, number of classes) of the first PCT retrained model (or of
     `found`, a _pct_model answer), or None."""
-    import torch
-
-    from maskless.pct.model import load_segnet
-    from maskless.pct.pseudo import predict
-
     found = _pct_model(inputs) if found is None else found
     if found is None:
         return None
     title, budget, mode, path = found
     params = torch.load(path, map_location="cpu", weights_only=True)["params"]
     model = load_segnet(path).to(dev)
-    maps = [predict(model, img, input_size=int(params["input_size"])) for img in images]
+    maps = [pct_pseudo.predict(model, img, input_size=int(params["input_size"])) for img in images]
     return title, budget, mode, maps, int(params["model"]["num_classes"])
 
 
@@ -101,9 +100,6 @@ def semantic_figures(inputs: ReportInputs, records: list[dict], gt: dict | None,
     if not records:
         log.info("report: no semantic figures of the dataset's images (no sampled images)")
         return
-    from maskless.data.semantic import coco_labels, num_classes
-    from maskless.io import pick_device
-
     dev = pick_device(device)
     ids = [int(r["id"]) for r in records]
     images = [load_record(r) for r in records]
@@ -150,10 +146,6 @@ def semantic_figures(inputs: ReportInputs, records: list[dict], gt: dict | None,
 def pct_data_figures(inputs: ReportInputs, n_images: int, device: str, add) -> None:
     """The semantic_pct_<id> strips of PCT on user files (pct.data): the first n_images held-out ("val")
     images of its manifest, their label PNGs and the first PCT retrained model's map."""
-    from maskless.data.manifest import read_manifest
-    from maskless.io import pick_device
-    from maskless.pct.labels import label_maps, read_label_source
-
     manifest, labels = inputs.pct_manifest, inputs.pct_labels
     if manifest is None:
         log.info("report: no PCT strips of pct.data (no manifest of its images given)")
