@@ -1,7 +1,7 @@
 """The figures of the pipeline's HTML report (``snakemake --report``), made from the files a run gives it.
 
 `build_report_figures(inputs, out_dir)` draws the files named in `inputs` (a ReportInputs: the workflow's
-input function report_inputs in rules/common.smk fills it with what the run makes, each file with the
+input function report_inputs in rules/inputs/report.smk fills it with what the run makes, each file with the
 variant, round, budget or mode it is of) and writes PNG figures plus an ``index.json`` listing them (the same
 list it returns) into `out_dir`, written whole: built in a temp folder beside it and renamed into place
 (maskless.io.atomic_dir), so a killed job leaves the old folder or none. Nothing else is read: a file the

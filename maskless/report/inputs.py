@@ -76,7 +76,7 @@ class ReportInputs:
 
 def first_seen(variants: list[str]) -> dict[str, int]:
     """{SOLO variant: its place in the order given}: the workflow gives the variants in pipeline order
-    (solo_variants in rules/common.smk), so the report keeps it rather than reading it from their names."""
+    (solo_variants in rules/inputs/solo.smk), so the report keeps it rather than reading it from their names."""
     return {v: i for i, v in enumerate(dict.fromkeys(variants))}
 
 
