@@ -1,5 +1,5 @@
 # The figures of the HTML report (`snakemake --report report.html` after a run): mask strips per stage,
-# semantic colour maps, loss curves, metric charts and the exemplar gallery (maskless/report.py).
+# semantic colour maps, loss curves, metric charts and the exemplar gallery (maskless/report/).
 
 
 include: "inputs/report.smk"
