@@ -10,9 +10,9 @@ ground-truth instance masks standing in for the coarse masks: the cost of a step
 and the number of instances, not on where the masks came from. Random-initialised backbone. Data time is
 everything before the forward pass (reading, caching, augmentation, copy-paste, target assignment); the
 target is under 10% of step time (issue 14: 5%). On CUDA the peak GPU memory is printed too.
---compare-prefetch trains twice more on the same data, alternating batches made in the loop (prefetch off)
-and made one step ahead in a thread (maskless.train.prefetch, the default), and prints each run's figures:
-the ratio comes from one process. Prints figures and the command; not a test.
+--compare-prefetch trains four times on the same data, alternating batches made in the loop and made one
+step ahead in a thread (maskless.train.prefetch; by default only on CUDA, solo.train.PREFETCH_DEVICES), and
+prints each run's figures: the ratio comes from one process. Prints figures and the command; not a test.
 """
 
 from __future__ import annotations
@@ -104,11 +104,11 @@ def main() -> int:
                max_images=args.images)
         index = coarse_masks_from_gt(ann, manifest, tmp, emb_dim)
         save_backbone(str(tmp / "backbone.pt"), build_resnet(params.model.arch), params.model.arch, {})
-        prefetch = solo_train.prefetch
-        runs = [("prefetch", prefetch)] if not args.compare_prefetch else [
-            ("plain", lambda items, depth=1: iter(items)), ("prefetch", prefetch)] * 2
-        for i, (name, fn) in enumerate(runs):
-            solo_train.prefetch = fn
+        devices = solo_train.PREFETCH_DEVICES
+        runs = [("default", devices)] if not args.compare_prefetch else [
+            ("plain", ()), ("prefetch", ("cpu", "cuda"))] * 2
+        for i, (name, on) in enumerate(runs):
+            solo_train.PREFETCH_DEVICES = on
             if args.device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
             s = train_solo(manifest=manifest, masks_index=index, backbone=str(tmp / "backbone.pt"),
@@ -123,7 +123,7 @@ def main() -> int:
             if args.device.startswith("cuda"):
                 figures["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20)
             print(json.dumps(figures))
-        solo_train.prefetch = prefetch
+        solo_train.PREFETCH_DEVICES = devices
     print("command:", " ".join([".venv/bin/python", *sys.argv]))
     return 0
 

@@ -191,6 +191,13 @@ class SoloTrainParams:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
 
+# Where SOLO's batches are made in a thread one step ahead (maskless.train.prefetch; the same batches either
+# way). Not on CPU: with torch's threads on every core the thread competes with the step, and on 2 cores at 2
+# threads it cost 15% of the images per second while cutting the data wait from 4.9% to 0.4% of the time
+# (BENCHMARKS.md "SOLO training throughput", bench/solo_train.py --compare-prefetch).
+PREFETCH_DEVICES = ("cuda",)
+
+
 def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None,
                        eec: dict | None = None) -> SoloTrainParams:
     """SoloTrainParams from the config's `solo` section (the one boundary where config becomes arguments):
@@ -340,8 +347,9 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
              ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
     seen = {"pasted": 0, "saturated": 0}
 
-    def batches(start: int):  # the next batch is made while a step computes (a function of the step alone)
-        return prefetch(make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
+    def batches(start: int):  # on a GPU the next batch is made while a step computes (PREFETCH_DEVICES)
+        made = (make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
+        return prefetch(made) if torch.device(dev).type in PREFETCH_DEVICES else made
 
     def step(batch, step: int) -> dict[str, torch.Tensor]:
         images, targets, pasted = batch

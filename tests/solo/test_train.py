@@ -126,6 +126,24 @@ def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog):
     assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
 
 
+def test_prefetched_batches_train_the_same_weights(tmp_path, data, monkeypatch):
+    """Batches made one step ahead in a thread (maskless.train.prefetch, on CUDA by default) train the same
+    weights and loss log as the plain loop, here forced on CPU, with a stop and resume in between."""
+    params = SoloTrainParams(**TINY, steps=4, checkpoint_every=2)
+    kw = dict(**data, params=params, device="cpu", threads=1)
+    monkeypatch.setattr(train_mod, "PREFETCH_DEVICES", ())
+    train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"), loss_log=str(tmp_path / "a.csv"),
+               **kw)
+    monkeypatch.setattr(train_mod, "PREFETCH_DEVICES", ("cpu",))
+    train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"), loss_log=str(tmp_path / "b.csv"),
+               stop_after=3, **kw)
+    train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"), loss_log=str(tmp_path / "b.csv"),
+               **kw)
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+
+
 def test_changed_params_start_fresh(tmp_path, data, caplog):
     """A state made with another lr is not used (the log names the differing field)."""
     kw = dict(**data, device="cpu", threads=1, state_dir=str(tmp_path / "s"), out_weights=str(tmp_path / "w.pt"))
