@@ -27,6 +27,20 @@ def _pairwise_iou(masks: Tensor, areas: Tensor | None) -> Tensor:
     return inter / union.clamp(min=1e-6)
 
 
+def check_inputs(masks: Tensor, scores: Tensor, kernel: str) -> None:
+    """The kernel's name and the shapes (N, H, W) and (N,): errors name what is wrong."""
+    if kernel not in KERNELS:
+        raise ValueError(f"matrix_nms kernel must be one of {KERNELS}, got {kernel!r}")
+    if masks.ndim != 3 or scores.ndim != 1 or masks.shape[0] != scores.shape[0]:
+        raise ValueError(f"matrix_nms needs masks (N, H, W) and scores (N,), "
+                         f"got {tuple(masks.shape)} and {tuple(scores.shape)}")
+
+
+def check_finite(scores: Tensor) -> None:
+    if not torch.isfinite(scores).all():
+        raise ValueError("matrix_nms scores contain NaN or inf")
+
+
 def matrix_nms(
     masks: Tensor,
     scores: Tensor,
@@ -53,16 +67,11 @@ def matrix_nms(
     Gaussian (sigma 2): decay1 = exp(-2 * 0.36) = 0.48675, decay2 = min(exp(-2/9), exp(-2(0.36 - 0.36)))
     = 0.80074 (without the compensation it would be 0.48675). Linear: decay1 = 0.4, decay2 = min(2/3, 1) = 2/3.
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"matrix_nms kernel must be one of {KERNELS}, got {kernel!r}")
-    if masks.ndim != 3 or scores.ndim != 1 or masks.shape[0] != scores.shape[0]:
-        raise ValueError(f"matrix_nms needs masks (N, H, W) and scores (N,), "
-                         f"got {tuple(masks.shape)} and {tuple(scores.shape)}")
+    check_inputs(masks, scores, kernel)
     n = scores.shape[0]
     if n == 0:
         return scores.new_zeros(0, dtype=torch.float32)
-    if not torch.isfinite(scores).all():
-        raise ValueError("matrix_nms scores contain NaN or inf")
+    check_finite(scores)
 
     order = torch.argsort(scores, descending=True, stable=True)  # (N,)
     sorted_areas = None if areas is None else areas[order]
@@ -105,16 +114,11 @@ def matrix_nms_top_k(
     masks' IoU with the masks above it only (the upper triangle, never the full N x N product), with the same
     float32 operations as matrix_nms, so every value is identical (the intersections are exact integer sums).
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"matrix_nms kernel must be one of {KERNELS}, got {kernel!r}")
-    if masks.ndim != 3 or scores.ndim != 1 or masks.shape[0] != scores.shape[0]:
-        raise ValueError(f"matrix_nms needs masks (N, H, W) and scores (N,), "
-                         f"got {tuple(masks.shape)} and {tuple(scores.shape)}")
+    check_inputs(masks, scores, kernel)
     n = scores.shape[0]
     if n == 0 or k < 1:
         return scores.new_zeros(0, dtype=torch.long), scores.new_zeros(0, dtype=torch.float32)
-    if not torch.isfinite(scores).all():
-        raise ValueError("matrix_nms scores contain NaN or inf")
+    check_finite(scores)
 
     order = torch.argsort(scores, descending=True, stable=True)  # (N,) sorted position -> input index
     flat = masks[order].reshape(n, -1).float()  # (N, HW)
