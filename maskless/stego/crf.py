@@ -122,21 +122,47 @@ def spatial_message(q: torch.Tensor, theta_gamma: float) -> torch.Tensor:
     return (blur(q) - q) / norm
 
 
+@dataclass
+class CrfImage:
+    """An image's bilateral kernel for given CrfParams (bilateral_weights' offsets, weights, norm): made once
+    by prepare_image when several probability maps of one image go through dense_crf (STEGO's cluster and
+    linear probes), which then skips its most expensive set-up (about a quarter of a call at 160 px)."""
+
+    hw: tuple[int, int]
+    params: CrfParams
+    offsets: list
+    weights: torch.Tensor
+    norm: torch.Tensor
+
+
+def prepare_image(image, params: CrfParams, hw: tuple[int, int], device=None) -> CrfImage:
+    """The bilateral kernel of an image (3, H, W) or (H, W, 3), colours in [0, 255], of size hw."""
+    image = _image_tensor(image, hw).to(device) if device is not None else _image_tensor(image, hw)
+    offsets, weights, norm = bilateral_weights(image, theta_alpha=params.theta_alpha,
+                                               theta_beta=params.theta_beta, radius=params.radius,
+                                               stride=params.stride)
+    return CrfImage(tuple(hw), params, offsets, weights, norm)
+
+
 def dense_crf(image, probs: torch.Tensor, params: CrfParams | None = None) -> torch.Tensor:
     """Mean-field refined probabilities (K, H, W) for probs (K, H, W) (a distribution over K per pixel)
-    and the image (3, H, W) or (H, W, 3), colours in [0, 255]."""
+    and the image (3, H, W) or (H, W, 3), colours in [0, 255], or its CrfImage (made with the same params)."""
     params = params or CrfParams()
     if probs.ndim != 3 or probs.shape[0] < 1:
         raise ValueError(f"probs must be (K, H, W), got shape {tuple(probs.shape)}")
     if not torch.isfinite(probs).all() or (probs < 0).any():
         raise ValueError("probs must be finite and non-negative")
     probs = probs.float()
-    image = _image_tensor(image, probs.shape[1:]).to(probs.device)
+    if isinstance(image, CrfImage):
+        if image.hw != tuple(probs.shape[1:]) or image.params != params:
+            raise ValueError(f"the CrfImage was made for {image.hw} and {image.params}, not for probs "
+                             f"{tuple(probs.shape[1:])} and {params}")
+        prepared = image
+    else:
+        prepared = prepare_image(image, params, tuple(probs.shape[1:]), probs.device)
+    offsets, weights, norm = prepared.offsets, prepared.weights, prepared.norm
     probs = probs / probs.sum(0, keepdim=True).clamp(min=1e-12)
     log_p = probs.clamp(min=1e-8).log()  # -U, (K, H, W)
-    offsets, weights, norm = bilateral_weights(image, theta_alpha=params.theta_alpha,
-                                               theta_beta=params.theta_beta, radius=params.radius,
-                                               stride=params.stride)
     q = probs
     for _ in range(params.iterations):
         m = params.w1 * bilateral_message(q, offsets, weights, norm, params.radius)

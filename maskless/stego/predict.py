@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from maskless.stego.crf import CrfParams, dense_crf
+from maskless.stego.crf import CrfParams, dense_crf, prepare_image
 from maskless.stego.features import extract_features
 from maskless.stego.model import ClusterProbe, LinearProbe, StegoHead
 
@@ -96,6 +96,8 @@ def predict(backbone: torch.nn.Module, model: dict, images: torch.Tensor, *, lay
     codes = codes_at(model["head"], feats, tuple(images.shape[-2:]), flipped)  # (B, D, H, W)
     # The CRF compares colours in [0, 255]; float images are in [0, 1] (as extract_features takes them).
     colour = images.float() * (255.0 if images.is_floating_point() else 1.0)  # (B, 3, H, W)
+    if crf is not None:  # each image's bilateral kernel once, for both probes
+        colour = [prepare_image(c, crf, tuple(images.shape[-2:]), codes.device) for c in colour]
     out = {"cluster": cluster_maps(codes, model["cluster"], images=colour, crf=crf, alpha=alpha).cpu(),
            "linear": None}
     if model.get("linear") is not None:

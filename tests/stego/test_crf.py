@@ -82,3 +82,22 @@ def test_errors():
 def test_one_pixel_image():
     out = dense_crf(np.zeros((1, 1, 3), np.uint8), torch.tensor([[[0.3]], [[0.7]]]))
     assert out.shape == (2, 1, 1) and int(out.argmax()) == 1
+
+
+def test_a_prepared_image_gives_the_same_refinement_bit_for_bit():
+    """prepare_image computes the bilateral kernel once (STEGO's two probes share it): dense_crf on the
+    CrfImage equals dense_crf on the raw image exactly; a CrfImage made for other params or another size is
+    refused."""
+    from maskless.stego.crf import CrfParams, dense_crf, prepare_image
+
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, 24, 20, generator=g) * 255
+    params = CrfParams(iterations=3, radius=6, stride=2)
+    prepared = prepare_image(image, params, (24, 20))
+    for k in (2, 5):
+        probs = torch.softmax(torch.randn(k, 24, 20, generator=g), 0)
+        assert torch.equal(dense_crf(image, probs, params), dense_crf(prepared, probs, params))
+    with pytest.raises(ValueError, match="CrfImage was made for"):
+        dense_crf(prepared, probs, CrfParams(iterations=3, radius=6, stride=3))
+    with pytest.raises(ValueError, match="CrfImage was made for"):
+        dense_crf(prepared, torch.softmax(torch.randn(2, 20, 24, generator=g), 0), params)
