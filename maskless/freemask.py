@@ -26,13 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from maskless.data.images import resized_batches
+from maskless.data.manifest import read_manifest, shard_records
 from maskless.io import pick_device, set_threads
 from maskless.models.backbones import LEVELS as BACKBONE_LEVELS
+from maskless.models.backbones import load_any_backbone, require_level
+from maskless.models.resnet import normalize
 from maskless.ops.masks import boxes_xywh, largest_component
 from maskless.ops.matrix_nms import KERNELS, matrix_nms_top_k
-from maskless.data.manifest import read_manifest, shard_records
-from maskless.models.resnet import normalize
-from maskless.models.backbones import load_any_backbone, require_level
 from maskless.store import ImageMasks
 from maskless.store_writer import ShardWriter
 

@@ -27,14 +27,13 @@ import cv2
 import numpy as np
 import torch
 
-from maskless.exemplar.grabcut import Foreground
-from maskless.ops.masks import boxes_xywh
-from maskless.solo.exemplar_pool import METHODS as REFINE_METHODS  # which mask an exemplar keeps
-from maskless.solo.inference import SoloInferenceParams
-from maskless.ops.masks import mask_iou as iou_matrix
 from maskless.data.images import resized_hw
+from maskless.exemplar.grabcut import Foreground
 from maskless.models.resnet import normalize
-from maskless.solo.inference import instance_strides, predict
+from maskless.ops.masks import boxes_xywh
+from maskless.ops.masks import mask_iou as iou_matrix
+from maskless.solo.exemplar_pool import METHODS as REFINE_METHODS  # which mask an exemplar keeps
+from maskless.solo.inference import SoloInferenceParams, instance_strides, predict
 from maskless.solo.model import pad_to_multiple
 
 log = logging.getLogger(__name__)

@@ -37,6 +37,7 @@ def check_inputs(masks: Tensor, scores: Tensor, kernel: str) -> None:
 
 
 def check_finite(scores: Tensor) -> None:
+    """Scores must be finite: a NaN would make the sort, and so every decay, arbitrary."""
     if not torch.isfinite(scores).all():
         raise ValueError("matrix_nms scores contain NaN or inf")
 

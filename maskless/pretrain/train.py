@@ -76,7 +76,6 @@ class ImageSource:
                      "disk at every step", len(rows), est / 1e9, short, cache_limit / 1e9)
 
     def _load(self, i: int) -> np.ndarray:
-
         return _resize_short(load_rgb(self.paths[i]), self.short)
 
     def __len__(self) -> int:

@@ -46,7 +46,6 @@ class SampleSource:
         return len(self.rows)
 
     def _load(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-
         row = self.rows[i]
         image, masks = load_rgb(row["path"]), self.store.get(int(row["id"]))
         if image.shape[:2] != (masks.height, masks.width):

@@ -46,7 +46,6 @@ class EECState(nn.Module):
         return self.params.refresh_due(step - 1)
 
     def refresh(self, model: nn.Module, *, freeze_backbone_bn: bool) -> None:
-
         dev = self.pool_emb.device
         self.pool_emb.copy_(pool_embeddings(model, self.head, self.crops.to(dev), self.masks.to(dev)))
         if freeze_backbone_bn:

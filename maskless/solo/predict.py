@@ -17,11 +17,11 @@ import time
 import torch
 
 from maskless.data.images import resized_batches
+from maskless.data.manifest import read_manifest, shard_records
 from maskless.io import pick_device, set_threads
+from maskless.models.resnet import normalize
 from maskless.solo.inference import SoloInferenceParams, instance_strides, predict
 from maskless.solo.model import SOLOv2, SoloModelParams, pad_to_multiple
-from maskless.data.manifest import read_manifest, shard_records
-from maskless.models.resnet import normalize
 from maskless.store import ImageMasks
 from maskless.store_writer import ShardWriter
 

@@ -48,11 +48,11 @@ from maskless.solo.pairwise import lab_at_mask_resolution
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
 from maskless.solo.model import SOLOv2, SoloModelParams
 from maskless.solo.targets import SoloGeometry
-from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, prefetch, use_amp
-from maskless.models.freeze import freeze_bn, freeze_stages
+from maskless.solo.exemplar_pool import ExemplarPool
 from maskless.solo.predict import load_solo
 from maskless.store import MaskStore
-from maskless.solo.exemplar_pool import ExemplarPool
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, prefetch, use_amp
+from maskless.models.freeze import freeze_bn, freeze_stages
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +329,6 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
                          f"(eec {'on' if params.eec else 'off'}, exemplar_pool {exemplar_pool!r})")
     pool = None
     if exemplar_pool is not None:
-
         pool = ExemplarPool.load(exemplar_pool)
         log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))
     fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights, exemplar_pool)

@@ -29,17 +29,17 @@ import torch
 
 from maskless.data.images import load_rgb
 from maskless.data.manifest import read_manifest
-from maskless.io import pick_device, set_threads, write_text_atomic
-from maskless.stego.features import extract_all, square_image
 from maskless.data.semantic import coco_labels, num_classes, square_labels
-from maskless.models.backbones import load_any_backbone, require_level
-from maskless.stego.knn import compute_knn, pool_features, save_knn
-from maskless.stego.train import train_stego
 from maskless.eval.metrics import metric_rows, metrics_markdown, row_label, write_metrics
 from maskless.eval.semantic import semantic_results
+from maskless.io import pick_device, set_threads, write_text_atomic
+from maskless.models.backbones import load_any_backbone, require_level
 from maskless.stego.baseline import KMeansParams, kmeans_baseline
 from maskless.stego.crf import CrfParams
+from maskless.stego.features import extract_all, square_image
+from maskless.stego.knn import compute_knn, pool_features, save_knn
 from maskless.stego.predict import load_stego, predict
+from maskless.stego.train import train_stego
 
 log = logging.getLogger(__name__)
 BACKGROUND = 0  # the class id of background in the ground truth (maskless.data.semantic)
