@@ -4,6 +4,7 @@ process group of one (the data-parallel code path of the training loops, on CPU)
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,70 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# cuBLAS reads this when it starts: with it, torch.use_deterministic_algorithms (the `device` fixture's CUDA
+# case) makes matrix products reproducible too. Harmless without CUDA.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pytest_generate_tests(metafunc):
+    """A test that takes `device` runs on the CPU and, marked gpu (skipped without CUDA), on CUDA."""
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+
+
+class _Same:
+    """Resume comparisons: bit for bit on the CPU; on CUDA, whose kernels (atomics in convolution backward)
+    are not bitwise deterministic, equal to rtol 1e-3 / atol 1e-5 (a resume that lost the optimizer,
+    scaler or step differs by far more after a step)."""
+
+    def __init__(self, device: str):
+        self.exact = device == "cpu"
+
+    def tensors(self, a, b) -> bool:
+        import torch
+
+        if self.exact:
+            return torch.equal(a, b)
+        return a.shape == b.shape and torch.allclose(a.double(), b.double(), rtol=1e-3, atol=1e-5)
+
+    def state(self, a: dict, b: dict) -> bool:
+        return a.keys() == b.keys() and all(self.tensors(a[k], b[k]) for k in a)
+
+    def csv(self, a, b) -> bool:
+        """Two loss logs: identical text on the CPU; the same header and numbers to rtol 1e-3 on CUDA."""
+        import math
+
+        la, lb = Path(a).read_text().splitlines(), Path(b).read_text().splitlines()
+        if self.exact:
+            return la == lb
+        if len(la) != len(lb) or la[:1] != lb[:1]:
+            return False
+        pairs = [(float(x), float(y)) for ra, rb in zip(la[1:], lb[1:])
+                 for x, y in zip(ra.split(","), rb.split(","), strict=True)]
+        return all(math.isclose(x, y, rel_tol=1e-3, abs_tol=1e-5) for x, y in pairs)
+
+
+@pytest.fixture
+def same(device) -> _Same:
+    return _Same(device)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_cuda(request):
+    """On CUDA, deterministic kernels (an op without one warns; pytest's summary lists it): two runs of a
+    training loop must then agree to rounding, so a resume that loses state shows."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is None or callspec.params.get("device") != "cuda":
+        yield
+        return
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]

@@ -355,3 +355,28 @@ def test_run_freemask_shard_on_a_vit(tmp_path):
     assert read_image(str(tmp_path / "s.zarr"), 1).masks.shape[1:] == (48, 64)
     with pytest.raises(ValueError, match=r"config key 'freemask.feature_level' is 'res4'.*vit.pth"):
         run_freemask_shard(**kwargs, out_store=str(tmp_path / "t.zarr"), params=FreeMaskParams(feature_level="res4"))
+
+
+@pytest.mark.gpu
+def test_free_mask_on_cuda_matches_cpu():
+    """A random resnet18's res4 features of an image of bright rectangles: free_mask on CUDA gives the CPU's
+    result (TF32 and other kernels may flip a pixel at the 0.5 threshold or reorder near-tied scores): the
+    same mask count, sorted scores to 1e-3, and every CPU mask matched by a CUDA mask at IoU >= 0.98."""
+    from maskless.models.resnet import build_resnet, normalize
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 60, (128, 160, 3), dtype=np.uint8)
+    for top, left, h, w in [(10, 10, 40, 50), (60, 90, 50, 60), (80, 20, 30, 30)]:
+        img[top : top + h, left : left + w] = rng.integers(120, 255, 3)
+    torch.manual_seed(0)
+    net = build_resnet("resnet18").eval()
+    with torch.inference_mode():
+        feats = net(normalize(torch.from_numpy(img).permute(2, 0, 1)[None]))["res4"][0]
+    params = FreeMaskParams(min_maskness=0.0)
+    cpu, gpu = free_mask(feats, (128, 160), params), free_mask(feats.cuda(), (128, 160), params)
+    assert len(cpu.masks) == len(gpu.masks) > 0
+    assert np.allclose(np.sort(cpu.scores), np.sort(gpu.scores), atol=1e-3)
+    a, b = cpu.masks.reshape(len(cpu.masks), -1), gpu.masks.reshape(len(gpu.masks), -1)
+    inter = a.astype(np.float64) @ b.T.astype(np.float64)
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    assert (inter / np.maximum(union, 1)).max(1).min() >= 0.98

@@ -110,18 +110,20 @@ def test_top_k_worked_example():
 
 
 @pytest.mark.parametrize("kernel", ["gaussian", "linear"])
-def test_top_k_equals_full_matrix_nms_bit_for_bit(kernel):
+def test_top_k_equals_full_matrix_nms_bit_for_bit(kernel, device):
     """Random overlapping blobs (many near-duplicates, tied scores): the same indices in the same order and
-    the same float32 scores as the full matrix_nms and a stable sort, for every block size and k."""
+    the same float32 scores as the full matrix_nms and a stable sort, for every block size and k (on the
+    CPU and on CUDA)."""
     gen = torch.Generator().manual_seed(0)
     for trial in range(60):
         n = int(torch.randint(1, 300, (1,), generator=gen))
         base = torch.rand(max(1, n // 5), 10, 12, generator=gen)
         pick = torch.randint(0, base.shape[0], (n,), generator=gen)
-        masks = (base[pick] + 0.3 * torch.rand(n, 10, 12, generator=gen)) > 0.8
+        masks = ((base[pick] + 0.3 * torch.rand(n, 10, 12, generator=gen)) > 0.8).to(device)
         scores = torch.rand(n, generator=gen)
         if trial % 2:
             scores = (scores * 10).round() / 10  # ties
+        scores = scores.to(device)
         areas = masks.flatten(1).sum(1)
         full = matrix_nms(masks, scores, kernel=kernel, areas=areas)
         for k in (1, 5, 20, n + 3):

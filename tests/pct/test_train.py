@@ -26,12 +26,12 @@ def _csv(path) -> list[list[str]]:
     return [line.split(",") for line in open(path).read().splitlines()]
 
 
-def test_pct_resume_is_bit_identical_and_checkpoint_loads(tmp_path, data, caplog):
+def test_pct_resume_is_bit_identical_and_checkpoint_loads(tmp_path, data, caplog, device, same):
     """With Contextrast on, 3 steps straight vs. stopped after step 3 (state saved at 2, step 3 lost as in a
     kill) and rerun: torch.equal on every tensor (weights, BN statistics, dynamic-evaluation EMA), identical
     loss logs with every term. Both networks load back from the checkpoint."""
-    params = PCTParams(**TINY, steps=3, checkpoint_every=2, use_contextrast=True)
-    kw = dict(**data, params=params, device="cpu", threads=1)
+    params = PCTParams(**{**TINY, "amp": device == "cuda"}, steps=3, checkpoint_every=2, use_contextrast=True)
+    kw = dict(**data, params=params, device=device, threads=1)
     with caplog.at_level(logging.INFO, logger="maskless.pct.train"):
         a = train_pct(out=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"), loss_log=str(tmp_path / "a.csv"),
                       log_every=1, **kw)
@@ -43,10 +43,10 @@ def test_pct_resume_is_bit_identical_and_checkpoint_loads(tmp_path, data, caplog
     assert b["resumed"] and b["start_step"] == 2
     ca, cb = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
     assert ca["kind"] == "pct" and ca["params"]["strong"] == 2 and ca["model"].keys() == cb["model"].keys()
-    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert same.state(ca["model"], cb["model"])
     assert int(ca["model"]["dyn.updates"]) == 3
     rows = _csv(tmp_path / "a.csv")
-    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+    assert same.csv(tmp_path / "a.csv", tmp_path / "b.csv")
     assert set(PCT_TERMS) | {"h_" + t for t in CTR_TERMS} | {"p_" + t for t in CTR_TERMS} <= set(rows[0])
     assert len(rows) == 4 and all(math.isfinite(float(v)) for r in rows[1:] for v in r)
     assert not (tmp_path / "sb" / "pct_last.pt").exists()

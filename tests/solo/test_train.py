@@ -106,11 +106,11 @@ def test_smoke_trains_writes_weights_and_loss_log(tmp_path, data, caplog, monkey
     assert len(collapsed) == 1 and collapsed[0].startswith("SOLO step 2:")
 
 
-def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog):
+def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog, device, same):
     """4 steps straight vs. stopped after step 3 (checkpoint at 2, step 3 lost as in a kill) and rerun:
-    torch.equal on every weight, identical loss logs."""
-    params = SoloTrainParams(**TINY, steps=4, checkpoint_every=2)
-    kw = dict(**data, params=params, device="cpu", threads=1)
+    torch.equal on every weight, identical loss logs (on CUDA with AMP: close)."""
+    params = SoloTrainParams(**{**TINY, "amp": device == "cuda"}, steps=4, checkpoint_every=2)
+    kw = dict(**data, params=params, device=device, threads=1)
     train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"),
                loss_log=str(tmp_path / "a.csv"), **kw)
     stopped = train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
@@ -121,27 +121,24 @@ def test_resume_after_kill_is_bit_identical(tmp_path, data, caplog):
                              loss_log=str(tmp_path / "b.csv"), **kw)
     assert resumed["resumed"] and resumed["start_step"] == 2
     a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+    assert same.state(a["model"], b["model"]) and same.csv(tmp_path / "a.csv", tmp_path / "b.csv")
 
 
-def test_prefetched_batches_train_the_same_weights(tmp_path, data, monkeypatch):
+def test_prefetched_batches_train_the_same_weights(tmp_path, data, monkeypatch, device, same):
     """Batches made one step ahead in a thread (maskless.train.prefetch, on CUDA by default) train the same
-    weights and loss log as the plain loop, here forced on CPU, with a stop and resume in between."""
-    params = SoloTrainParams(**TINY, steps=4, checkpoint_every=2)
-    kw = dict(**data, params=params, device="cpu", threads=1)
+    weights and loss log as the plain loop (forced on the CPU), with a stop and resume in between."""
+    params = SoloTrainParams(**{**TINY, "amp": device == "cuda"}, steps=4, checkpoint_every=2)
+    kw = dict(**data, params=params, device=device, threads=1)
     monkeypatch.setattr(train_mod, "PREFETCH_DEVICES", ())
     train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"), loss_log=str(tmp_path / "a.csv"),
                **kw)
-    monkeypatch.setattr(train_mod, "PREFETCH_DEVICES", ("cpu",))
+    monkeypatch.setattr(train_mod, "PREFETCH_DEVICES", (device,))
     train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"), loss_log=str(tmp_path / "b.csv"),
                stop_after=3, **kw)
     train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"), loss_log=str(tmp_path / "b.csv"),
                **kw)
     a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+    assert same.state(a["model"], b["model"]) and same.csv(tmp_path / "a.csv", tmp_path / "b.csv")
 
 
 def test_changed_params_start_fresh(tmp_path, data, caplog):

@@ -51,24 +51,23 @@ def test_smoke_checkpoint_and_loss_log(tmp_path, data, caplog):
                                                         "linear", "ETA"))
 
 
-def test_resume_is_bit_identical(tmp_path, data):
+def test_resume_is_bit_identical(tmp_path, data, device, same):
+    """6 steps straight vs. stopped after 4 (state at 3) and rerun: the same weights and loss log (CUDA: close)."""
     params = StegoTrainParams(**TINY, steps=6, checkpoint_every=3)
     full = tmp_path / "full.pt"
-    train_stego(**data, params=params, out=str(full), state_dir=str(tmp_path / "a"), device="cpu",
+    train_stego(**data, params=params, out=str(full), state_dir=str(tmp_path / "a"), device=device,
                 loss_log=str(tmp_path / "full.csv"))
     state = tmp_path / "b"
-    stopped = train_stego(**data, params=params, out=str(tmp_path / "x.pt"), state_dir=str(state), device="cpu",
+    stopped = train_stego(**data, params=params, out=str(tmp_path / "x.pt"), state_dir=str(state), device=device,
                           stop_after=4)
     assert stopped["stopped"] and not (tmp_path / "x.pt").exists()
     assert (state / train_mod.STATE_NAME).exists()
     resumed = train_stego(**data, params=params, out=str(tmp_path / "resumed.pt"), state_dir=str(state),
-                          device="cpu", loss_log=str(tmp_path / "resumed.csv"))
+                          device=device, loss_log=str(tmp_path / "resumed.csv"))
     assert resumed["start_step"] == 3 and resumed["resumed"]
     a, b = _load(full), _load(tmp_path / "resumed.pt")
-    for part in ("head", "cluster", "linear"):
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), (part, k)
-    assert (tmp_path / "full.csv").read_text() == (tmp_path / "resumed.csv").read_text()
+    assert all(same.state(a[part], b[part]) for part in ("head", "cluster", "linear"))
+    assert same.csv(tmp_path / "full.csv", tmp_path / "resumed.csv")
 
 
 def test_changed_params_start_fresh(tmp_path, data):
