@@ -1,7 +1,7 @@
 """Model FLOP utilisation (MFU) of every training step and of Free Mask inference, against this machine's
 own peak measured in the same run (issue 14 item 1).
 
-    .venv/bin/python bench/mfu.py [--threads 2] [--steps 10] [--warmup 3] [--only solo] [--config config.yaml]
+    .venv/bin/python bench/mfu.py [--threads 2] [--steps 10] [--warmup 3] [--only solo] [--config configs/coco-full.yaml]
                                   [--images 64] [--backbone results/.../backbone.pt] [--profile solo]
                                   [--device cpu|cuda]
 
@@ -86,11 +86,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from maskless.config import bench_config, from_config, section_params
+
 BENCH = Path(__file__).resolve().parent
 WORKLOADS = ("densecl", "solo", "solo_eec", "eec_refresh", "stego", "pct_pair", "pct_retrain", "freemask",
              "freemask_fwd")
 CONV_PEAK = {"batch": 8, "channels": 128, "size": 56}
 MATMUL_PEAK = 2048
+# On CUDA the CPU's sizes leave most of the GPU idle (launch-bound): the peaks there use a conv and a matmul
+# large enough to fill an H100/H200-class GPU.
+CONV_PEAK_CUDA = {"batch": 64, "channels": 256, "size": 64}
+MATMUL_PEAK_CUDA = 8192
 
 
 @dataclass
@@ -136,13 +142,17 @@ def time_median(fn: Callable[[], Any], dev: torch.device, repeats: int, warmup: 
     return statistics.median(times)
 
 
+def peak_sizes(dev: torch.device) -> tuple[dict, int]:
+    return (CONV_PEAK_CUDA, MATMUL_PEAK_CUDA) if dev.type == "cuda" else (CONV_PEAK, MATMUL_PEAK)
+
+
 def measure_peaks(dev: torch.device, dtype: torch.dtype, repeats: int = 10, warmup: int = 5) -> dict[str, dict]:
     """GFLOP/s of a large 3x3 conv and a large matmul at `dtype`, FLOPs from FlopCounterMode."""
-    b, c, s = CONV_PEAK["batch"], CONV_PEAK["channels"], CONV_PEAK["size"]
+    conv, m = peak_sizes(dev)
+    b, c, s = conv["batch"], conv["channels"], conv["size"]
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(b, c, s, s, generator=gen).to(dev, dtype)
     w = torch.randn(c, c, 3, 3, generator=gen).to(dev, dtype)
-    m = MATMUL_PEAK
     a = torch.randn(m, m, generator=gen).to(dev, dtype)
     bm = torch.randn(m, m, generator=gen).to(dev, dtype)
     out = {}
@@ -195,6 +205,27 @@ def profile_step(wl: Workload, dev: torch.device, warmup: int, rows: int = 15) -
 # ---------------------------------------------------------------- shared set-up
 
 
+def calibrate_batchnorm(net: torch.nn.Module, batches: int = 2, size: int = 224) -> None:
+    """BatchNorm running statistics from a few noise batches (cumulative average), in place. A random
+    ResNet-101's frozen BN (mean 0, var 1) lets res4 activations reach ~2e5 at 800 px, past float16's 65504:
+    under CUDA's fp16 autocast SOLO's first step was all NaN (the GPU run of 2026-12-04). A pretrained
+    backbone has real statistics; so, roughly, has this one. Used on CUDA only: the CPU figures in
+    BENCHMARKS.md were measured without it (float32 does not overflow)."""
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    gen = torch.Generator().manual_seed(0)
+    net.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            net(torch.randn(4, 3, size, size, generator=gen))
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    net.eval()
+
+
 class Setup:
     """Config, device and the synthetic dataset (made on first use, in a temp folder)."""
 
@@ -235,7 +266,10 @@ class Setup:
 
             torch.manual_seed(0)
             self._backbone = str(self.tmp / "backbone.pt")
-            save_backbone(self._backbone, build_resnet(self.arch), self.arch, {})
+            net = build_resnet(self.arch)
+            if self.dev.type == "cuda":
+                calibrate_batchnorm(net)
+            save_backbone(self._backbone, net, self.arch, {})
         return self._backbone
 
 
@@ -256,8 +290,8 @@ def densecl(s: Setup) -> Workload:
     from maskless.pretrain.densecl import DenseCL, DenseCLParams
     from maskless.pretrain.train import CACHE_SHORT_SIDE_FACTOR, ImageSource, StepBatches, lr_at
 
-    section = {k: v for k, v in s.cfg["pretrain"].items() if k not in ("threads", "weights")}
-    params = DenseCLParams(**section, seed=0)
+    section = section_params(s.cfg, "pretrain")
+    params = from_config(DenseCLParams, section, "pretrain", seed=0)
     data = StepBatches(ImageSource(s.dataset()["rows"], math.ceil(CACHE_SHORT_SIDE_FACTOR * params.crop_size)),
                        params)
     torch.manual_seed(0)
@@ -296,7 +330,7 @@ def _solo(s: Setup, with_eec: bool) -> tuple[Any, ...]:
     cfg = s.cfg
     emb_dim = cfg["freemask"]["embedding_dim"]
     eec = cfg["exemplar"]["eec"] if with_eec else None
-    params = params_from_config(cfg["solo"], arch=s.arch, emb_dim=emb_dim, seed=0, eec=eec)
+    params = params_from_config(section_params(cfg, "solo"), arch=s.arch, emb_dim=emb_dim, seed=0, eec=eec)
     index = ds.get("solo_index")
     if index is None:
         index = ds["solo_index"] = coarse_masks_from_gt(ds["instances"], ds["manifest"], s.tmp, emb_dim)
@@ -363,7 +397,7 @@ def stego(s: Setup) -> Workload:
     from maskless.stego.train import StegoTrainParams, build_modules, step_batch, train_losses
 
     st = s.cfg["stego"]
-    params = StegoTrainParams(**st["train"], seed=0)
+    params = from_config(StegoTrainParams, st["train"], "stego.train", seed=0)
     size, n, n_classes = st["input_size"], max(s.n_images, params.batch_size), s.cfg["synthetic"]["num_categories"] + 1
     with torch.no_grad():
         c, h, w = build_resnet(s.arch).eval()(torch.zeros(1, 3, size, size))[st["layer"]].shape[1:]
@@ -512,8 +546,7 @@ def freemask(s: Setup, backbone_only: bool = False) -> Workload:
     from maskless.models.weights import load_backbone
 
     fm = s.cfg["freemask"]
-    params = FreeMaskParams(**{k: v for k, v in fm.items()
-                               if k not in ("enabled", "threads", "shard_size", "batch_size")})
+    params = from_config(FreeMaskParams, section_params(s.cfg, "freemask"), "freemask")
     batch_size, rows = fm["batch_size"], s.dataset()["rows"]
     model = load_backbone(s.backbone(), arch=s.arch).to(s.dev).eval()
 
@@ -595,19 +628,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per workload (median)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--only", nargs="+", choices=WORKLOADS, default=None)
-    ap.add_argument("--config", default="config.yaml")
+    ap.add_argument("--config", nargs="+", default=[], help="config files loaded after config.yaml (as "
+                    "snakemake --configfile does); their sizes and widths are measured on config.yaml's synthetic "
+                    "images and random weights, so a config with data paths (configs/coco-full.yaml) runs anywhere")
     ap.add_argument("--images", type=int, default=64, help="synthetic images generated for the data parts")
     ap.add_argument("--backbone", default=None, help="DenseCL checkpoint (default: random initialisation)")
     ap.add_argument("--profile", choices=WORKLOADS, default=None, help="also profile one step of this workload")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args(argv)
 
-    from maskless.config import load_config
     from maskless.io import set_threads
 
     set_threads(args.threads)
     dev = torch.device(args.device)
-    cfg = load_config(args.config)
+    cfg = bench_config(str(BENCH.parent / "config.yaml"), *args.config)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     if dev.type == "cuda":
         bf16 = measure_peaks(dev, torch.bfloat16)
@@ -637,9 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     listed = {k: ", ".join(f"{m[k]['gflops']:.0f}" for m in measured) for k in ("conv", "matmul")}
     print(f"\nhost: {_host()}; torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}; "
           f"commit {_commit()}; {time.strftime('%Y-%m-%d %H:%M')}")
-    print(f"peaks ({str(dtype)[6:]}): 3x3 conv {CONV_PEAK['batch']}x{CONV_PEAK['channels']}->{CONV_PEAK['channels']} "
-          f"at {CONV_PEAK['size']}x{CONV_PEAK['size']} ({measured[0]['conv']['flops'] / 1e9:.2f} GFLOP) "
-          f"{peaks['conv']:.1f} GFLOP/s, matmul {MATMUL_PEAK}^3 ({measured[0]['matmul']['flops'] / 1e9:.2f} GFLOP) "
+    conv, mm = peak_sizes(dev)
+    print(f"peaks ({str(dtype)[6:]}): 3x3 conv {conv['batch']}x{conv['channels']}->{conv['channels']} "
+          f"at {conv['size']}x{conv['size']} ({measured[0]['conv']['flops'] / 1e9:.2f} GFLOP) "
+          f"{peaks['conv']:.1f} GFLOP/s, matmul {mm}^3 ({measured[0]['matmul']['flops'] / 1e9:.2f} GFLOP) "
           f"{peaks['matmul']:.1f} GFLOP/s: the best of {len(measured)} measurements (each the median of 10 calls "
           f"after 5 warm-up calls; one before the first row, one after every row): conv {listed['conv']}, "
           f"matmul {listed['matmul']}\n")

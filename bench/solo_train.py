@@ -76,7 +76,7 @@ def main() -> int:
                     help="runs without, with, without, with the batch prefetch thread")
     args = ap.parse_args()
 
-    from maskless.config import load_config
+    from maskless.config import load_config, section_params
     from maskless.data.ingest import ingest
     from maskless.data.synthetic import SyntheticParams, generate
     from maskless.io import setup_logging
@@ -88,7 +88,7 @@ def main() -> int:
     setup_logging(None)
     cfg = load_config(args.config)
     emb_dim = cfg["freemask"]["embedding_dim"]
-    params = params_from_config(cfg["solo"], arch=cfg["pretrain"]["arch"], emb_dim=emb_dim, seed=0,
+    params = params_from_config(section_params(cfg, "solo"), arch=cfg["pretrain"]["arch"], emb_dim=emb_dim, seed=0,
                                 steps=args.steps)
     with tempfile.TemporaryDirectory() as tmp_str:
         tmp = Path(tmp_str)

@@ -22,9 +22,7 @@ rule exemplar_pool:
         runtime=60,
         gpu=1,
     params:
-        pool=section_params(
-            config, "exemplar", exclude=("counts", "eec", "threads", "rounds")
-        ),
+        pool=section_params(config, "exemplar"),
         n_exemplars=lambda wc: int(wc.n_exemplars),
         seed=seed_param,
         device=config["device"],

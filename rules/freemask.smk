@@ -21,11 +21,7 @@ rule freemask_shard:
         runtime=60,
         gpu=1,
     params:
-        freemask=section_params(
-            config,
-            "freemask",
-            exclude=("enabled", "threads", "shard_size", "batch_size", "backbone"),
-        ),
+        freemask=section_params(config, "freemask"),
         shard_size=config["freemask"]["shard_size"],
         batch_size=config["freemask"]["batch_size"],
         device=config["device"],

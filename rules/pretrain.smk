@@ -21,7 +21,7 @@ rule pretrain:
         runtime=240,
         gpu=config["train_processes"],
     params:
-        densecl=section_params(config, "pretrain", exclude=("threads", "weights")),
+        densecl=section_params(config, "pretrain"),
         weights=config["pretrain"]["weights"],
         seed=seed_param,
         device=config["device"],

@@ -28,17 +28,7 @@ rule solo_train:
         runtime=480,
         gpu=config["train_processes"],
     params:
-        solo=section_params(
-            config,
-            "solo",
-            exclude=(
-                "threads",
-                "predict_threads",
-                "predict_batch_size",
-                "inference",
-                "masks",
-            ),
-        ),
+        solo=section_params(config, "solo"),
         arch=config["pretrain"]["arch"],
         emb_dim=config["freemask"]["embedding_dim"],
         init=lambda wc: (
@@ -123,7 +113,7 @@ rule selftrain_relabel:
         mem_mb=4000,
         runtime=30,
     params:
-        relabel=section_params(config, "selftrain", exclude=("rounds", "init")),
+        relabel=section_params(config, "selftrain"),
     script:
         "../stages/selftrain_relabel.py"
 

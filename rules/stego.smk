@@ -26,11 +26,7 @@ rule stego_train:
         runtime=120,
         gpu=1,
     params:
-        stage=section_params(
-            config,
-            "stego",
-            exclude=("threads", "enabled", "train", "flip", "crf", "backbone"),
-        ),
+        stage=section_params(config, "stego"),
         train=config["stego"]["train"],
         seed=seed_param,
         device=config["device"],
@@ -59,11 +55,7 @@ rule stego_eval:
         mem_mb=8000,
         runtime=60,
     params:
-        stage=section_params(
-            config,
-            "stego",
-            exclude=("threads", "enabled", "train", "flip", "crf", "backbone"),
-        ),
+        stage=section_params(config, "stego"),
         flip=config["stego"]["flip"],
         crf=config["stego"]["crf"],
         dataset=config["dataset"]["name"],

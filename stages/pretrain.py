@@ -1,5 +1,6 @@
 """Rule pretrain: DenseCL pretraining, or validation of the given pretrain.weights."""
 
+from maskless.config import from_config
 from maskless.dist import launch
 from maskless.pretrain.densecl import DenseCLParams
 from maskless.pretrain.train import train_densecl, use_given_weights
@@ -21,7 +22,8 @@ else:
         manifest=smk.input.manifest,
         out_weights=smk.output.weights,
         state_dir=params["state_dir"],
-        params=DenseCLParams(**params["densecl"], seed=params["seed"]),
+        params=from_config(DenseCLParams, params["densecl"], "pretrain", seed=params["seed"],
+                           num_workers=smk.config["pretrain"]["num_workers"]),  # not a param: same result
         device=params["device"],
         threads=smk.threads,
         loss_log=smk.output.loss_log,

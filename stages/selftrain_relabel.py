@@ -1,5 +1,6 @@
 """Rule selftrain_relabel: the next round's training masks of one shard, from the last round's predictions."""
 
+from maskless.config import from_config
 from maskless.selftrain import RelabelParams, relabel_shard
 from maskless.stage_utils import begin
 
@@ -9,5 +10,5 @@ relabel_shard(
     predictions=smk.input.predictions,
     previous=smk.input.get("previous"),
     out_store=smk.output.store,
-    params=RelabelParams(**params["relabel"]),
+    params=from_config(RelabelParams, params["relabel"], "selftrain"),
 )

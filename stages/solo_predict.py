@@ -1,5 +1,6 @@
 """Rule solo_predict: SOLOv2 predictions for one shard of images, into its own zarr store."""
 
+from maskless.config import from_config
 from maskless.solo.inference import SoloInferenceParams
 from maskless.solo.predict import predict_shard
 from maskless.stage_utils import begin
@@ -12,7 +13,7 @@ predict_shard(
     shard=int(smk.wildcards.shard),
     shard_size=params["shard_size"],
     out_store=smk.output.store,
-    params=SoloInferenceParams(**params["inference"]),
+    params=from_config(SoloInferenceParams, params["inference"], "solo.inference"),
     input_size=params["input_size"],
     device=params["device"],
     threads=smk.threads,

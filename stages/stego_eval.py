@@ -1,5 +1,6 @@
 """Rule stego_eval: mIoU and pixel accuracy of the STEGO probes (with and without CRF) and of k-means."""
 
+from maskless.config import from_config
 from maskless.stego.stage import StegoStageParams, run_stego_eval
 from maskless.stage_utils import begin
 
@@ -14,7 +15,7 @@ run_stego_eval(
     out_table=smk.output.table,
     experiment=smk.wildcards.experiment,
     dataset=params["dataset"],
-    params=StegoStageParams(**params["stage"]),
+    params=from_config(StegoStageParams, params["stage"], "stego"),
     crf={} if params["crf"] else None,
     flip=params["flip"],
     seed=params["seed"],

@@ -1,5 +1,6 @@
 """Rule stego_train: frozen features, kNN table, STEGO head and probes."""
 
+from maskless.config import from_config
 from maskless.stego.stage import StegoStageParams, run_stego_train
 from maskless.stego.train import StegoTrainParams
 from maskless.stage_utils import begin
@@ -14,8 +15,8 @@ run_stego_train(
     out_knn=smk.output.knn,
     loss_log=smk.output.loss_log,
     state_dir=params["state_dir"],
-    params=StegoStageParams(**params["stage"]),
-    train_params=StegoTrainParams(**params["train"], seed=params["seed"]),
+    params=from_config(StegoStageParams, params["stage"], "stego"),
+    train_params=from_config(StegoTrainParams, params["train"], "stego.train", seed=params["seed"]),
     device=params["device"],
     threads=smk.threads,
 )

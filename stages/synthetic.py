@@ -2,12 +2,12 @@
 
 from pathlib import Path
 
+from maskless.config import from_config
 from maskless.data.synthetic import SyntheticParams, generate
 from maskless.stage_utils import begin
 
 params = begin(snakemake)  # noqa: F821 (injected by Snakemake)
-cfg = dict(params["synthetic"])
-cfg["objects_per_image"] = tuple(cfg["objects_per_image"])
-cfg["scale_range"] = tuple(cfg["scale_range"])
+cfg = params["synthetic"]
+values = {**cfg, "objects_per_image": tuple(cfg["objects_per_image"]), "scale_range": tuple(cfg["scale_range"])}
 out_dir = Path(snakemake.output.instances).parent  # noqa: F821
-generate(str(out_dir), SyntheticParams(**cfg, seed=params["seed"]))
+generate(str(out_dir), from_config(SyntheticParams, values, "synthetic", seed=params["seed"]))

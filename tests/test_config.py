@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskless.config import ConfigError, load_config, load_schema, validate_config
+from maskless.config import ConfigError, load_config, load_schema, section_params, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_solo_section_becomes_training_params():
     from maskless.solo.train import params_from_config
 
     cfg = load_config(REPO / "config.yaml")
-    p = params_from_config(cfg["solo"], arch=cfg["pretrain"]["arch"], emb_dim=cfg["freemask"]["embedding_dim"],
+    p = params_from_config(section_params(cfg, "solo"), arch=cfg["pretrain"]["arch"], emb_dim=cfg["freemask"]["embedding_dim"],
                            seed=3)
     assert p.model.grids == tuple(cfg["solo"]["geometry"]["grids"]) and p.model.levels == ("p3", "p4", "p5")
     assert p.model.arch == "resnet18" and p.model.emb_dim == 128 and p.seed == 3
@@ -173,3 +173,21 @@ def test_stego_and_freemask_backbones_and_their_levels(tmp_path):
         validate_config({"freemask": {"backbone": "dino_vitb8"}})
     with pytest.raises(ConfigError, match=r"'stego.backbone': 'nowhere.pth' is neither 'pretrain', a file nor"):
         validate_config({"stego": {"backbone": "nowhere.pth"}})
+
+
+def test_from_config_builds_nested_dataclasses_and_names_bad_keys():
+    """maskless.config.from_config: a nested dict becomes its field's dataclass; an unknown key, a key given
+    twice and a value the dataclass refuses are ConfigErrors naming the config key."""
+    from maskless.config import from_config
+    from maskless.exemplar.pool import PoolParams
+    from maskless.freemask import FreeMaskParams
+
+    pool = from_config(PoolParams, {"select": {"count": 3}, "pivots": 2}, "exemplar", pivot_seed=5)
+    assert pool.select.count == 3 and pool.pivots == 2 and pool.pivot_seed == 5
+    assert type(pool.select).__name__ == "SelectParams"
+    with pytest.raises(ConfigError, match=r"\['exemplar.select.cuont'\]"):
+        from_config(PoolParams, {"select": {"cuont": 3}}, "exemplar")
+    with pytest.raises(ConfigError, match=r"\['freemask.top_k'\].*given twice"):
+        from_config(FreeMaskParams, {"top_k": 3}, "freemask", top_k=4)
+    with pytest.raises(ConfigError, match=r"'freemask'.*min_maskness"):
+        from_config(FreeMaskParams, {"min_maskness": 2.0}, "freemask")

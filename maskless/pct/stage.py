@@ -45,6 +45,7 @@ budget the ratio or count as a number ("0.125", "92"), mode plain | ctr: maskles
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ from typing import Sequence
 
 import numpy as np
 
+from maskless.config import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
 from maskless.pct.budget import parse_budget
@@ -206,8 +208,6 @@ def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params,
     """Train one model of the (ratio, mode) family (module doc); `params` a SegTrainParams (PCTParams for
     kind "pct") whose model.num_classes equals the split's. num_workers, when given, replaces
     params.num_workers (DataLoader workers making the batches; the result does not depend on it)."""
-    import dataclasses
-
     from maskless.pct.train import train_pct, train_supervised
 
     if kind not in KINDS:
@@ -328,18 +328,25 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
 
 
 def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int, seed: int):
-    """SegTrainParams (PCTParams for kind "pct") from the config's pct section (maskless/config.schema.yaml)."""
+    """SegTrainParams (PCTParams for kind "pct") from the pct section's algorithm keys (maskless.config.
+    section_params; the rule's param) through maskless.config.from_config. pct.train holds PCTParams' fields
+    (the PCT terms' weights and the dynamic evaluation's are PCT's alone, so the other kinds leave them out)
+    and retrain_steps (the retrain's steps); the model's arch and classes come from pretrain.arch and the
+    split, use_contextrast from the mode wildcard."""
+    from maskless.pct.contextrast import ContextrastParams
+    from maskless.pct.model import SegNetParams
     from maskless.pct.train import PCTParams, SegTrainParams
 
     if kind not in KINDS or mode not in MODES:
         raise ValueError(f"PCT kind {kind!r} / mode {mode!r} unknown; choices: {list(KINDS)} / {list(MODES)}")
+    cls = PCTParams if kind == "pct" else SegTrainParams
     train = dict(pct["train"])
     retrain_steps = train.pop("retrain_steps", None)
-    pct_only = {k: train.pop(k) for k in ("mlsm_weight", "pseudo_gt_weight", "h2p_weight", "p2h_weight",
-                                          "ema_momentum", "iou_power") if k in train}
     if kind == "retrain" and retrain_steps is not None:
         train["steps"] = retrain_steps
-    common = dict(train, seed=seed, use_contextrast=mode == "ctr",
-                  model={**pct["model"], "arch": arch, "num_classes": num_classes},
-                  contextrast=dict(pct.get("contextrast_params") or {}))
-    return PCTParams(**common, **pct_only) if kind == "pct" else SegTrainParams(**common)
+    if cls is SegTrainParams:
+        train = {k: v for k, v in train.items() if k in {f.name for f in dataclasses.fields(SegTrainParams)}}
+    model = from_config(SegNetParams, pct["model"], "pct.model", arch=arch, num_classes=num_classes)
+    contextrast = from_config(ContextrastParams, pct.get("contextrast_params") or {}, "pct.contextrast_params")
+    return from_config(cls, train, "pct.train", model=model, contextrast=contextrast, seed=seed,
+                       use_contextrast=mode == "ctr")

@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from maskless import dist
+from maskless.config import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import normalize
@@ -200,20 +201,17 @@ PREFETCH_DEVICES = ("cuda",)
 
 def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None,
                        eec: dict | None = None) -> SoloTrainParams:
-    """SoloTrainParams from the config's `solo` section (the one boundary where config becomes arguments):
-    the model's grids and levels are the geometry's, its arch the pretrain arch, its embedding dimension
-    the Free Mask one (the embedding loss compares the two)."""
+    """SoloTrainParams from the `solo` section's algorithm keys (maskless.config.section_params; the rule's
+    param) through maskless.config.from_config. Derived from other sections: the model's arch (pretrain.arch),
+    its embedding dimension (freemask.embedding_dim: the embedding loss compares the two), its grids and
+    levels (solo.geometry's), and EEC (exemplar.eec, for the exemplar variants)."""
     geo = dict(solo["geometry"])
     levels = geo.pop("levels")
-    model = SoloModelParams(**solo["model"], arch=arch, emb_dim=emb_dim, grids=tuple(geo["grids"]),
-                            levels=tuple(levels))
-    skip = {"geometry", "model", "loss", "inference", "predict_batch_size", "threads", "predict_threads",
-            "masks"}
-    train = {k: v for k, v in solo.items() if k not in skip}
-    if steps is not None:
-        train["steps"] = steps
-    return SoloTrainParams(**train, seed=seed, geometry=SoloGeometry(**geo), model=model,
-                           loss=SoloLossWeights(**solo["loss"]), eec=EECParams(**eec) if eec else None)
+    model = from_config(SoloModelParams, solo["model"], "solo.model", arch=arch, emb_dim=emb_dim,
+                        grids=tuple(geo["grids"]), levels=tuple(levels))
+    values = {**solo, "geometry": geo, "model": model, **({"steps": steps} if steps is not None else {})}
+    return from_config(SoloTrainParams, values, "solo", seed=seed,
+                       eec=from_config(EECParams, eec, "exemplar.eec") if eec else None)
 
 
 def schedule(params: SoloTrainParams) -> Schedule:

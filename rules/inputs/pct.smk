@@ -62,25 +62,9 @@ def pct_train_params(kind):
     (eval_fraction, stratified: the split file is an input) and pct.train.num_workers, which does not change
     the result, so changing it must rerun nothing (the stage reads it from the config).
     """
-    pct = section_params(
-        config,
-        "pct",
-        exclude=(
-            "threads",
-            "enabled",
-            "ratios",
-            "counts",
-            "contextrast",
-            "pseudo",
-            "data",
-            "eval_fraction",
-            "stratified",
-        ),
-    )
-    pct["train"] = {k: v for k, v in pct["train"].items() if k != "num_workers"}
     return dict(
         kind=kind,
-        pct=pct,
+        pct=section_params(config, "pct"),
         arch=config["pretrain"]["arch"],
         seed=seed_param,
         device=config["device"],
