@@ -205,27 +205,6 @@ def profile_step(wl: Workload, dev: torch.device, warmup: int, rows: int = 15) -
 # ---------------------------------------------------------------- shared set-up
 
 
-def calibrate_batchnorm(net: torch.nn.Module, batches: int = 2, size: int = 224) -> None:
-    """BatchNorm running statistics from a few noise batches (cumulative average), in place. A random
-    ResNet-101's frozen BN (mean 0, var 1) lets res4 activations reach ~2e5 at 800 px, past float16's 65504:
-    under CUDA's fp16 autocast SOLO's first step was all NaN (the GPU run of 2026-12-04). A pretrained
-    backbone has real statistics; so, roughly, has this one. Used on CUDA only: the CPU figures in
-    BENCHMARKS.md were measured without it (float32 does not overflow)."""
-    bns = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    gen = torch.Generator().manual_seed(0)
-    net.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            net(torch.randn(4, 3, size, size, generator=gen))
-    for m, momentum in zip(bns, saved):
-        m.momentum = momentum
-    net.eval()
-
-
 class Setup:
     """Config, device and the synthetic dataset (made on first use, in a temp folder)."""
 
@@ -267,7 +246,11 @@ class Setup:
             torch.manual_seed(0)
             self._backbone = str(self.tmp / "backbone.pt")
             net = build_resnet(self.arch)
-            if self.dev.type == "cuda":
+            if self.dev.type == "cuda":  # fp16 overflows a random ResNet-101's activations (solo_train.py)
+                if str(BENCH) not in sys.path:
+                    sys.path.insert(0, str(BENCH))
+                from solo_train import calibrate_batchnorm  # bench/solo_train.py
+
                 calibrate_batchnorm(net)
             save_backbone(self._backbone, net, self.arch, {})
         return self._backbone

@@ -227,7 +227,7 @@ def _worker(local_rank: int, fn: Callable, kwargs: dict, world_size: int, backen
 
 
 @contextlib.contextmanager
-def _main_script_hidden():
+def main_script_hidden():
     """Spawned processes re-run the parent's __main__ script by its path before unpickling fn; a Snakemake
     stage script cannot run outside Snakemake (no `snakemake` object), and fn lives in maskless anyway. So
     the children are not told the path while they start."""
@@ -277,7 +277,7 @@ def launch(fn: Callable[..., Any], *, processes: int = 1, log_file: str | None =
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
     log.info("training on %d processes (%s backend)", processes, backend)
-    with _main_script_hidden():
+    with main_script_hidden():
         context = mp.start_processes(_worker, args=(fn, kwargs, processes, backend, _free_port(), log_file, queue),
                                      nprocs=processes, join=False, start_method="spawn")
     results: dict[int, Any] = {}

@@ -108,18 +108,22 @@ def identity(x):
     return x
 
 
-def step_batches(data: torch.utils.data.Dataset, start: int, num_workers: int, pin_memory: bool = False
-                 ) -> Iterator:
+def step_batches(data: torch.utils.data.Dataset, start: int, num_workers: int, pin_memory: bool = False,
+                 spawn: bool = False) -> Iterator:
     """Items start, start + 1, ... of `data` (item s: the batch of 0-based step s), made here (num_workers 0)
     or by DataLoader workers, in step order either way. The loader draws its workers' base seed from a
     generator of its own: from torch's global one it would shift the training's random stream (dropout) and
-    the result would depend on num_workers."""
+    the result would depend on num_workers. spawn: start the workers fresh instead of forking this process
+    (for data that must not inherit this process's state, such as zarr's I/O thread, which a fork leaves
+    dead); `data` is then pickled, and a Snakemake stage script is not re-run in them."""
     if num_workers == 0:
         return (data[s] for s in range(start, len(data)))
     loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(start, len(data)),
                                          num_workers=num_workers, collate_fn=identity, pin_memory=pin_memory,
-                                         generator=torch.Generator().manual_seed(0))
-    return iter(loader)
+                                         generator=torch.Generator().manual_seed(0),
+                                         multiprocessing_context="spawn" if spawn else None)
+    with dist.main_script_hidden():
+        return iter(loader)
 
 
 _DONE = object()

@@ -19,7 +19,7 @@ launch(
     loss_log=smk.output.loss_log,
     state_dir=params["state_dir"],
     params=params_from_config(params["solo"], arch=params["arch"], emb_dim=params["emb_dim"], seed=params["seed"],
-                              eec=params["eec"]),
+                              eec=params["eec"], num_workers=smk.config["solo"]["num_workers"]),  # not a param
     device=params["device"],
     threads=smk.threads,
 )

@@ -97,6 +97,29 @@ def data_fingerprint(rows: list[dict], masks_index: str, backbone: str, init_wei
     return h.hexdigest()
 
 
+class StepBatches(torch.utils.data.Dataset):
+    """Item s: make_batch of 0-based step s, for DataLoader workers (maskless.train.step_batches with spawn).
+    Holds the rows, the mask index path and the params only; each process opens its own SampleSource and
+    MaskStore on first use, so the object pickles and no zarr handle crosses a process boundary."""
+
+    def __init__(self, rows: list[dict], masks_index: str, short: float, params: "SoloTrainParams",
+                 geometry: SoloGeometry, rank: dist.Rank | None = None):
+        self.rows, self.masks_index, self.short = rows, masks_index, short
+        self.params, self.geometry, self.rank = params, geometry, rank
+        self._source: SampleSource | None = None
+
+    def __len__(self) -> int:
+        return self.params.steps
+
+    def __getitem__(self, step: int):
+        if self._source is None:
+            self._source = SampleSource(self.rows, MaskStore(self.masks_index), self.short)
+        return make_batch(self._source, step, self.params, self.geometry, self.rank)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_source": None}
+
+
 def make_batch(source: SampleSource, step: int, params: "SoloTrainParams", geometry: SoloGeometry,
                rank: dist.Rank | None = None):
     """0-based step `step`'s batch -> (uint8 images (B, 3, H, W), [SoloTargets], pasted count); random only via

@@ -43,7 +43,8 @@ from maskless.models.resnet import normalize
 from maskless.resume import resume_key
 from maskless.solo.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams
-from maskless.solo.data import SampleSource, data_fingerprint, make_batch, mask_counts, select_images  # noqa: F401
+from maskless.solo.data import (SampleSource, StepBatches, data_fingerprint, make_batch, mask_counts,  # noqa: F401
+                                select_images)
 from maskless.solo.losses import TERMS, SoloLossWeights, solo_losses
 from maskless.solo.pairwise import lab_at_mask_resolution
 from maskless.solo.eec_train import EEC_COLUMNS, EECState, eec_losses
@@ -52,7 +53,7 @@ from maskless.solo.targets import SoloGeometry
 from maskless.solo.exemplar_pool import ExemplarPool
 from maskless.solo.predict import load_solo
 from maskless.store import MaskStore
-from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, prefetch, use_amp
+from maskless.train import LoopParams, Resume, Run, Schedule, autocast, fit, prefetch, step_batches, use_amp
 from maskless.models.freeze import freeze_bn, freeze_stages
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ PASTE_SOURCES, PASTE_VIEWS = ("reverse", "random"), ("strong", "both")
 EARLIER_COPY_PASTE = dict(copy_paste_prob=0.5, copy_paste_min=1, copy_paste_max=3, copy_paste_max_ioy=None,
                           copy_paste_source="random", copy_paste_view="both", copy_paste_occlude_pasted=True,
                           copy_paste_min_visible_px=16)
-_RESUME_IGNORED = ("checkpoint_every",)  # fields that do not change the result
+_RESUME_IGNORED = ("checkpoint_every", "num_workers")  # fields that do not change the result
 LOSS_COLUMNS = ("step", "loss", *TERMS, "num_pos", "num_emb", "mask_fg", "lr")
 # Collapse warning: the positives' masks predicted foreground on at least this share of their pixels for this
 # many steps in a row (maskless.solo.losses.foreground_fraction; BENCHMARKS.md "SOLO round 0 collapses").
@@ -101,6 +102,7 @@ class SoloTrainParams:
     copy_paste_min_visible_px: int = 1
     amp: bool = True  # CUDA only
     checkpoint_every: int = 50
+    num_workers: int = 0  # batch-building processes (0: in the training process); the same batches either way
     seed: int = 0
     freeze_backbone_bn: bool = True
     freeze_at: int = 0  # detectron2's BACKBONE.FREEZE_AT: FreeSOLO's freesolo_30k.yaml sets 0 (nothing frozen)
@@ -128,7 +130,7 @@ class SoloTrainParams:
         if self.freeze_at not in range(6):
             raise ValueError(f"{name}.freeze_at must be 0..5 (0 none, 1 stem, 2 stem + res2, ...), got "
                              f"{self.freeze_at!r}")
-        for key in ("warmup_steps", "copy_paste_min", "seed"):
+        for key in ("warmup_steps", "copy_paste_min", "seed", "num_workers"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
                 raise ValueError(f"{name}.{key} must be an integer >= 0, got {getattr(self, key)!r}")
         self._check_copy_paste(name)
@@ -200,17 +202,18 @@ PREFETCH_DEVICES = ("cuda",)
 
 
 def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None,
-                       eec: dict | None = None) -> SoloTrainParams:
+                       eec: dict | None = None, num_workers: int = 0) -> SoloTrainParams:
     """SoloTrainParams from the `solo` section's algorithm keys (maskless.config.section_params; the rule's
     param) through maskless.config.from_config. Derived from other sections: the model's arch (pretrain.arch),
     its embedding dimension (freemask.embedding_dim: the embedding loss compares the two), its grids and
-    levels (solo.geometry's), and EEC (exemplar.eec, for the exemplar variants)."""
+    levels (solo.geometry's), and EEC (exemplar.eec, for the exemplar variants); num_workers is the workflow
+    key solo.num_workers, which the rule does not pass as a param (it does not change the result)."""
     geo = dict(solo["geometry"])
     levels = geo.pop("levels")
     model = from_config(SoloModelParams, solo["model"], "solo.model", arch=arch, emb_dim=emb_dim,
                         grids=tuple(geo["grids"]), levels=tuple(levels))
     values = {**solo, "geometry": geo, "model": model, **({"steps": steps} if steps is not None else {})}
-    return from_config(SoloTrainParams, values, "solo", seed=seed,
+    return from_config(SoloTrainParams, values, "solo", seed=seed, num_workers=num_workers,
                        eec=from_config(EECParams, eec, "exemplar.eec") if eec else None)
 
 
@@ -344,7 +347,12 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
              ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
     seen = {"pasted": 0, "saturated": 0}
 
-    def batches(start: int):  # on a GPU the next batch is made while a step computes (PREFETCH_DEVICES)
+    def batches(start: int):
+        """num_workers processes make the batches (spawned: the mask store's zarr thread does not survive a
+        fork); else this process, on a GPU one step ahead in a thread (PREFETCH_DEVICES)."""
+        if params.num_workers:
+            data = StepBatches(rows, masks_index, source.short, params, geometry, rank)
+            return step_batches(data, start, params.num_workers, pin_memory=dev.type == "cuda", spawn=True)
         made = (make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
         return prefetch(made) if torch.device(dev).type in PREFETCH_DEVICES else made
 

@@ -141,6 +141,24 @@ def test_prefetched_batches_train_the_same_weights(tmp_path, data, monkeypatch, 
     assert same.state(a["model"], b["model"]) and same.csv(tmp_path / "a.csv", tmp_path / "b.csv")
 
 
+def test_batch_worker_processes_train_the_same_weights(tmp_path, data):
+    """num_workers 1: the batches come from a spawned DataLoader worker (which opens its own mask store) and
+    train the same weights and loss log as the plain loop, with a stop and resume in between."""
+    kw = dict(**data, device="cpu", threads=1)
+    plain = SoloTrainParams(**TINY, steps=3, checkpoint_every=1)
+    train_solo(out_weights=str(tmp_path / "a.pt"), state_dir=str(tmp_path / "sa"), loss_log=str(tmp_path / "a.csv"),
+               params=plain, **kw)
+    workers = SoloTrainParams(**TINY, steps=3, checkpoint_every=1, num_workers=1)
+    train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"), loss_log=str(tmp_path / "b.csv"),
+               params=workers, stop_after=2, **kw)
+    resumed = train_solo(out_weights=str(tmp_path / "b.pt"), state_dir=str(tmp_path / "sb"),
+                         loss_log=str(tmp_path / "b.csv"), params=workers, **kw)
+    assert resumed["resumed"] and resumed["start_step"] == 2
+    a, b = torch.load(tmp_path / "a.pt", weights_only=True), torch.load(tmp_path / "b.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert open(tmp_path / "a.csv").read() == open(tmp_path / "b.csv").read()
+
+
 def test_changed_params_start_fresh(tmp_path, data, caplog):
     """A state made with another lr is not used (the log names the differing field)."""
     kw = dict(**data, device="cpu", threads=1, state_dir=str(tmp_path / "s"), out_weights=str(tmp_path / "w.pt"))
