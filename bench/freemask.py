@@ -7,7 +7,8 @@ Throughput: the same prepared images go through (a) the backbone forward alone a
 free_mask (queries, cosine, normalisation, Matrix NMS, upsampling, filters, embeddings); the overhead is
 (b - a) / a, measured in one run (target: at most 15%); (c), on the same features in the same loop, free_mask
 with the full N x N Matrix NMS and a sort (maskless.ops.matrix_nms.matrix_nms) in place of its top-k one
-(matrix_nms_top_k: the same output, checked here too). Memory: run_freemask_shard on a single shard of N and
+(matrix_nms_top_k: the same output, checked here too); (d) the top-k one with the mask intersections as a
+float product instead of the int8 one (maskless.ops.matrix_nms.intersections; the same output, checked). Memory: run_freemask_shard on a single shard of N and
 4N images in fresh subprocesses, peak RSS of each (target: flat). Random-init backbone unless --backbone: the
 forward's cost does not depend on the weights, but how many queries pass the maskness filter (and so the
 Matrix NMS's size) does. Prints figures and the command; not a test.
@@ -48,6 +49,7 @@ def throughput(manifest: str, args) -> None:
     from maskless.freemask import FreeMaskParams, free_mask
     from maskless.models.backbones import load_any_backbone
     from maskless.models.resnet import build_resnet, normalize
+    import maskless.ops.matrix_nms as nms
     from maskless.ops.matrix_nms import matrix_nms
 
     def full_top_k(masks, scores, k, *, kernel, sigma, areas):
@@ -59,7 +61,7 @@ def throughput(manifest: str, args) -> None:
     model = (load_any_backbone(args.backbone) if args.backbone else build_resnet(args.arch)).eval()
     prepared = [load_resized(r, params.input_size) for r in read_manifest(manifest)]
     xs = [(normalize(torch.from_numpy(img).permute(2, 0, 1)[None]), hw) for img, hw in prepared]
-    t_fwd = t_fm = t_full = 0.0
+    t_fwd = t_fm = t_full = t_float = 0.0
     top_k = fm.matrix_nms_top_k
     with torch.inference_mode():
         model(xs[0][0])  # warm-up
@@ -75,8 +77,16 @@ def throughput(manifest: str, args) -> None:
             finally:
                 fm.matrix_nms_top_k = top_k
             t3 = time.perf_counter()
-            assert all((getattr(out, f) == getattr(ref, f)).all() for f in ("masks", "scores", "embeddings"))
+            bits, nms._BITS = nms._BITS, ()  # the intersections as a float product, as before the int8 one
+            try:
+                as_float = free_mask(feats, hw, params)
+            finally:
+                nms._BITS = bits
+            t4 = time.perf_counter()
+            for other in (ref, as_float):
+                assert all((getattr(out, f) == getattr(other, f)).all() for f in ("masks", "scores", "embeddings"))
             t_fwd, t_fm, t_full = t_fwd + (t1 - t0), t_fm + (t2 - t1), t_full + (t3 - t2)
+            t_float += t4 - t3
     n = len(xs)
     print(f"images: {n}, input short side {args.input_size}, {args.arch} {args.level}, threads {torch.get_num_threads()}")
     print(f"backbone forward alone: {n / t_fwd:.2f} img/s ({1000 * t_fwd / n:.1f} ms/img)")
@@ -84,6 +94,8 @@ def throughput(manifest: str, args) -> None:
     print(f"free_mask overhead over the forward: {100 * t_fm / t_fwd:.1f}%")
     print(f"with the full N x N Matrix NMS instead (same output): free_mask {1000 * t_full / n:.1f} ms/img, "
           f"overhead {100 * t_full / t_fwd:.1f}%")
+    print(f"with the mask intersections as a float product instead of int8 (same output): free_mask "
+          f"{1000 * t_float / n:.1f} ms/img, overhead {100 * t_float / t_fwd:.1f}%")
 
 
 def shard_job(manifest: str, n: int, args) -> None:
