@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CORES ?= all
 CONFIG ?= config.yaml
+TEST_WORKERS ?= 2
 EXP = $(shell $(BIN)/python -c "import yaml,sys; print(yaml.safe_load(open('$(CONFIG)'))['experiment'])")
 
 .PHONY: venv demo test test-fast lint bench clean
@@ -28,8 +29,8 @@ demo: venv
 	@echo "HTML report:     $(BIN)/snakemake --configfile $(CONFIG) --report report.html"
 	@cat results/$(EXP)/tables/metrics.md 2>/dev/null || true
 
-test: venv
-	$(BIN)/python -m pytest -q
+test: venv  # on TEST_WORKERS processes (pytest-xdist); TEST_WORKERS=0 runs them in this one
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not workflow"

@@ -86,7 +86,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from maskless.config import bench_config, from_config, section_params
+from maskless.config import bench_config
+
+from maskless.params import from_config, section_params
 
 BENCH = Path(__file__).resolve().parent
 WORKLOADS = ("densecl", "solo", "solo_eec", "eec_refresh", "stego", "pct_pair", "pct_retrain", "freemask",

@@ -103,7 +103,9 @@ def main() -> int:
                     help="runs in-process, with N batch worker processes (solo.num_workers), in-process, with N")
     args = ap.parse_args()
 
-    from maskless.config import bench_config, section_params
+    from maskless.config import bench_config
+
+    from maskless.params import section_params
     from maskless.data.ingest import ingest
     from maskless.data.synthetic import SyntheticParams, generate
     from maskless.io import setup_logging

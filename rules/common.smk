@@ -7,7 +7,8 @@ import sys
 from types import SimpleNamespace
 
 from maskless import evalset
-from maskless.config import check_image_count, section_params, validate_config
+from maskless.config import check_image_count, validate_config
+from maskless.params import section_params
 from maskless.data.ingest import dag_image_count, input_fingerprint
 from maskless.data.manifest import num_shards
 from maskless.models.registry import entries as registry_entries

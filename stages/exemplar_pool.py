@@ -1,6 +1,6 @@
 """Rule exemplar_pool: mine the Exemplar-FreeSOLO exemplar pool with `count` exemplar images."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.exemplar.pool import PoolParams, build_pool
 from maskless.stage_utils import begin
 

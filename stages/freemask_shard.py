@@ -1,6 +1,6 @@
 """Rule freemask_shard: Free Mask coarse masks for one shard of images, into its own zarr store."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.freemask import FreeMaskParams, run_freemask_shard
 from maskless.stage_utils import begin
 

@@ -1,6 +1,6 @@
 """Rule pretrain: DenseCL pretraining, or validation of the given pretrain.weights."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.dist import launch
 from maskless.pretrain.densecl import DenseCLParams
 from maskless.pretrain.train import train_densecl, use_given_weights

@@ -1,6 +1,6 @@
 """Rule selftrain_relabel: the next round's training masks of one shard, from the last round's predictions."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.selftrain import RelabelParams, relabel_shard
 from maskless.stage_utils import begin
 

@@ -1,6 +1,6 @@
 """Rule solo_predict: SOLOv2 predictions for one shard of images, into its own zarr store."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.solo.inference import SoloInferenceParams
 from maskless.solo.predict import predict_shard
 from maskless.stage_utils import begin

@@ -1,6 +1,6 @@
 """Rule stego_eval: mIoU and pixel accuracy of the STEGO probes (with and without CRF) and of k-means."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.stego.stage import StegoStageParams, run_stego_eval
 from maskless.stage_utils import begin
 

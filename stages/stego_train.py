@@ -1,6 +1,6 @@
 """Rule stego_train: frozen features, kNN table, STEGO head and probes."""
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.stego.stage import StegoStageParams, run_stego_train
 from maskless.stego.train import StegoTrainParams
 from maskless.stage_utils import begin

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.data.synthetic import SyntheticParams, generate
 from maskless.stage_utils import begin
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from maskless.config import ConfigError, load_config, load_schema, section_params, validate_config
+from maskless.config import ConfigError, load_config, load_schema, validate_config
+
+from maskless.params import section_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,9 +178,9 @@ def test_stego_and_freemask_backbones_and_their_levels(tmp_path):
 
 
 def test_from_config_builds_nested_dataclasses_and_names_bad_keys():
-    """maskless.config.from_config: a nested dict becomes its field's dataclass; an unknown key, a key given
+    """maskless.params.from_config: a nested dict becomes its field's dataclass; an unknown key, a key given
     twice and a value the dataclass refuses are ConfigErrors naming the config key."""
-    from maskless.config import from_config
+    from maskless.params import from_config
     from maskless.exemplar.pool import PoolParams
     from maskless.freemask import FreeMaskParams
 

@@ -1,6 +1,6 @@
 """One config boundary (issue 13 item 4): every key a config section shares with its parameter dataclass has
 the same default in both, so a library user and a workflow user get the same method; and each section's
-algorithm keys (maskless.config.section_params: the schema's x-role keys left out) are exactly its
+algorithm keys (maskless.params.section_params: the schema's x-role keys left out) are exactly its
 dataclass's fields, less the ones named below with where their value comes from."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import dataclasses
 
 import pytest
 
-from maskless.config import section_params, validate_config
+from maskless.config import validate_config
+
+from maskless.params import section_params
 from maskless.data.synthetic import SyntheticParams
 from maskless.solo.eec import EECParams
 from maskless.exemplar.pool import PoolParams

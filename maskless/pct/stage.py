@@ -54,7 +54,7 @@ from typing import Sequence
 
 import numpy as np
 
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
 from maskless.pct.budget import parse_budget
@@ -328,8 +328,8 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
 
 
 def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int, seed: int):
-    """SegTrainParams (PCTParams for kind "pct") from the pct section's algorithm keys (maskless.config.
-    section_params; the rule's param) through maskless.config.from_config. pct.train holds PCTParams' fields
+    """SegTrainParams (PCTParams for kind "pct") from the pct section's algorithm keys (maskless.params.
+    section_params; the rule's param) through maskless.params.from_config. pct.train holds PCTParams' fields
     (the PCT terms' weights and the dynamic evaluation's are PCT's alone, so the other kinds leave them out)
     and retrain_steps (the retrain's steps); the model's arch and classes come from pretrain.arch and the
     split, use_contextrast from the mode wildcard."""

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from maskless import dist
-from maskless.config import from_config
+from maskless.params import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import normalize
@@ -203,8 +203,8 @@ PREFETCH_DEVICES = ("cuda",)
 
 def params_from_config(solo: dict, *, arch: str, emb_dim: int, seed: int, steps: int | None = None,
                        eec: dict | None = None, num_workers: int = 0) -> SoloTrainParams:
-    """SoloTrainParams from the `solo` section's algorithm keys (maskless.config.section_params; the rule's
-    param) through maskless.config.from_config. Derived from other sections: the model's arch (pretrain.arch),
+    """SoloTrainParams from the `solo` section's algorithm keys (maskless.params.section_params; the rule's
+    param) through maskless.params.from_config. Derived from other sections: the model's arch (pretrain.arch),
     its embedding dimension (freemask.embedding_dim: the embedding loss compares the two), its grids and
     levels (solo.geometry's), and EEC (exemplar.eec, for the exemplar variants); num_workers is the workflow
     key solo.num_workers, which the rule does not pass as a param (it does not change the result)."""
