@@ -342,9 +342,10 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         forward["eec_head"] = dist.wrap(eec.head, find_unused=True)
     columns = loss_columns(params)
     amp = use_amp(params.amp, dev)
-    log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s%s", params.model.arch,
+    log.info("SOLO %s on %d images, %d steps of %d (%s views), input %d, device %s%s%s%s", params.model.arch,
              len(rows), params.steps, params.batch_size, params.views, params.input_size, dev,
-             ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "")
+             ", AMP" if amp else "", f", {rank.world_size} processes" if rank.world_size > 1 else "",
+             f", batches from {params.num_workers} worker processes" if params.num_workers else "")
     seen = {"pasted": 0, "saturated": 0}
 
     def batches(start: int):

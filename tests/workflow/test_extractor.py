@@ -64,7 +64,8 @@ def test_a_new_extractor_is_one_module_one_rule_file_one_entry(workflow_dir):
             if d[:1] in "+-"]
     assert len(diff) == 2 and "colorcc" in diff[1], diff
 
-    (workflow_dir / "cc.yaml").write_text("solo: {masks: colorcc}\nexemplar: {counts: []}\n"
+    # SOLO's batches from a spawned worker process here: a Snakemake stage script must not re-run in it
+    (workflow_dir / "cc.yaml").write_text("solo: {masks: colorcc, num_workers: 1}\nexemplar: {counts: []}\n"
                                           "selftrain: {rounds: 0}\nstego: {enabled: false}\n"
                                           "pct: {enabled: false}\nreport: {enabled: false}\n")
     cfg = ("--configfile", "tiny.yaml", "cc.yaml")
@@ -88,6 +89,8 @@ def test_a_new_extractor_is_one_module_one_rule_file_one_entry(workflow_dir):
     quality = json.loads((res / "eval" / "masks" / "colorcc.json").read_text())
     assert quality and "colorcc" in json.dumps(quality)
     assert (res / "solo" / "freesolo" / "round0" / "model.pt").exists()
+    train_log = res / "logs" / "solo" / "freesolo" / "round0" / "train.log"
+    assert "batches from 1 worker processes" in train_log.read_text()
     assert not (res / "freemask").exists()  # nothing here needed Free Mask
 
 
