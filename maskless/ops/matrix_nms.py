@@ -102,13 +102,13 @@ def matrix_nms(
     if labels is not None:
         lab = labels[order]
         iou = iou * (lab[:, None] == lab[None, :])  # suppress only within a label
-    comp = iou.max(dim=0).values  # (N,) comp_i = max_{k<i} IoU_ki (column max)
+    comp = iou.amax(dim=0)  # (N,) comp_i = max_{k<i} IoU_ki (column max)
     if kernel == "gaussian":
         ratio = torch.exp(-sigma * (iou**2 - comp[:, None] ** 2))  # (N, N) row i, column j
     else:
         # clamp: two identical masks give comp_i = 1, and 0/0 would poison the minimum with NaN
         ratio = (1.0 - iou) / (1.0 - comp[:, None]).clamp(min=1e-6)  # (N, N)
-    decay = ratio.min(dim=0).values  # (N,)
+    decay = ratio.amin(dim=0)  # (N,)
     decayed = scores[order].float() * decay  # (N,)
     out = torch.empty_like(decayed)
     out[order] = decayed
@@ -155,13 +155,13 @@ def matrix_nms_top_k(
         inter = intersections(flat[:end], flat[start:end])  # (end, B): rows i < end, columns j in the block
         union = area[:end, None] + area[None, start:end] - inter
         iou = (inter / union.clamp(min=1e-6)).triu(diagonal=1 - start)  # keep row i < column j (= start + c)
-        comp[start:end] = iou.max(dim=0).values  # (B,) column max over the rows above
+        comp[start:end] = iou.amax(dim=0)  # (B,) column max over the rows above
         if kernel == "gaussian":
             ratio = torch.exp(-sigma * (iou**2 - comp[:end, None] ** 2))  # (end, B)
         else:
             ratio = (1.0 - iou) / (1.0 - comp[:end, None]).clamp(min=1e-6)
         # the terms i >= j (IoU 0) are >= 1 and never lower the minimum (matrix_nms's docstring)
-        decayed[start:end] = ranked[start:end] * ratio.min(dim=0).values
+        decayed[start:end] = ranked[start:end] * ratio.amin(dim=0)
         start = end
         if start < n and start >= k and torch.topk(decayed[:start], k).values[-1] > ranked[start]:
             break
