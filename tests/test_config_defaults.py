@@ -133,3 +133,19 @@ def test_workflow_and_wiring_keys_never_reach_a_stage():
     solo = section_params(cfg, "solo")
     assert not {"threads", "predict_threads", "predict_batch_size", "inference", "masks"} & set(solo)
     assert not {"threads", "enabled", "shard_size", "batch_size", "backbone"} & set(section_params(cfg, "freemask"))
+
+
+def test_every_x_role_is_a_known_role():
+    """A misspelt role would leave its key among a rule's params without a word."""
+    from maskless.config import load_schema
+    from maskless.params import ROLES
+
+    def roles(node):
+        if isinstance(node, dict):
+            if "x-role" in node:
+                yield node["x-role"]
+            for v in node.values():
+                yield from roles(v)
+
+    found = list(roles(load_schema()))
+    assert len(found) >= 35 and set(found) <= set(ROLES), sorted(set(found) - set(ROLES))
