@@ -315,29 +315,36 @@ def validate_config(config: dict) -> dict:
     return cfg
 
 
-def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
-    """Merge YAML files (later ones win, nested dicts merged) and overrides, then validate."""
-    merged: dict = {}
+def _read_config_files(paths) -> list[dict]:
+    """Each YAML file's mapping (an empty file is {}); anything but a mapping is an error naming the file."""
+    files = []
     for p in paths:
         with open(p) as f:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping, not {type(data).__name__}")
+        files.append(data)
+    return files
+
+
+def _merged(files: list[dict]) -> dict:
+    merged: dict = {}
+    for data in files:
         merged = deep_merge(merged, data)
-    return validate_config(deep_merge(merged, overrides or {}))
+    return merged
+
+
+def load_config(*paths: str | os.PathLike, overrides: dict | None = None) -> dict:
+    """Merge YAML files (later ones win, nested dicts merged) and overrides, then validate."""
+    return validate_config(deep_merge(_merged(_read_config_files(paths)), overrides or {}))
 
 
 def bench_config(*paths: str | os.PathLike) -> dict:
     """The merged config of `paths` (the first one the base, as snakemake loads config.yaml first) with the
     base file's `dataset` and `pretrain.weights`: what a benchmark needs from a config is its sizes and widths,
     so a config whose data paths exist only on a cluster (configs/coco-full.yaml) is measured anywhere."""
-    raw = []
-    for p in paths:
-        with open(p) as f:
-            raw.append(yaml.safe_load(f) or {})
-    merged: dict = {}
-    for data in raw:
-        merged = deep_merge(merged, data)
+    raw = _read_config_files(paths)
+    merged = _merged(raw)
     merged["dataset"] = raw[0]["dataset"]
     merged.setdefault("pretrain", {})["weights"] = raw[0].get("pretrain", {}).get("weights")
     return validate_config(merged)

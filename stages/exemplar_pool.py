@@ -1,7 +1,7 @@
 """Rule exemplar_pool: mine the Exemplar-FreeSOLO exemplar pool with `count` exemplar images."""
 
-from maskless.params import from_config
 from maskless.exemplar.pool import PoolParams, build_pool
+from maskless.params import from_config
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,7 +1,7 @@
 """Rule freemask_shard: Free Mask coarse masks for one shard of images, into its own zarr store."""
 
-from maskless.params import from_config
 from maskless.freemask import FreeMaskParams, run_freemask_shard
+from maskless.params import from_config
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

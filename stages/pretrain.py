@@ -1,10 +1,10 @@
 """Rule pretrain: DenseCL pretraining, or validation of the given pretrain.weights."""
 
-from maskless.params import from_config
 from maskless.dist import launch
+from maskless.io import write_text_atomic
+from maskless.params import from_config
 from maskless.pretrain.densecl import DenseCLParams
 from maskless.pretrain.train import train_densecl, use_given_weights
-from maskless.io import write_text_atomic
 from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)

@@ -1,8 +1,8 @@
 """Rule stego_eval: mIoU and pixel accuracy of the STEGO probes (with and without CRF) and of k-means."""
 
 from maskless.params import from_config
-from maskless.stego.stage import StegoStageParams, run_stego_eval
 from maskless.stage_utils import begin
+from maskless.stego.stage import StegoStageParams, run_stego_eval
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)

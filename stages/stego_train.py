@@ -1,9 +1,9 @@
 """Rule stego_train: frozen features, kNN table, STEGO head and probes."""
 
 from maskless.params import from_config
+from maskless.stage_utils import begin
 from maskless.stego.stage import StegoStageParams, run_stego_train
 from maskless.stego.train import StegoTrainParams
-from maskless.stage_utils import begin
 
 smk = snakemake  # noqa: F821 (injected by Snakemake)
 params = begin(smk)

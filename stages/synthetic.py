@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from maskless.params import from_config
 from maskless.data.synthetic import SyntheticParams, generate
+from maskless.params import from_config
 from maskless.stage_utils import begin
 
 params = begin(snakemake)  # noqa: F821 (injected by Snakemake)

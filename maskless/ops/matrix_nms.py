@@ -15,6 +15,7 @@ from torch import Tensor
 __all__ = ["matrix_nms", "matrix_nms_top_k", "intersections", "KERNELS"]
 
 KERNELS = ("gaussian", "linear")
+_BITS = (torch.bool, torch.int8)  # mask dtypes `intersections` multiplies as int8 on the CPU
 
 
 def intersections(a: Tensor, b: Tensor) -> Tensor:
@@ -30,8 +31,6 @@ def intersections(a: Tensor, b: Tensor) -> Tensor:
         return torch._int_mm(a.to(torch.int8), b.to(torch.int8).T.contiguous()).float()
     return a.float() @ b.float().T
 
-
-_BITS = (torch.bool, torch.int8)
 
 
 def as_bits(masks: Tensor) -> Tensor:

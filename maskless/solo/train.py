@@ -36,10 +36,10 @@ from pathlib import Path
 import torch
 
 from maskless import dist
-from maskless.params import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import pick_device, set_threads, torch_save_atomic
 from maskless.models.resnet import normalize
+from maskless.params import from_config
 from maskless.resume import resume_key
 from maskless.solo.eec import EECParams
 from maskless.solo.augment import SoloAugmentParams
@@ -333,7 +333,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         pool = ExemplarPool.load(exemplar_pool)
         log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))
     fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights, exemplar_pool)
-    source = SampleSource(rows, MaskStore(masks_index), params.input_size * params.scale_jitter[1])
+    short = params.input_size * params.scale_jitter[1]  # the cached images' short side (largest jitter)
+    source = SampleSource(rows, MaskStore(masks_index), short)
     geometry = params.solo_geometry()
     model, eec, saved, trainable, opt = build_training(backbone, params, dev, init_weights, pool)
     # DDP wrappers for the forward calls (a loss term without positives leaves some parameters unused).
@@ -352,10 +353,10 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         """num_workers processes make the batches (spawned: the mask store's zarr thread does not survive a
         fork); else this process, on a GPU one step ahead in a thread (PREFETCH_DEVICES)."""
         if params.num_workers:
-            data = StepBatches(rows, masks_index, source.short, params, geometry, rank)
+            data = StepBatches(rows, masks_index, short, params, geometry, rank)
             return step_batches(data, start, params.num_workers, pin_memory=dev.type == "cuda", spawn=True)
         made = (make_batch(source, s, params, geometry, rank) for s in range(start, params.steps))
-        return prefetch(made) if torch.device(dev).type in PREFETCH_DEVICES else made
+        return prefetch(made) if dev.type in PREFETCH_DEVICES else made
 
     def step(batch, step: int) -> dict[str, torch.Tensor]:
         images, targets, pasted = batch

@@ -58,9 +58,10 @@ def pct_train_inputs(wildcards, kind):
 
 
 def pct_train_params(kind):
-    """Params of the three training rules (they differ only by kind and inputs). Left out: the split's keys
-    (eval_fraction, stratified: the split file is an input) and pct.train.num_workers, which does not change
-    the result, so changing it must rerun nothing (the stage reads it from the config).
+    """Params of the three training rules (they differ only by kind and inputs). section_params leaves out
+    the keys the schema marks with x-role, among them the split's (eval_fraction, stratified: the split file
+    is an input) and pct.train.num_workers, which does not change the result, so changing it reruns
+    nothing (the stage reads it from the config).
     """
     return dict(
         kind=kind,
