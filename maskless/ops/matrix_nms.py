@@ -28,14 +28,18 @@ def intersections(a: Tensor, b: Tensor) -> Tensor:
     and devices: the float product.
     """
     if a.dtype in _BITS and b.dtype in _BITS and a.device.type == "cpu" and a.shape[1] < 2**24:
-        return torch._int_mm(a.to(torch.int8), b.to(torch.int8).T.contiguous()).float()
+        # b.T as a view: oneDNN reads the transposed layout itself (a contiguous copy of it cost as much as
+        # the product: 1.7x on the call at Free Mask's sizes, identical counts)
+        return torch._int_mm(as_bits(a), as_bits(b).T).float()
     return a.float() @ b.float().T
 
 
 
 def as_bits(masks: Tensor) -> Tensor:
-    """Boolean masks as 0/1 int8 once, for repeated `intersections` on the CPU; other masks unchanged."""
-    return masks.to(torch.int8) if masks.dtype == torch.bool and masks.device.type == "cpu" else masks
+    """Boolean masks as 0/1 int8 for `intersections` on the CPU, other masks unchanged. A view, no copy: a
+    bool is stored as one byte holding 0 or 1, which is that int8 (the copy took 0.5 ms for 1,000 masks
+    of 1,600 cells)."""
+    return masks.view(torch.int8) if masks.dtype == torch.bool and masks.device.type == "cpu" else masks
 
 
 def _pairwise_iou(masks: Tensor, areas: Tensor | None) -> Tensor:
