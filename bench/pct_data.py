@@ -96,8 +96,9 @@ def startup(kind: str, paths: dict, threads: int, counts: dict) -> float:
     from maskless.pct import train as train_mod
     from maskless.pct.stage import run_pct_train, train_params
     from maskless.config import load_config
+    from maskless.params import section_params
 
-    pct = load_config("config.yaml")["pct"]
+    pct = section_params(load_config("config.yaml"), "pct")
     params = train_params(pct, kind=kind, mode="plain", arch="resnet18", num_classes=21, seed=0)
 
     def at_loop(*args, **kwargs):

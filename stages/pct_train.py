@@ -17,7 +17,8 @@ launch(
     manifest=smk.input.manifest,
     gt=smk.input.gt,
     params=train_params(params["pct"], kind=kind, mode=smk.wildcards.mode, arch=params["arch"],
-                        num_classes=split["num_classes"], seed=params["seed"]),
+                        num_classes=split["num_classes"], seed=params["seed"],
+                        num_workers=smk.config["pct"]["train"]["num_workers"]),  # not a param: same result
     out=smk.output.model,
     loss_log=smk.output.loss_log,
     state_dir=params["state_dir"],
@@ -25,5 +26,4 @@ launch(
     pseudo=smk.input.get("pseudo"),
     device=params["device"],
     threads=smk.threads,
-    num_workers=smk.config["pct"]["train"]["num_workers"],  # not a param: it does not change the result
 )

@@ -204,16 +204,13 @@ def _tags(split: dict, ids: Sequence[int]) -> list[frozenset[int]]:
 
 def run_pct_train(*, kind: str, split_path: str, manifest: str, gt: str, params, out: str, state_dir: str,
                   backbone: str | None, pseudo: str | None = None, loss_log: str | None = None,
-                  device: str = "auto", threads: int | None = None, num_workers: int | None = None) -> dict:
+                  device: str = "auto", threads: int | None = None) -> dict:
     """Train one model of the (ratio, mode) family (module doc); `params` a SegTrainParams (PCTParams for
-    kind "pct") whose model.num_classes equals the split's. num_workers, when given, replaces
-    params.num_workers (DataLoader workers making the batches; the result does not depend on it)."""
+    kind "pct", both from train_params) whose model.num_classes equals the split's."""
     from maskless.pct.train import train_pct, train_supervised
 
     if kind not in KINDS:
         raise ValueError(f"PCT model kind {kind!r} unknown; choices: {list(KINDS)}")
-    if num_workers is not None:
-        params = dataclasses.replace(params, num_workers=num_workers)
     split = read_split(split_path)
     if params.model.num_classes != split["num_classes"]:
         raise ValueError(f"{split_path}: {split['num_classes']} classes, the model is built for "
@@ -327,12 +324,15 @@ def run_pct_eval(*, split_path: str, manifest: str, gt: str, models: dict[str, s
     return rows
 
 
-def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int, seed: int):
+def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int, seed: int,
+                 num_workers: int = 0):
     """SegTrainParams (PCTParams for kind "pct") from the pct section's algorithm keys (maskless.params.
     section_params; the rule's param) through maskless.params.from_config. pct.train holds PCTParams' fields
     (the PCT terms' weights and the dynamic evaluation's are PCT's alone, so the other kinds leave them out)
     and retrain_steps (the retrain's steps); the model's arch and classes come from pretrain.arch and the
-    split, use_contextrast from the mode wildcard."""
+    split, use_contextrast from the mode wildcard; num_workers is the workflow key pct.train.num_workers, which
+    the rule does not pass as a param (DataLoader workers making the batches: the result does not depend on
+    it), given here as the other stages give theirs (pretrain.num_workers, solo.num_workers)."""
     from maskless.pct.contextrast import ContextrastParams
     from maskless.pct.model import SegNetParams
     from maskless.pct.train import PCTParams, SegTrainParams
@@ -349,4 +349,4 @@ def train_params(pct: dict, *, kind: str, mode: str, arch: str, num_classes: int
     model = from_config(SegNetParams, pct["model"], "pct.model", arch=arch, num_classes=num_classes)
     contextrast = from_config(ContextrastParams, pct.get("contextrast_params") or {}, "pct.contextrast_params")
     return from_config(cls, train, "pct.train", model=model, contextrast=contextrast, seed=seed,
-                       use_contextrast=mode == "ctr")
+                       use_contextrast=mode == "ctr", num_workers=num_workers)

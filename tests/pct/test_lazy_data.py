@@ -17,6 +17,7 @@ import torch
 
 from maskless import dist
 from maskless.config import load_config
+from maskless.params import section_params
 from maskless.pct import labels as labels_mod
 from maskless.pct import train as train_mod
 from maskless.data.voc import run_pct_data
@@ -275,13 +276,13 @@ def test_stage_sequences_describe_files_without_reading_them(tmp_path, monkeypat
         raise AssertionError(f"image {path} decoded at start-up")
 
     monkeypatch.setattr(labels_mod, "load_rgb", no_decode)
-    pct = load_config("config.yaml")["pct"]
+    pct = section_params(load_config("config.yaml"), "pct")
     fps = {}
     for kind in ("strong_only", "pct", "retrain"):
         with pytest.raises(_AtLoop):
             run_pct_train(kind=kind, split_path=split_path, manifest=manifest, gt=labels, out="x", state_dir="s",
                           params=train_params(pct, kind=kind, mode="plain", arch="resnet18", num_classes=21, seed=0),
-                          backbone=None, pseudo=str(pseudo), device="cpu", threads=1, num_workers=0)
+                          backbone=None, pseudo=str(pseudo), device="cpu", threads=1)
         fps[kind] = stop_at_loop.pop("fingerprint")
     assert len(set(fps.values())) == 3
     stem = split["names"][str(split["strong"][0])]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from maskless.config import load_config
+from maskless.params import section_params
 from maskless.eval.metrics import metric_rows, metrics_markdown
 from maskless.pct.budget import ratio_name
 from maskless.pct.labels import read_pseudo
@@ -56,7 +57,7 @@ def test_read_split_rejects_other_json(tmp_path):
 
 
 def test_config_to_params_by_kind_and_mode():
-    pct = load_config("config.yaml")["pct"]
+    pct = section_params(load_config("config.yaml"), "pct")
     pct = dict(pct, train=dict(pct["train"], steps=7, retrain_steps=3, p2h_weight=0.5))
     p = train_params(pct, kind="pct", mode="ctr", arch="resnet18", num_classes=4, seed=2)
     assert isinstance(p, PCTParams) and p.use_contextrast and p.p2h_weight == 0.5 and p.steps == 7
@@ -65,6 +66,9 @@ def test_config_to_params_by_kind_and_mode():
     s = train_params(pct, kind="strong_only", mode="plain", arch="resnet18", num_classes=4, seed=2)
     assert type(s) is SegTrainParams and not s.use_contextrast and s.steps == 7
     assert train_params(pct, kind="retrain", mode="plain", arch="resnet18", num_classes=4, seed=2).steps == 3
+    assert s.num_workers == 0  # a workflow key: the stage passes pct.train.num_workers itself
+    assert train_params(pct, kind="pct", mode="plain", arch="resnet18", num_classes=4, seed=2,
+                        num_workers=3).num_workers == 3
     with pytest.raises(ValueError, match="unknown"):
         train_params(pct, kind="pct", mode="both", arch="resnet18", num_classes=4, seed=2)
 

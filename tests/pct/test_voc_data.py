@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from maskless.config import ConfigError, load_config
+from maskless.params import section_params
 from maskless.pct.budget import budget_name, budget_text, parse_budget
 from maskless.data.voc import run_pct_data
 from maskless.pct.labels import LazyMaps, is_file_source, label_maps
@@ -259,7 +260,7 @@ def test_stages_end_to_end_on_a_fake_voc_tree(tmp_path):
     split_path = str(tmp_path / "count2" / "split.json")
     split = run_pct_split(manifest=manifest, gt=labels, out=split_path, params=SplitParams.from_budget("count2"))
     assert split["eval"] == record["val"] and len(split["strong"]) == 2 and len(split["weak"]) == 4
-    pct = load_config("config.yaml")["pct"]
+    pct = section_params(load_config("config.yaml"), "pct")
     pct = dict(pct, model=dict(pct["model"], aspp_channels=8, low_channels=8, decoder_channels=8, embed_dim=8),
                train=dict(pct["train"], steps=1, batch_size=2, input_size=32, amp=False))
     base = tmp_path / "count2" / "plain"
