@@ -334,6 +334,8 @@ def train_solo(*, manifest: str, masks_index: str, backbone: str, out_weights: s
         log.info("EEC: exemplar pool %s with %d exemplars", exemplar_pool, len(pool))
     fingerprint = data_fingerprint(rows, masks_index, backbone, init_weights, exemplar_pool)
     short = params.input_size * params.scale_jitter[1]  # the cached images' short side (largest jitter)
+    # Opened here even when worker processes make the batches (each opens its own): a store that cannot be
+    # read fails now, naming its path, before the model is built, not inside a DataLoader worker.
     source = SampleSource(rows, MaskStore(masks_index), short)
     geometry = params.solo_geometry()
     model, eec, saved, trainable, opt = build_training(backbone, params, dev, init_weights, pool)
