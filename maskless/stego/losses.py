@@ -141,8 +141,15 @@ def centre(corr: torch.Tensor) -> torch.Tensor:
 def corr_loss(feats_a: torch.Tensor, feats_b: torch.Tensor, codes_a: torch.Tensor, codes_b: torch.Tensor,
               *, shift: float) -> torch.Tensor:
     """mean(-clamp(S, min=0) * (F - shift)) for sampled feats (B, C, P, P) and codes (B, D, P, P)."""
+    return _pair_loss(F.normalize(feats_a, dim=1), F.normalize(feats_b, dim=1), codes_a, codes_b, shift=shift)
+
+
+def _pair_loss(unit_a: torch.Tensor, unit_b: torch.Tensor, codes_a: torch.Tensor, codes_b: torch.Tensor,
+               *, shift: float) -> torch.Tensor:
+    """corr_loss with the feats already L2-normalised over channels (correlation's own normalisation, done
+    once per sampled tensor by the caller: the same values, bit for bit)."""
     with torch.no_grad():
-        fd = centre(correlation(feats_a, feats_b))  # (B, P, P, P, P)
+        fd = centre(torch.einsum("bcpq,bcrs->bpqrs", unit_a, unit_b))  # (B, P, P, P, P)
     cd = correlation(codes_a, codes_b)  # (B, P, P, P, P)
     return -(cd.clamp(min=0) * (fd - shift)).mean()
 
@@ -161,9 +168,16 @@ def stego_losses(anchor: Pair, knn: Pair, rand: list[Pair], *, weight_self: floa
     """
     if not rand:
         raise ValueError("stego_losses: rand holds no random partner (need neg_samples >= 1)")
-    out = {"corr_self": corr_loss(anchor[0], anchor[0], anchor[1], anchor[1], shift=shift_self),
-           "corr_knn": corr_loss(anchor[0], knn[0], anchor[1], knn[1], shift=shift_knn),
-           "corr_rand": torch.stack([corr_loss(anchor[0], f, anchor[1], c, shift=shift_rand)
+    # Each sampled feature tensor is normalised once, not once per pair it enters (the anchor's enters all
+    # 2 + neg_samples pairs): identical values, 1.05-1.09x on the training step (BENCHMARKS.md "Model FLOP
+    # utilisation"). The codes are normalised per pair, as in correlation: sharing them too would sum their
+    # gradients in another order (1e-5 apart after 20 steps).
+    with torch.no_grad():
+        unit = F.normalize(anchor[0], dim=1)
+        unit_knn = F.normalize(knn[0], dim=1)
+    out = {"corr_self": _pair_loss(unit, unit, anchor[1], anchor[1], shift=shift_self),
+           "corr_knn": _pair_loss(unit, unit_knn, anchor[1], knn[1], shift=shift_knn),
+           "corr_rand": torch.stack([_pair_loss(unit, F.normalize(f, dim=1), anchor[1], c, shift=shift_rand)
                                      for f, c in rand]).mean()}
     out["corr"] = weight_self * out["corr_self"] + weight_knn * out["corr_knn"] + weight_rand * out["corr_rand"]
     return out

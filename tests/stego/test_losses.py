@@ -105,6 +105,21 @@ def test_random_term_is_the_mean_over_the_random_partners():
         stego_losses(anchor, _pair(seed=3), [], **StegoLossParams().to_dict())
 
 
+def test_pair_terms_equal_corr_loss_bit_for_bit():
+    """stego_losses normalises each feature tensor once and shares it between the pairs; every term, and
+    every code gradient, is the same tensor as corr_loss of that pair computed on its own."""
+    anchor, knn, rand = _pair(b=3, c=8, d=5, p=4, seed=7), _pair(b=3, c=8, d=5, p=4, seed=8), [
+        _pair(b=3, c=8, d=5, p=4, seed=9), _pair(b=3, c=8, d=5, p=4, seed=10)]
+    params = StegoLossParams()
+    out = stego_losses(anchor, knn, rand, **params.to_dict())
+    assert torch.equal(out["corr_self"], corr_loss(anchor[0], anchor[0], anchor[1], anchor[1], shift=params.shift_self))
+    assert torch.equal(out["corr_knn"], corr_loss(anchor[0], knn[0], anchor[1], knn[1], shift=params.shift_knn))
+    each = torch.stack([corr_loss(anchor[0], f, anchor[1], c, shift=params.shift_rand) for f, c in rand])
+    assert torch.equal(out["corr_rand"], each.mean())
+    grads = torch.autograd.grad(out["corr_rand"], [anchor[1], rand[0][1]])
+    assert all(torch.equal(g, h) for g, h in zip(grads, torch.autograd.grad(each.mean(), [anchor[1], rand[0][1]])))
+
+
 @pytest.mark.parametrize("n", [2, 3, 7, 16])
 def test_random_derangement_has_no_fixed_point_and_covers_every_image(n):
     rng = np.random.default_rng(0)
