@@ -2,10 +2,13 @@
 # The checks that need CUDA, in one run (issue 14; BENCHMARKS.md "On a GPU"): the gpu-marked tests (every
 # training loop's resume with AMP on CUDA under deterministic kernels, Free Mask and the top-k Matrix NMS on
 # CUDA), bench/mfu.py on CUDA at the demo's sizes and at configs/coco-full.yaml's (MFU against the measured
-# fp16 peaks; bf16 peaks printed too), and SOLO with and without the batch prefetch thread. Logs go to $OUT
-# (default /tmp/maskless-gpu). From the repository root:
-#     bash bench/gpu_check.sh                     # every section; PY=.venv/bin/python with a venv
-#     ONLY="tests mfu_coco" bash bench/gpu_check.sh  # some of: tests mfu mfu_coco prefetch
+# fp16 peaks; bf16 peaks printed too), SOLO with and without the batch prefetch thread, and (not by default)
+# SOLO at configs/coco-full.yaml's sizes with and without 12 batch-building worker processes, 60 steps (the
+# fifth session's 10 steps were inconclusive: the workers' start-up was as long as the run). Logs go to $OUT
+# (default /tmp/maskless-gpu). One device call runs at most 10 minutes: pick sections with ONLY. From the
+# repository root:
+#     bash bench/gpu_check.sh                     # the default sections; PY=.venv/bin/python with a venv
+#     ONLY="tests mfu_coco" bash bench/gpu_check.sh  # some of: tests mfu mfu_coco prefetch workers
 set -uo pipefail
 OUT=${OUT:-/tmp/maskless-gpu}
 PY=${PY:-python3}
@@ -31,5 +34,9 @@ fi
 if want prefetch; then
     timeout 100 "$PY" bench/solo_train.py --device cuda --threads "$THREADS" --steps 40 --compare-prefetch 2>&1 \
         | tee "$OUT/prefetch.log" || status=1
+fi
+if want workers; then
+    timeout 420 "$PY" bench/solo_train.py --device cuda --threads "$THREADS" --config configs/coco-full.yaml \
+        --steps 60 --compare-workers 12 2>&1 | tee "$OUT/workers.log" || status=1
 fi
 exit $status
