@@ -294,7 +294,8 @@ def pct_pair(s: Setup) -> Workload:
     from maskless.pct.train_data import StepBatches
 
     d = _pct_data(s)
-    params = train_params(section_params(s.cfg, "pct"), kind="pct", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"], seed=0)
+    params = train_params(section_params(s.cfg, "pct"), kind="pct", mode=_pct_mode(s), arch=s.arch,
+                          num_classes=d["k"], seed=0)
     strong = list(range(0, len(d["images"]), 8))
     weak = [i for i in range(len(d["images"])) if i not in set(strong)]
     labels = [lab if i in set(strong) else None for i, lab in enumerate(d["labels"])]
@@ -331,8 +332,8 @@ def pct_retrain(s: Setup) -> Workload:
     from maskless.pct.train_data import StepBatches
 
     d = _pct_data(s)
-    params = train_params(section_params(s.cfg, "pct"), kind="retrain", mode=_pct_mode(s), arch=s.arch, num_classes=d["k"],
-                          seed=0)
+    params = train_params(section_params(s.cfg, "pct"), kind="retrain", mode=_pct_mode(s), arch=s.arch,
+                          num_classes=d["k"], seed=0)
     everything = np.ones((len(d["images"]), d["k"]), dtype=bool)
     batches = StepBatches(d["images"], d["labels"], everything, list(range(len(d["images"]))), [],
                           params.batch_size, 0, params)

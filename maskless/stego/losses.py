@@ -169,9 +169,9 @@ def stego_losses(anchor: Pair, knn: Pair, rand: list[Pair], *, weight_self: floa
     if not rand:
         raise ValueError("stego_losses: rand holds no random partner (need neg_samples >= 1)")
     # Each sampled feature tensor is normalised once, not once per pair it enters (the anchor's enters all
-    # 2 + neg_samples pairs): identical values, 1.05-1.09x on the training step (BENCHMARKS.md "Model FLOP
-    # utilisation"). The codes are normalised per pair, as in correlation: sharing them too would sum their
-    # gradients in another order (1e-5 apart after 20 steps).
+    # 2 + neg_samples pairs): identical values, 1.06x on the training step (BENCHMARKS.md "STEGO's step").
+    # The codes are normalised per pair, as in correlation: sharing them too would sum their gradients in
+    # another order (weights 1e-5 apart after 20 steps).
     with torch.no_grad():
         unit = F.normalize(anchor[0], dim=1)
         unit_knn = F.normalize(knn[0], dim=1)
