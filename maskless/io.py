@@ -199,3 +199,28 @@ def set_threads(threads: int | None) -> None:
 
     if threads and threads > 0:
         torch.set_num_threads(int(threads))
+
+
+def flush_denormals() -> bool:
+    """Treat subnormal float inputs and results as zero on the CPU (FTZ/DAZ) for the rest of this process;
+    True when every thread of torch's intra-op pool does, checked on a subnormal probe.
+
+    For a process of its own (a stage script), called once its thread count is set and before its first
+    parallel op: torch.set_flush_denormal sets the calling thread only, and OpenMP's workers copy the
+    setting of the thread that starts them, at the process's first parallel op. Where a parallel op ran
+    before, the workers keep computing on subnormals and this returns False.
+
+    Why: x86 CPUs compute on subnormals through microcode assists, and the dense CRF's bilateral weights
+    (exp of minus a colour distance) are subnormal for a band of distances: with flush-to-zero the STEGO
+    evaluation's CRF maps took 44 s instead of 102 on an Intel Xeon host, its metrics bit for bit the same
+    (BENCHMARKS.md "STEGO on the synthetic data"). Values below 1.2e-38 only reach a result where nothing
+    larger is added to them, so a stage that turns this on checks that its outputs do not move.
+    """
+    import torch
+
+    if not torch.set_flush_denormal(True):  # a CPU without DAZ
+        return False
+    # half the smallest normal float32 (bits 0x00400000), made from integers so that no float conversion
+    # on this thread flushes it first; x * 1 is 0 wherever a thread flushes, x elsewhere
+    probe = torch.full((1 << 20,), 0x00400000, dtype=torch.int32).view(torch.float32)
+    return int(torch.count_nonzero(probe * 1.0)) == 0

@@ -101,3 +101,16 @@ def test_an_unwritable_place_names_the_file(tmp_path):
     (tmp_path / "results").write_text("a file where a folder should be")
     with pytest.raises(OSError, match=r"cannot write .*results/eval/metrics.md: (File exists|Not a directory)"):
         io.write_text_atomic(tmp_path / "results" / "eval" / "metrics.md", "x")
+
+
+def _in_fresh_process(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_flush_denormals_reaches_every_thread_only_before_the_first_parallel_op():
+    """OpenMP's workers copy the flush-to-zero setting of the thread that starts them (at the first parallel
+    op): set first, the 2-thread probe is all zeros; after a parallel op, the worker still keeps subnormals
+    and the function says so."""
+    start = "import torch; torch.set_num_threads(2); from maskless.io import flush_denormals; "
+    assert _in_fresh_process(start + "print(flush_denormals())") == "True"
+    assert _in_fresh_process(start + "torch.ones(1 << 20).mul(2.0); print(flush_denormals())") == "False"

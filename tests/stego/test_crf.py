@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -101,3 +103,30 @@ def test_a_prepared_image_gives_the_same_refinement_bit_for_bit():
         dense_crf(prepared, probs, CrfParams(iterations=3, radius=6, stride=3))
     with pytest.raises(ValueError, match="CrfImage was made for"):
         dense_crf(prepared, torch.softmax(torch.randn(2, 20, 24, generator=g), 0), params)
+
+
+def test_flushing_subnormals_leaves_the_crf_bit_for_bit():
+    """Colours 31-43 apart (of 255) give bilateral weights below float32's smallest normal; the stego_eval
+    stage flushes them (maskless.io.flush_denormals, 2.3x on its CRF): the refined probabilities must not
+    move. One thread in a fresh process, so that turning flush-to-zero on reaches all of the work."""
+    code = """
+import torch
+torch.set_num_threads(1)
+from maskless.io import flush_denormals
+from maskless.stego.crf import CrfParams, dense_crf, prepare_image
+g = torch.Generator().manual_seed(0)
+image = torch.rand(3, 40, 48, generator=g) * 60  # neighbours ~35 apart: many weights in the subnormal band
+probs = torch.softmax(torch.randn(4, 40, 48, generator=g) * 3, 0)
+params = CrfParams(iterations=3)
+tiny = torch.finfo(torch.float32).tiny
+before = prepare_image(image, params, (40, 48))
+sub = int(((before.weights > 0) & (before.weights < tiny)).sum())
+q0 = dense_crf(before, probs, params)
+assert flush_denormals()
+after = prepare_image(image, params, (40, 48))
+flushed = int(((after.weights > 0) & (after.weights < tiny)).sum())
+print(sub, flushed, torch.equal(dense_crf(after, probs, params), q0), torch.equal(dense_crf(image, probs, params), q0))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) > 100 and int(out[1]) == 0, out  # subnormals present, then flushed
+    assert out[2:] == ["True", "True"]
