@@ -107,6 +107,7 @@ def _in_fresh_process(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero (DAZ) mode")
 def test_flush_denormals_reaches_every_thread_only_before_the_first_parallel_op():
     """OpenMP's workers copy the flush-to-zero setting of the thread that starts them (at the first parallel
     op): set first, the 2-thread probe is all zeros; after a parallel op, the worker still keeps subnormals

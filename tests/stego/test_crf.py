@@ -105,6 +105,7 @@ def test_a_prepared_image_gives_the_same_refinement_bit_for_bit():
         dense_crf(prepared, torch.softmax(torch.randn(2, 20, 24, generator=g), 0), params)
 
 
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason="this CPU has no flush-to-zero (DAZ) mode")
 def test_flushing_subnormals_leaves_the_crf_bit_for_bit():
     """Colours 31-43 apart (of 255) give bilateral weights below float32's smallest normal; the stego_eval
     stage flushes them (maskless.io.flush_denormals, 2.3x on its CRF): the refined probabilities must not
