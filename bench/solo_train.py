@@ -104,13 +104,12 @@ def main() -> int:
     args = ap.parse_args()
 
     from maskless.config import bench_config
-
-    from maskless.params import section_params
     from maskless.data.ingest import ingest
     from maskless.data.synthetic import SyntheticParams, generate
     from maskless.io import setup_logging
     from maskless.models.resnet import build_resnet
     from maskless.models.weights import save_backbone
+    from maskless.params import section_params
     import maskless.solo.train as solo_train
     from maskless.solo.train import params_from_config, train_solo
 

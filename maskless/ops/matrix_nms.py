@@ -34,7 +34,6 @@ def intersections(a: Tensor, b: Tensor) -> Tensor:
     return a.float() @ b.float().T
 
 
-
 def as_bits(masks: Tensor) -> Tensor:
     """Boolean masks as 0/1 int8 for `intersections` on the CPU, other masks unchanged. A view, no copy: a
     bool is stored as one byte holding 0 or 1, which is that int8 (the copy took 0.5 ms for 1,000 masks

@@ -54,9 +54,9 @@ from typing import Sequence
 
 import numpy as np
 
-from maskless.params import from_config
 from maskless.data.manifest import read_manifest
 from maskless.io import atomic_dir, pick_device, set_threads, write_json_atomic, write_text_atomic
+from maskless.params import from_config
 from maskless.pct.budget import parse_budget
 from maskless.pct.labels import (LazyMaps, is_file_source, label_maps, lazy_images, load_labels,
                                  read_format, read_label_source, read_pseudo)

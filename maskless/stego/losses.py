@@ -175,9 +175,10 @@ def stego_losses(anchor: Pair, knn: Pair, rand: list[Pair], *, weight_self: floa
     with torch.no_grad():
         unit = F.normalize(anchor[0], dim=1)
         unit_knn = F.normalize(knn[0], dim=1)
+        units_rand = [F.normalize(f, dim=1) for f, _ in rand]
     out = {"corr_self": _pair_loss(unit, unit, anchor[1], anchor[1], shift=shift_self),
            "corr_knn": _pair_loss(unit, unit_knn, anchor[1], knn[1], shift=shift_knn),
-           "corr_rand": torch.stack([_pair_loss(unit, F.normalize(f, dim=1), anchor[1], c, shift=shift_rand)
-                                     for f, c in rand]).mean()}
+           "corr_rand": torch.stack([_pair_loss(unit, u, anchor[1], c, shift=shift_rand)
+                                     for u, (_, c) in zip(units_rand, rand)]).mean()}
     out["corr"] = weight_self * out["corr_self"] + weight_knn * out["corr_knn"] + weight_rand * out["corr_rand"]
     return out
